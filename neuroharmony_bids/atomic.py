@@ -1,0 +1,58 @@
+"""Atomic file writes: write to a temporary name in the same folder, fsync, then rename.
+
+A reader (or a killed writer) never sees a half-written file, which is what SLURM arrays
+writing into one output folder need.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+TMP_PREFIX = ".nhtmp-"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_table(path: str | os.PathLike, table: pd.DataFrame, sep: str | None = None) -> Path:
+    """Write a CSV/TSV deterministically (fixed float format, LF, ``n/a`` for missing in TSV)."""
+    path = Path(path)
+    if sep is None:
+        sep = "," if path.suffix.lower() == ".csv" else "\t"
+    na_rep = "n/a" if sep == "\t" else ""
+    text = table.to_csv(
+        sep=sep, index=False, na_rep=na_rep, float_format="%.10g", lineterminator="\n"
+    )
+    return write_text(path, text)

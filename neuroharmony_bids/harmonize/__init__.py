@@ -1,0 +1,1 @@
+"""Harmonization science: pure numerics on tables, no BIDS or Nipype here."""

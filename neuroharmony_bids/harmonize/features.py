@@ -1,0 +1,161 @@
+"""Canonical names for FreeSurfer regions and MRIQC IQMs, and covariate parsing.
+
+FreeSurfer 6 and 7 spell a few aseg structures differently; the model works on one
+canonical (FreeSurfer 7) spelling and outputs keep whatever spelling the user gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from neuroharmony_bids.errors import DataError, UsageError
+
+_HEMI_ASEG = [
+    "Lateral-Ventricle",
+    "Inf-Lat-Vent",
+    "Cerebellum-White-Matter",
+    "Cerebellum-Cortex",
+    "Thalamus",
+    "Caudate",
+    "Putamen",
+    "Pallidum",
+    "Hippocampus",
+    "Amygdala",
+    "Accumbens-area",
+    "VentralDC",
+]
+#: The 33 aseg volumes of the original Neuroharmony set (FreeSurfer 7 spelling).
+ASEG_REGIONS: list[str] = (
+    [f"Left-{r}" for r in _HEMI_ASEG]
+    + [f"Right-{r}" for r in _HEMI_ASEG]
+    + ["3rd-Ventricle", "4th-Ventricle", "Brain-Stem", "CSF"]
+    + ["CC_Posterior", "CC_Mid_Posterior", "CC_Central", "CC_Mid_Anterior", "CC_Anterior"]
+)
+
+DK_LABELS: list[str] = [
+    "bankssts", "caudalanteriorcingulate", "caudalmiddlefrontal", "cuneus", "entorhinal",
+    "fusiform", "inferiorparietal", "inferiortemporal", "isthmuscingulate", "lateraloccipital",
+    "lateralorbitofrontal", "lingual", "medialorbitofrontal", "middletemporal",
+    "parahippocampal", "paracentral", "parsopercularis", "parsorbitalis", "parstriangularis",
+    "pericalcarine", "postcentral", "posteriorcingulate", "precentral", "precuneus",
+    "rostralanteriorcingulate", "rostralmiddlefrontal", "superiorfrontal", "superiorparietal",
+    "superiortemporal", "supramarginal", "frontalpole", "temporalpole", "transversetemporal",
+    "insula",
+]  # fmt: skip
+#: The 68 Desikan-Killiany grey-matter volumes, aparcstats2table naming.
+DK_REGIONS: list[str] = [f"{h}_{lab}_volume" for h in ("lh", "rh") for lab in DK_LABELS]
+
+#: The 101 regions Neuroharmony harmonized.
+NEUROHARMONY_REGIONS: list[str] = ASEG_REGIONS + DK_REGIONS
+
+#: Other whole-brain / aseg volumes we recognise and may harmonize when present.
+EXTRA_REGIONS: list[str] = [
+    "Left-choroid-plexus", "Right-choroid-plexus", "Left-vessel", "Right-vessel",
+    "5th-Ventricle", "WM-hypointensities", "non-WM-hypointensities", "Optic-Chiasm",
+    "lhCortexVol", "rhCortexVol", "CortexVol", "lhCerebralWhiteMatterVol",
+    "rhCerebralWhiteMatterVol", "CerebralWhiteMatterVol", "SubCortGrayVol", "TotalGrayVol",
+    "SupraTentorialVol", "BrainSegVol", "BrainSegVolNotVent",
+]  # fmt: skip
+
+ETIV = "EstimatedTotalIntraCranialVol"
+
+#: FreeSurfer 6 (and asegstats2table) spellings → canonical FreeSurfer 7 spelling.
+FS_ALIASES: dict[str, str] = {
+    "Left-Thalamus-Proper": "Left-Thalamus",
+    "Right-Thalamus-Proper": "Right-Thalamus",
+    "lhCorticalWhiteMatterVol": "lhCerebralWhiteMatterVol",
+    "rhCorticalWhiteMatterVol": "rhCerebralWhiteMatterVol",
+    "CorticalWhiteMatterVol": "CerebralWhiteMatterVol",
+    "eTIV": ETIV,
+    "EstimatedTotalIntraCranialVol_eTIV": ETIV,
+}
+
+#: MRIQC T1w IQMs the shipped model can always rely on (issue: core IQM set).
+CORE_IQMS: list[str] = [
+    "fwhm_avg", "fwhm_x", "fwhm_y", "fwhm_z", "spacing_x", "spacing_y", "spacing_z",
+    "snr_total", "snr_gm", "snr_wm", "snr_csf", "snrd_total", "snrd_gm", "snrd_wm", "snrd_csf",
+    "qi_1", "cnr", "cjv", "efc",
+]  # fmt: skip
+
+#: All MRIQC T1w IQM names (MRIQC 0.9 - 24 group_T1w.tsv columns).
+ALL_IQMS: list[str] = CORE_IQMS + [
+    "fber", "icvs_csf", "icvs_gm", "icvs_wm", "inu_med", "inu_range", "qi_2", "rpve_csf",
+    "rpve_gm", "rpve_wm", "size_x", "size_y", "size_z", "tpm_overlap_csf", "tpm_overlap_gm",
+    "tpm_overlap_wm", "wm2max",
+] + [
+    f"summary_{t}_{s}"
+    for t in ("bg", "csf", "gm", "wm")
+    for s in ("k", "mad", "mean", "median", "n", "p05", "p95", "stdv")
+]  # fmt: skip
+
+_SEX_SPELLINGS: dict[str, str] = {
+    "m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F",
+}  # fmt: skip
+
+
+def canonical_region(name: str) -> str:
+    """Map a FreeSurfer 6 or 7 column name to the canonical spelling (unknown names unchanged)."""
+    return FS_ALIASES.get(name, name)
+
+
+def canonical_columns(columns: Iterable[str]) -> dict[str, str]:
+    """Return {given name: canonical name} for every column; raise if two map to one."""
+    mapping: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for col in columns:
+        canon = canonical_region(str(col))
+        if canon in seen and seen[canon] != col:
+            raise DataError(
+                f"columns {seen[canon]!r} and {col!r} are the FreeSurfer 6 and 7 spellings of "
+                f"the same structure; keep only one of them"
+            )
+        seen[canon] = col
+        mapping[col] = canon
+    return mapping
+
+
+def strip_iqm_prefix(columns: Iterable[str], prefix: str = "iqm_") -> dict[str, str]:
+    """Map prefixed IQM columns (e.g. ``iqm_cjv``) to MRIQC names; others unchanged."""
+    out = {}
+    for col in columns:
+        col = str(col)
+        if col.startswith(prefix) and col[len(prefix) :] in ALL_IQMS:
+            out[col] = col[len(prefix) :]
+    return out
+
+
+def parse_sex(values: pd.Series, mapping: Mapping[str, str] | None = None) -> pd.Series:
+    """Parse BIDS ``sex`` spellings to 'M'/'F'.
+
+    Numeric codes are ambiguous across datasets (1=M in ABIDE, 1=F elsewhere), so they are
+    only accepted through an explicit ``mapping`` such as ``{"1": "M", "2": "F"}``.
+    """
+    mapping = {str(k).strip().lower(): str(v).strip().upper() for k, v in (mapping or {}).items()}
+    for v in mapping.values():
+        if v not in ("M", "F"):
+            raise UsageError(f"sex mapping values must be M or F, got {v!r}")
+    out = []
+    for row, raw in values.items():
+        key = "" if pd.isna(raw) else str(raw).strip().lower()
+        if key.endswith(".0") and key[:-2].isdigit():
+            key = key[:-2]
+        if key in mapping:
+            out.append(mapping[key])
+        elif key in _SEX_SPELLINGS:
+            out.append(_SEX_SPELLINGS[key])
+        else:
+            hint = (
+                " Numeric codes need an explicit mapping, e.g. --sex-mapping 1=M 2=F."
+                if key.isdigit()
+                else " Use M/F or male/female (BIDS participants.tsv convention)."
+            )
+            raise DataError(f"column 'sex', row {row}: cannot read {raw!r} as a sex.{hint}")
+    return pd.Series(out, index=values.index, name=values.name)
+
+
+def sex_to_float(sex: pd.Series) -> np.ndarray:
+    """'M' → 1.0, 'F' → 0.0 (after :func:`parse_sex`)."""
+    return (sex.to_numpy() == "M").astype(float)

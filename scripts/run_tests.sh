@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install the locked environment (first run only) and run lint plus the whole test suite.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/bootstrap.sh
+source "$repo/scripts/bootstrap.sh"
+cd "$repo"
+ruff check .
+ruff format --check .
+python -m pytest -n 2 "$@"

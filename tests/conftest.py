@@ -1,0 +1,38 @@
+"""Shared fixtures: the read-only shared data folder, found without making the project depend on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("NEUROHARMONY_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "abide1" / "abide1_fs6_mriqc_pheno.csv").is_file():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip(
+            "shared data not found: set NEUROHARMONY_SHARED_DATA or place ../shared/data beside "
+            "the checkout (CI always has it)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def abide_table(shared_data):
+    import pandas as pd
+
+    return pd.read_csv(shared_data / "abide1" / "abide1_fs6_mriqc_pheno.csv")
