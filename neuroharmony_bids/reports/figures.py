@@ -1,0 +1,353 @@
+"""Report figures: matplotlib (Agg, no pyplot state) rendered to embedded base64 PNG.
+
+Reports must open anywhere without the output folder beside them, so every figure is
+embedded in the HTML as a ``data:`` URI rather than written as a separate file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless clusters and containers have no display
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from neuroharmony_bids.harmonize.features import (  # noqa: E402
+    DK_REGIONS,
+    canonical_region,
+)
+
+#: Colour-blind-safe qualitative palette (Okabe-Ito) for sites.
+PALETTE = [
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+]  # fmt: skip
+RAW_COLOUR = "#999999"
+HARM_COLOUR = "#0072B2"
+SEX_COLOURS = {"M": "#0072B2", "F": "#D55E00"}
+
+#: Key bilateral structures for box plots and age curves (canonical FreeSurfer 7 names).
+KEY_STRUCTURES: dict[str, list[str]] = {
+    "Hippocampus": ["Left-Hippocampus", "Right-Hippocampus"],
+    "Thalamus": ["Left-Thalamus", "Right-Thalamus"],
+    "Lateral ventricles": ["Left-Lateral-Ventricle", "Right-Lateral-Ventricle"],
+}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure not registered with pyplot, so reports never leak global state or memory."""
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def figure_to_img(fig: Figure, alt: str, dpi: int = 100) -> str:
+    """Render ``fig`` to an ``<img>`` tag carrying the PNG inline (self-contained HTML)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (
+        f'<img class="figure" alt="{html.escape(alt, quote=True)}" '
+        f'src="data:image/png;base64,{data}">'
+    )
+
+
+def canonical_lookup(columns: Sequence[str]) -> dict[str, str]:
+    """Map canonical region name → the column name as spelled in the table (FS6 or FS7)."""
+    return {canonical_region(str(c)): str(c) for c in columns}
+
+
+def key_region_series(table: pd.DataFrame, prefer_total_gray: bool = True) -> dict[str, pd.Series]:
+    """Bilateral sums of the key structures present in ``table``, plus total grey matter.
+
+    Total grey matter is ``TotalGrayVol`` when ``prefer_total_gray`` (the caller checks it was
+    harmonized); otherwise the sum of the 68 Desikan-Killiany cortical volumes.
+    """
+    lookup = canonical_lookup(table.columns)
+    out: dict[str, pd.Series] = {}
+    for label, parts in KEY_STRUCTURES.items():
+        cols = [lookup[p] for p in parts if p in lookup]
+        if len(cols) == len(parts):
+            out[label] = table[cols].apply(pd.to_numeric, errors="coerce").sum(axis=1, min_count=1)
+    if prefer_total_gray and "TotalGrayVol" in lookup:
+        out["Total grey matter"] = pd.to_numeric(table[lookup["TotalGrayVol"]], errors="coerce")
+    else:
+        dk = [lookup[r] for r in DK_REGIONS if r in lookup]
+        if len(dk) == len(DK_REGIONS):
+            out["Cortical grey matter (Σ 68 DK)"] = (
+                table[dk].apply(pd.to_numeric, errors="coerce").sum(axis=1, min_count=len(dk))
+            )
+    return out
+
+
+def _covariate_matrix(table: pd.DataFrame) -> np.ndarray:
+    """Intercept, age, age², sex: the biology removed before showing site means."""
+    cols = [np.ones(len(table))]
+    if "age" in table:
+        age = pd.to_numeric(table["age"], errors="coerce").to_numpy(float)
+        if np.isfinite(age).all() and np.nanstd(age) > 0:
+            centred = (age - age.mean()) / age.std()
+            cols += [centred, centred**2]
+    if "sex" in table:
+        sex = (table["sex"].astype(str).str.upper() == "M").to_numpy(float)
+        if 0 < sex.sum() < len(sex):
+            cols.append(sex)
+    return np.column_stack(cols)
+
+
+def site_mean_z(table: pd.DataFrame, regions: Sequence[str], sites: pd.Series) -> pd.DataFrame:
+    """Per-site mean of each region's z-scored residual after age, age² and sex.
+
+    This is a picture, not a test: it shows where and how strongly sites differ, with the
+    cohort's age/sex mix removed so that an older site does not look like a scanner effect.
+    """
+    x = _covariate_matrix(table)
+    values = table[list(regions)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    z = np.full_like(values, np.nan)
+    for j in range(values.shape[1]):
+        y = values[:, j]
+        ok = np.isfinite(y)
+        if ok.sum() <= x.shape[1]:
+            continue
+        beta, *_ = np.linalg.lstsq(x[ok], y[ok], rcond=None)
+        resid = y - x @ beta
+        sd = np.nanstd(resid[ok], ddof=1)
+        if sd > 0:
+            z[:, j] = resid / sd
+    frame = pd.DataFrame(z, columns=list(regions), index=table.index)
+    return frame.groupby(sites.to_numpy()).mean()
+
+
+def short_region(name: str) -> str:
+    """Compact label for crowded axes: ``lh_superiorfrontal_volume`` → ``lh superiorfrontal``."""
+    name = name.replace("_volume", "").replace("_", " ")
+    return name.replace("Left-", "L ").replace("Right-", "R ")
+
+
+def site_heatmap(raw_z: pd.DataFrame, harm_z: pd.DataFrame) -> Figure:
+    """Two stacked heatmaps (raw, harmonized) of site-mean z-scores on one colour scale."""
+    n_sites, n_regions = raw_z.shape
+    lim = float(np.nanmax(np.abs(np.concatenate([raw_z.to_numpy(), harm_z.to_numpy()]))))
+    lim = max(lim, 0.1) if np.isfinite(lim) else 1.0
+    height = 1.2 + 2 * (0.25 * n_sites + 0.6) + 1.2
+    fig = new_figure(max(8.0, 0.11 * n_regions + 2), height)
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, frame, title in zip(axes, (raw_z, harm_z), ("Raw", "Harmonized"), strict=True):
+        im = ax.imshow(frame.to_numpy(), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_yticks(range(n_sites), [str(s) for s in frame.index], fontsize=7)
+        ax.set_title(f"{title}: site mean of age/sex-adjusted z-score", fontsize=9, loc="left")
+    axes[1].set_xticks(
+        range(n_regions), [short_region(r) for r in raw_z.columns], rotation=90, fontsize=5
+    )
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="site mean z")
+    return fig
+
+
+def _site_colours(sites: Sequence[str]) -> dict[str, str]:
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(sites)}
+
+
+def key_region_boxplots(
+    raw: dict[str, pd.Series], harm: dict[str, pd.Series], sites: pd.Series
+) -> Figure:
+    """Box plot per site of each key structure, raw (grey) beside harmonized (blue)."""
+    labels = [k for k in raw if k in harm]
+    order = sorted(pd.unique(sites.astype(str)))
+    fig = new_figure(max(7.0, 0.55 * len(order) + 3), 2.4 * max(len(labels), 1))
+    axes = np.atleast_1d(fig.subplots(max(len(labels), 1), 1, squeeze=False)[:, 0])
+    pos = np.arange(len(order), dtype=float)
+    for ax, label in zip(axes, labels, strict=False):
+        for shift, series, colour in (
+            (-0.2, raw[label], RAW_COLOUR),
+            (0.2, harm[label], HARM_COLOUR),
+        ):
+            data = [series[sites.astype(str).to_numpy() == s].dropna().to_numpy() for s in order]
+            keep = [i for i, d in enumerate(data) if len(d)]
+            bp = ax.boxplot(
+                [data[i] for i in keep],
+                positions=pos[keep] + shift,
+                widths=0.35,
+                patch_artist=True,
+                showfliers=True,
+                flierprops={"markersize": 2},
+            )
+            for box in bp["boxes"]:
+                box.set_facecolor(colour)
+                box.set_alpha(0.7)
+        ax.set_xticks(pos, order, rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("mm³", fontsize=8)
+        ax.set_title(label, fontsize=9, loc="left")
+        ax.tick_params(axis="y", labelsize=7)
+    from matplotlib.patches import Patch
+
+    axes[0].legend(
+        handles=[
+            Patch(color=RAW_COLOUR, label="raw"),
+            Patch(color=HARM_COLOUR, label="harmonized"),
+        ],
+        fontsize=7,
+        loc="upper right",
+    )
+    return fig
+
+
+def _smooth_curve(age: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Quadratic fit over the observed age span (enough points only): a readable trend line."""
+    ok = np.isfinite(age) & np.isfinite(y)
+    if ok.sum() < 6 or np.ptp(age[ok]) <= 0:
+        return None
+    coef = np.polyfit(age[ok], y[ok], 2 if ok.sum() >= 10 else 1)
+    grid = np.linspace(age[ok].min(), age[ok].max(), 50)
+    return grid, np.polyval(coef, grid)
+
+
+def age_curves(
+    raw: dict[str, pd.Series],
+    harm: dict[str, pd.Series],
+    age: pd.Series,
+    sex: pd.Series,
+    sites: pd.Series,
+) -> Figure:
+    """Volume against age for each key structure: rows structures, columns raw/harmonized × sex."""
+    labels = [k for k in raw if k in harm]
+    sexes = [s for s in ("F", "M") if (sex == s).any()]
+    order = sorted(pd.unique(sites.astype(str)))
+    colours = _site_colours(order)
+    ncols = 2 * max(len(sexes), 1)
+    fig = new_figure(3.0 * ncols, 2.4 * max(len(labels), 1))
+    axes = fig.subplots(max(len(labels), 1), ncols, squeeze=False)
+    age_v = pd.to_numeric(age, errors="coerce").to_numpy(float)
+    site_v = sites.astype(str).to_numpy()
+    for i, label in enumerate(labels):
+        ylim = [np.inf, -np.inf]
+        for k, s in enumerate(sexes):
+            for c, (stage, series) in enumerate((("raw", raw[label]), ("harmonized", harm[label]))):
+                ax = axes[i, 2 * k + c]
+                m = sex.to_numpy() == s
+                y = series.to_numpy(float)
+                for site in order:
+                    sel = m & (site_v == site)
+                    ax.scatter(age_v[sel], y[sel], s=8, color=colours[site], alpha=0.7, lw=0)
+                curve = _smooth_curve(age_v[m], y[m])
+                if curve is not None:
+                    ax.plot(*curve, color="black", lw=1.2)
+                if i == 0:
+                    ax.set_title(f"{'female' if s == 'F' else 'male'} · {stage}", fontsize=9)
+                if k == 0 and c == 0:
+                    ax.set_ylabel(f"{label} (mm³)", fontsize=8)
+                ax.tick_params(labelsize=7)
+                if np.isfinite(y[m]).any():
+                    ylim = [min(ylim[0], np.nanmin(y[m])), max(ylim[1], np.nanmax(y[m]))]
+        if np.isfinite(ylim).all() and ylim[1] > ylim[0]:
+            pad = 0.05 * (ylim[1] - ylim[0])
+            for ax in axes[i]:
+                ax.set_ylim(ylim[0] - pad, ylim[1] + pad)
+    for ax in axes[-1]:
+        ax.set_xlabel("age (years)", fontsize=8)
+    if order:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", ls="", color=colours[s], label=s) for s in order[:16]]
+        fig.legend(
+            handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=7
+        )
+    return fig
+
+
+def iqm_distributions(
+    table: pd.DataFrame, iqm_range: dict[str, Sequence[float]], iqms: Sequence[str]
+) -> Figure:
+    """Histogram of each IQM in this dataset over the model's training range (shaded)."""
+    iqms = list(iqms)
+    ncols = 4
+    nrows = max(1, int(np.ceil(len(iqms) / ncols)))
+    fig = new_figure(3.0 * ncols, 1.9 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, name in zip(axes, iqms, strict=False):
+        values = pd.to_numeric(table[name], errors="coerce").dropna().to_numpy(float)
+        low, high = (float(v) for v in iqm_range[name])
+        ax.axvspan(low, high, color="#009E73", alpha=0.18, lw=0)
+        inside = (values >= low) & (values <= high)
+        span = [
+            min(low, *values) if len(values) else low,
+            max(high, *values) if len(values) else high,
+        ]
+        bins = np.linspace(span[0], span[1], 25) if span[1] > span[0] else 10
+        if len(values):
+            ax.hist(values[inside], bins=bins, color=HARM_COLOUR, alpha=0.8)
+            if (~inside).any():
+                ax.hist(values[~inside], bins=bins, color="#D55E00", alpha=0.9)
+        ax.set_title(name, fontsize=8, loc="left")
+        ax.tick_params(labelsize=6)
+        ax.set_yticks([])
+    for ax in axes[len(iqms) :]:
+        ax.set_visible(False)
+    return fig
+
+
+def participant_volumes(
+    raw: pd.Series, harm: pd.Series, reference: pd.DataFrame, labels: Sequence[str]
+) -> Figure:
+    """Each region's raw and harmonized volume placed on its age/sex-matched reference range.
+
+    Volumes are shown as the position within the reference 95 % range (−1 = lower bound,
+    0 = mean, +1 = upper bound) so that regions of very different sizes share one axis.
+    """
+    regions = list(reference.index)
+    mean = reference["mean"].to_numpy(float)
+    half_lo = mean - reference["lower"].to_numpy(float)
+    half_hi = reference["upper"].to_numpy(float) - mean
+
+    def scaled(v: np.ndarray) -> np.ndarray:
+        d = v - mean
+        return np.where(
+            d < 0,
+            d / np.where(half_lo > 0, half_lo, np.nan),
+            d / np.where(half_hi > 0, half_hi, np.nan),
+        )
+
+    r = scaled(raw.reindex(regions).to_numpy(float))
+    h = scaled(harm.reindex(regions).to_numpy(float))
+    n = len(regions)
+    fig = new_figure(7.5, 0.14 * n + 1.2)
+    ax = fig.subplots()
+    y = np.arange(n)[::-1]
+    ax.axvspan(-1, 1, color="#009E73", alpha=0.15, lw=0, label="reference 95 % range")
+    ax.axvline(0, color="#009E73", lw=0.8)
+    ax.hlines(y, np.fmin(r, h), np.fmax(r, h), color=RAW_COLOUR, lw=0.8, zorder=2)
+    ax.scatter(r, y, s=22, facecolors="none", edgecolors="#555555", label="raw", zorder=3)
+    ax.scatter(h, y, s=10, color=HARM_COLOUR, label="harmonized", zorder=4)
+    ax.set_yticks(y, [short_region(x) for x in labels], fontsize=5)
+    ax.set_ylim(-1, n)
+    ax.set_xlabel("position in reference range (−1 lower, 0 mean, +1 upper)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def participant_iqms(values: pd.Series, iqm_range: dict[str, Sequence[float]]) -> Figure:
+    """Each IQM's position in the training range (0 = low, 1 = high); outside in orange."""
+    names = [n for n in values.index if n in iqm_range]
+    lows = np.array([float(iqm_range[n][0]) for n in names])
+    highs = np.array([float(iqm_range[n][1]) for n in names])
+    v = pd.to_numeric(values.reindex(names), errors="coerce").to_numpy(float)
+    width = np.where(highs > lows, highs - lows, 1.0)
+    pos = (v - lows) / width
+    outside = (v < lows) | (v > highs)
+    fig = new_figure(7.0, 0.2 * len(names) + 1.0)
+    ax = fig.subplots()
+    y = np.arange(len(names))[::-1]
+    ax.axvspan(0, 1, color="#009E73", alpha=0.15, lw=0)
+    ax.scatter(pos[~outside], y[~outside], s=14, color=HARM_COLOUR, zorder=3, label="in range")
+    if outside.any():
+        ax.scatter(pos[outside], y[outside], s=18, color="#D55E00", zorder=4, label="out of range")
+    ax.set_yticks(y, names, fontsize=6)
+    ax.set_ylim(-1, max(len(names), 1))
+    ax.set_xlabel("position in the training range (0 = min, 1 = max)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig

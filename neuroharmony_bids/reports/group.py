@@ -1,0 +1,344 @@
+"""The group report: what harmonization did to this dataset's site effects, biology and quality.
+
+Researchers judge a harmonization by looking at it, so the report puts raw and harmonized
+side by side and says plainly when something could not be shown and why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuroharmony_bids.atomic import write_text
+from neuroharmony_bids.errors import DataError
+from neuroharmony_bids.harmonize.features import (
+    ETIV,
+    NEUROHARMONY_REGIONS,
+    canonical_region,
+)
+from neuroharmony_bids.reports import figures
+from neuroharmony_bids.reports.html import Section, esc, fmt, key_values, note, render, table
+from neuroharmony_bids.reports.model_summary import model_section
+
+#: Scanner metadata used to name a "site" when the table has no site column.
+SCANNER_COLUMNS = ("Manufacturer", "ManufacturersModelName")
+
+
+def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The site of each scan and how it was found (a ``site`` column, else scanner metadata)."""
+    if "site" in table_ and table_["site"].notna().any():
+        return table_["site"].fillna("unknown").astype(str), "the 'site' column"
+    cols = [c for c in SCANNER_COLUMNS if c in table_ and table_[c].notna().any()]
+    if cols:
+        labels = table_[cols].fillna("unknown").astype(str).agg(" ".join, axis=1)
+        return labels, "scanner metadata (" + " + ".join(cols) + ")"
+    return None, "no 'site' column and no scanner metadata (Manufacturer, ManufacturersModelName)"
+
+
+def region_columns(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> list[str]:
+    """Region columns present in both tables that the model harmonizes (user's spelling)."""
+    known = list(getattr(model, "regions_", None) or NEUROHARMONY_REGIONS)
+    known_set = {canonical_region(r) for r in known}
+    return [
+        c
+        for c in raw.columns
+        if c in harmonized.columns and canonical_region(str(c)) in known_set and c != ETIV
+    ]
+
+
+def _align(raw: pd.DataFrame, harmonized: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Raw and harmonized tables row-aligned (the harmonizer keeps rows in order)."""
+    if len(raw) != len(harmonized):
+        keys = [k for k in ("participant_id", "session_id") if k in raw and k in harmonized]
+        if not keys:
+            raise DataError(
+                f"group report: raw table has {len(raw)} rows and harmonized has "
+                f"{len(harmonized)}; they must describe the same scans"
+            )
+        pairs = (
+            raw[keys]
+            .assign(_r=np.arange(len(raw)))
+            .merge(harmonized[keys].assign(_h=np.arange(len(harmonized))), on=keys)
+        )
+        raw, harmonized = raw.iloc[pairs["_r"]], harmonized.iloc[pairs["_h"]]
+    return raw.reset_index(drop=True), harmonized.reset_index(drop=True)
+
+
+def _summary_section(
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    failed: pd.DataFrame | None,
+    sites: pd.Series | None,
+    site_source: str,
+    regions: Sequence[str],
+) -> Section:
+    status = harmonized.get("nh_status", pd.Series(dtype=str)).astype(str)
+    oor = pd.to_numeric(harmonized.get("nh_out_of_range", pd.Series(dtype=float)), errors="coerce")
+    pairs: dict[str, Any] = {
+        "Scans in the tables": len(raw),
+        "Participants": raw["participant_id"].nunique() if "participant_id" in raw else "n/a",
+        "Harmonized (nh_status = harmonized)": int((status == "harmonized").sum()),
+        "Left raw (nh_status = unharmonized)": int((status == "unharmonized").sum()),
+        "Out of the training range (nh_out_of_range = 1)": int((oor == 1).sum()),
+        "Failed (not in the tables)": 0 if failed is None else len(failed),
+        "Regions harmonized": len(regions),
+        "Sites": "n/a" if sites is None else sites.nunique(),
+        "Site taken from": site_source,
+    }
+    if "age" in raw:
+        age = pd.to_numeric(raw["age"], errors="coerce")
+        pairs["Age range (years)"] = f"{fmt(age.min(), 3)} – {fmt(age.max(), 3)}"
+    if "sex" in raw:
+        counts = raw["sex"].astype(str).value_counts()
+        pairs["Sex"] = ", ".join(f"{k}: {v}" for k, v in counts.sort_index().items())
+    body = key_values(pairs)
+    if sites is not None:
+        counts = sites.value_counts().sort_index()
+        body += table(counts.items(), ("site", "scans"), caption="Scans per site")
+    return Section("summary", "Summary", body)
+
+
+def _metrics_block(
+    raw: pd.DataFrame, harmonized: pd.DataFrame, regions: Sequence[str], sites: pd.Series
+) -> str:
+    """Site-classifier AUC and significant-site-effect counts from the shared metrics module."""
+    try:
+        from neuroharmony_bids.harmonize import metrics
+    except ImportError:
+        return note(
+            "Site-effect statistics (site-classifier AUC, number of regions with a significant "
+            "site effect) are not available in this version: the metrics module is missing."
+        )
+    return _metrics_html(metrics, raw, harmonized, regions, sites)
+
+
+def _metrics_html(
+    metrics: Any,
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    regions: Sequence[str],
+    sites: pd.Series,
+) -> str:
+    return note("Site-effect statistics are not available yet: awaiting the metrics module.")
+
+
+def _site_section(
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    regions: Sequence[str],
+    sites: pd.Series | None,
+    site_source: str,
+    raw_keys: Mapping[str, pd.Series],
+    harm_keys: Mapping[str, pd.Series],
+) -> Section:
+    title = "Site effects before and after"
+    if sites is None:
+        return Section(
+            "site-effects",
+            title,
+            note(
+                f"No site information: {site_source}. Site effects cannot be measured; add a "
+                "'site' column to participants.tsv or keep the scanner fields in the T1w JSON "
+                "sidecars."
+            ),
+        )
+    counts = sites.value_counts()
+    if len(counts) < 2:
+        return Section(
+            "site-effects",
+            title,
+            note(
+                f"All {len(sites)} scans come from one site ({counts.index[0]}), so there is no "
+                "between-site difference in this dataset to show or test. Harmonization still "
+                "maps each scan towards the model's reference; see the quality section."
+            ),
+        )
+    parts = [
+        "<p>Each cell is the mean, over a site's scans, of a region's z-scored volume after "
+        "removing age, age² and sex. Red/blue cells mean the site's volumes are larger/smaller "
+        "than the dataset's; after harmonization the columns should fade towards white.</p>"
+    ]
+    if len(regions):
+        raw_z = figures.site_mean_z(raw, regions, sites)
+        harm_z = figures.site_mean_z(harmonized, regions, sites)
+        parts.append(
+            figures.figure_to_img(
+                figures.site_heatmap(raw_z, harm_z),
+                "Heatmap of site-mean z-scores, raw and harmonized",
+            )
+        )
+        mean_abs = pd.DataFrame(
+            {
+                "raw": raw_z.abs().mean(axis=1),
+                "harmonized": harm_z.abs().mean(axis=1),
+            }
+        )
+        parts.append(
+            table(
+                ((s, int(counts[s]), r["raw"], r["harmonized"]) for s, r in mean_abs.iterrows()),
+                ("site", "scans", "mean |z| raw", "mean |z| harmonized"),
+                caption="Average size of each site's deviation over all regions",
+            )
+        )
+    if raw_keys:
+        parts.append("<h3>Key structures by site</h3>")
+        parts.append(
+            figures.figure_to_img(
+                figures.key_region_boxplots(dict(raw_keys), dict(harm_keys), sites),
+                "Box plots by site of key structures, raw and harmonized",
+            )
+        )
+    parts.append("<h3>Site-effect statistics</h3>")
+    parts.append(_metrics_block(raw, harmonized, regions, sites))
+    return Section("site-effects", title, "\n".join(parts))
+
+
+def _biology_section(
+    raw: pd.DataFrame,
+    sites: pd.Series | None,
+    raw_keys: Mapping[str, pd.Series],
+    harm_keys: Mapping[str, pd.Series],
+) -> Section:
+    title = "Biology kept: age curves"
+    if "age" not in raw or "sex" not in raw or not raw_keys:
+        missing = [c for c in ("age", "sex") if c not in raw] or ["key structures"]
+        return Section("biology", title, note(f"Cannot draw age curves: missing {missing}."))
+    sex = raw["sex"].astype(str).str.upper()
+    site_v = sites if sites is not None else pd.Series("all", index=raw.index)
+    body = (
+        "<p>Volume against age per sex, coloured by site, with a quadratic trend (black). "
+        "Harmonization should remove site offsets while keeping the age trend and the sex "
+        "difference.</p>"
+        + figures.figure_to_img(
+            figures.age_curves(dict(raw_keys), dict(harm_keys), raw["age"], sex, site_v),
+            "Age curves of key structures per sex, raw and harmonized",
+        )
+    )
+    return Section("biology", title, body)
+
+
+def _quality_section(
+    raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any, failed: pd.DataFrame | None
+) -> Section:
+    parts: list[str] = []
+    iqm_range = dict(getattr(model, "iqm_range_", None) or {})
+    iqms = [n for n in (getattr(model, "iqms_", None) or list(iqm_range)) if n in iqm_range]
+    prefixed = {n: f"iqm_{n}" for n in iqms if n not in raw and f"iqm_{n}" in raw}
+    shown = raw.rename(columns={v: k for k, v in prefixed.items()})
+    present = [n for n in iqms if n in shown]
+    if present:
+        parts.append(
+            "<p>Histograms of this dataset's MRIQC image quality metrics; the green band is the "
+            "range seen in the model's training data; values outside it are orange.</p>"
+        )
+        parts.append(
+            figures.figure_to_img(
+                figures.iqm_distributions(shown, iqm_range, present),
+                "IQM distributions against the model's training range",
+            )
+        )
+    else:
+        parts.append(note("No IQM of the model's feature set is present in the table."))
+
+    parts.append("<h3>Out-of-range scans</h3>")
+    oor = pd.to_numeric(
+        harmonized.get("nh_out_of_range", pd.Series(0, index=harmonized.index)), errors="coerce"
+    )
+    status = harmonized.get("nh_status", pd.Series("", index=harmonized.index)).astype(str)
+    flagged = harmonized[(oor == 1) | (status == "unharmonized")]
+    if len(flagged):
+        cols = [
+            c
+            for c in (
+                "participant_id",
+                "session_id",
+                "site",
+                "nh_status",
+                "nh_confidence",
+                "nh_out_of_range_features",
+            )
+            if c in flagged
+        ]
+        parts.append(
+            "<p>These scans lie outside the training distribution in the listed features "
+            "(IQMs, age or eTIV). Their correction was shrunk (<code>nh_confidence</code> &lt; 1) "
+            "or not applied (<code>nh_status = unharmonized</code>).</p>"
+        )
+        parts.append(
+            table(
+                flagged[cols].itertuples(index=False, name=None),
+                cols,
+                flags=list(flagged["nh_status"].astype(str) == "unharmonized")
+                if "nh_status" in flagged
+                else None,
+            )
+        )
+    else:
+        parts.append('<p class="ok">No scan is outside the training range.</p>')
+
+    parts.append("<h3>Failed scans</h3>")
+    if failed is not None and len(failed):
+        cols = [c for c in ("participant_id", "session_id", "reason") if c in failed]
+        parts.append(table(failed[cols].itertuples(index=False, name=None), cols))
+    else:
+        parts.append('<p class="ok">No scan failed.</p>')
+    return Section("quality", "Quality: IQMs, out-of-range and failed scans", "\n".join(parts))
+
+
+def build_group_report(
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    model: Any,
+    failed: pd.DataFrame | None = None,
+    model_info: Mapping[str, Any] | None = None,
+) -> str:
+    """The group report as one self-contained HTML string."""
+    raw, harmonized = _align(raw, harmonized)
+    regions = region_columns(raw, harmonized, model)
+    sites, site_source = site_labels(raw)
+    if sites is None:
+        sites, site_source = site_labels(harmonized)
+    model_regions = {canonical_region(r) for r in (getattr(model, "regions_", None) or [])}
+    use_total = "TotalGrayVol" in model_regions or (
+        "TotalGrayVol" in raw
+        and "TotalGrayVol" in harmonized
+        and not np.allclose(
+            pd.to_numeric(raw["TotalGrayVol"], errors="coerce"),
+            pd.to_numeric(harmonized["TotalGrayVol"], errors="coerce"),
+            equal_nan=True,
+        )
+    )
+    raw_keys = figures.key_region_series(raw, prefer_total_gray=use_total)
+    harm_keys = figures.key_region_series(harmonized, prefer_total_gray=use_total)
+    sections = [
+        _summary_section(raw, harmonized, failed, sites, site_source, regions),
+        _site_section(raw, harmonized, regions, sites, site_source, raw_keys, harm_keys),
+        _biology_section(raw, sites, raw_keys, harm_keys),
+        _quality_section(raw, harmonized, model, failed),
+        model_section(model, model_info),
+    ]
+    return render(
+        "Neuroharmony group report",
+        f"{len(raw)} scans · {len(regions)} regions · site from {site_source}",
+        sections,
+    )
+
+
+def write_group_report(
+    path: str | os.PathLike,
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    model: Any,
+    failed: pd.DataFrame | None = None,
+    model_info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the group report HTML atomically (a reader never sees a half-written report)."""
+    return write_text(path, build_group_report(raw, harmonized, model, failed, model_info))
+
+
+__all__ = ["build_group_report", "esc", "site_labels", "write_group_report"]
