@@ -1,0 +1,1 @@
+"""Adapters to external tools and their outputs: FreeSurfer and MRIQC (parse, write, run)."""
