@@ -286,7 +286,7 @@ def simulate_table(
             z = 0.4 * common + np.sqrt(1 - 0.16) * rng.standard_normal(len(mean))
             for r in ref.index:
                 if r not in loc_cache:
-                    loc_cache[r] = global_loc + site_rng.normal(0, 0.04)
+                    loc_cache[r] = global_loc + site_rng.normal(0, 0.05)
                     scale_cache[r] = float(np.exp(site_rng.normal(0, 0.15)))
             loc = np.array([loc_cache[r] for r in ref.index])
             scale = np.array([scale_cache[r] for r in ref.index])
@@ -337,7 +337,7 @@ neuroharmony-bids BIDS App on a fresh machine in under a minute.
   `?h.aparc.stats` files with simulated volumes (each file says it is synthetic).
 - `derivatives/mriqc/sub-*/anat/*_T1w.json` hold simulated MRIQC image quality metrics.
 - Volumes were drawn around {source}, then given per-site scanner effects: a multiplicative
-  per-region location shift (about 4 % per region plus a site-wide shift), a per-region change
+  per-region location shift (SD 5 % per region plus a site-wide shift of SD 3 %), a per-region change
   of the between-subject spread (scale), and shifted image quality metrics per site.
 - The last participant of the last site has deliberately poor image quality (noisy scan) so
   the reports show what an out-of-range flag looks like.
