@@ -100,7 +100,12 @@ def _help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 def _name(action: argparse.Action) -> str:
     words = action.dest.replace("-", "_").split("_")
-    words = [w.upper() if w.lower() in {"fs", "iqm", "iqms", "bids", "mriqc", "gb", "omp", "id", "tsv"} else w for w in words]
+    words = [
+        w.upper()
+        if w.lower() in {"fs", "iqm", "iqms", "bids", "mriqc", "gb", "omp", "id", "tsv"}
+        else w
+        for w in words
+    ]
     text = " ".join(w for w in words if w)
     return text[:1].upper() + text[1:]
 

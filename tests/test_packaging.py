@@ -1,0 +1,860 @@
+"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock file, wheel,
+Boutiques descriptor, brainlife and SLURM recipes."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parent.parent
+VERSION = (REPO / "version").read_text().strip()
+IMAGE = "ghcr.io/neuroharmony-bids/neuroharmony-bids"
+ENTRYPOINT = "/opt/neuroharmony/run.py"
+DESCRIPTOR = REPO / "boutiques" / "descriptor.json"
+INVOCATION = REPO / "boutiques" / "invocation_example.json"
+
+
+def _tool(name: str) -> str:
+    """A console script of the environment running the tests (the locked venv in CI)."""
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    if not Path(found).exists():
+        pytest.fail(f"{name} is not installed: it is pinned in requirements.lock")
+    return found
+
+
+def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run(cmd, check=False, **kwargs)
+
+
+def _parser_or_skip() -> argparse.ArgumentParser:
+    mod = pytest.importorskip(
+        "neuroharmony_bids.cli.parser", reason="neuroharmony_bids.cli.parser is not written yet"
+    )
+    return mod.build_parser()
+
+
+def _load_make_boutiques():
+    spec = importlib.util.spec_from_file_location(
+        "make_boutiques", REPO / "scripts" / "make_boutiques.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- Dockerfile parsing
+
+
+def dockerfile_instructions(path: Path = REPO / "Dockerfile") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in path.read_text().splitlines():
+        line = raw.rstrip()
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if buf and line.lstrip().startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def _arg_default(instructions, name: str) -> str:
+    for word, rest in instructions:
+        if word == "ARG" and rest.startswith(f"{name}="):
+            return rest.split("=", 1)[1].strip().strip('"')
+    raise AssertionError(f"ARG {name}=<default> not found in the Dockerfile")
+
+
+def _env(instructions) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in instructions:
+        if word == "ENV":
+            for key, value in re.findall(r'(\w+)=("[^"]*"|\S+)', rest):
+                env[key] = value.strip('"')
+    return env
+
+
+def test_hadolint_passes_on_the_dockerfile():
+    res = _run(
+        [_tool("hadolint"), "--config", str(REPO / ".hadolint.yaml"), "Dockerfile"], cwd=REPO
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == ""
+
+
+def test_hadolint_ignores_are_few_and_each_has_a_reason():
+    text = (REPO / ".hadolint.yaml").read_text()
+    ignored = yaml.safe_load(text).get("ignored", [])
+    assert len(ignored) <= 3
+    for rule in ignored:
+        comment = [ln for ln in text.splitlines() if ln.lstrip().startswith("#") and rule in ln]
+        assert comment, f"{rule} is ignored without a comment saying why"
+        reason = " ".join(
+            ln.lstrip("# ") for ln in text.splitlines() if ln.lstrip().startswith("#")
+        )
+        assert len(reason) > 80
+
+
+def test_dockerfile_base_is_the_official_mriqc_image_at_the_locked_version():
+    ins = dockerfile_instructions()
+    mriqc = _lock_pins()["mriqc"]
+    assert _arg_default(ins, "MRIQC_VERSION") == mriqc
+    froms = [rest for word, rest in ins if word == "FROM"]
+    assert froms, "no FROM"
+    # the final stage (last FROM) is the MRIQC image itself
+    assert froms[-1].split()[0] == "nipreps/mriqc:${MRIQC_VERSION}"
+    assert all(f.split()[0] == "nipreps/mriqc:${MRIQC_VERSION}" for f in froms)
+
+
+def test_dockerfile_installs_the_lock_before_copying_the_source():
+    ins = dockerfile_instructions()
+    idx = {i: (w, r) for i, (w, r) in enumerate(ins)}
+    copy_lock = [
+        i for i, (w, r) in idx.items() if w == "COPY" and r.startswith("requirements.lock ")
+    ]
+    pip_lock = [
+        i
+        for i, (w, r) in idx.items()
+        if w == "RUN" and "pip install" in r and "-r /tmp/requirements.lock" in r
+    ]
+    copy_src = [
+        i for i, (w, r) in idx.items() if w == "COPY" and r.startswith("neuroharmony_bids ")
+    ]
+    pip_pkg = [
+        i for i, (w, r) in idx.items() if w == "RUN" and "pip install" in r and "--no-deps" in r
+    ]
+    assert len(copy_lock) == len(pip_lock) == len(copy_src) == len(pip_pkg) == 1
+    assert copy_lock[0] < pip_lock[0] < copy_src[0] < pip_pkg[0]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in ins[pip_lock[0]][1]
+    # nothing but the lock is copied before the dependency layer
+    early = [r for w, r in ins[: pip_lock[0]] if w in ("COPY", "ADD") and "--from=" not in r]
+    assert all(r.startswith(("requirements.lock", "docker/")) for r in early), early
+
+
+def test_dockerfile_runtime_contract():
+    ins = dockerfile_instructions()
+    words = [w for w, _ in ins]
+    assert "HEALTHCHECK" not in words
+    assert "ADD" not in words
+    users = [r for w, r in ins if w == "USER"]
+    final_user = users[-1].split(":")[0]
+    assert final_user.isdigit() and int(final_user) != 0, "the image must run as non-root"
+    assert json.loads([r for w, r in ins if w == "ENTRYPOINT"][-1]) == [ENTRYPOINT]
+    copies = [r for w, r in ins if w == "COPY"]
+    assert "version /version" in copies
+    assert "run.py /opt/neuroharmony/run.py" in copies
+    assert not any("license" in c.lower() for c in copies), "no FreeSurfer license in the image"
+
+    env = _env(ins)
+    assert "FS_LICENSE" not in env
+    assert env["FREESURFER_HOME"] == "/opt/freesurfer"
+    assert "SUBJECTS_DIR" in env and "$FREESURFER_HOME/bin" in env["PATH"]
+    # read-only root filesystem: every place written at run time is under /tmp
+    for key in ("HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "NIPYPE_CONFIG_DIR", "MRIQC_CACHE_PATH"):
+        assert env[key] == "/tmp" or env[key].startswith("/tmp/"), key
+    assert env["NIPYPE_NO_ET"] == "1" and env["TEMPLATEFLOW_AUTOUPDATE"] == "0"
+    # the templates are fetched at build time into TEMPLATEFLOW_HOME, outside /tmp
+    tf_home = env["TEMPLATEFLOW_HOME"]
+    assert not tf_home.startswith("/tmp")
+    fetch = [r for w, r in ins if w == "RUN" and "templateflow" in r and "tf.get(" in r]
+    assert len(fetch) == 1 and "MNI152NLin2009cAsym" in fetch[0] and "probseg" in fetch[0]
+    # our Python is not put first on PATH: `mriqc` stays the MRIQC image's own
+    assert "/opt/neuroharmony/env/bin" not in env["PATH"]
+
+    # FreeSurfer 7.3.2 trimmed with the exclude list
+    fs = [r for w, r in ins if w == "RUN" and "surfer.nmr.mgh.harvard.edu" in r]
+    assert len(fs) == 1 and "--exclude-from=" in fs[0]
+    assert _arg_default(ins, "FREESURFER_VERSION") == "7.3.2"
+
+
+def test_dockerfile_labels_and_version_build_arg():
+    ins = dockerfile_instructions()
+    labels = dict(
+        re.findall(
+            r'(org\.opencontainers\.image\.[\w.]+)="([^"]*)"',
+            " ".join(r for w, r in ins if w == "LABEL"),
+        )
+    )
+    for key in ("source", "version", "licenses", "title", "description"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'license = {{ text = "{labels["org.opencontainers.image.licenses"]}" }}' in pyproject
+    assert labels["org.opencontainers.image.source"] in pyproject
+    # the build refuses a VERSION that differs from the version file
+    check = [r for w, r in ins if w == "RUN" and "${VERSION}" in r and "/version" in r]
+    assert check and 'test "$(cat /version)" = "${VERSION}"' in check[0]
+    assert "--build-arg VERSION=" in (REPO / "Dockerfile").read_text()
+
+
+def _dockerignore_excludes(relpath: str) -> bool:
+    """Docker's rule: the last pattern matching the path (or a parent) decides."""
+    patterns = [
+        ln.strip()
+        for ln in (REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
+    parts = relpath.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pat in patterns:
+        negate = pat.startswith("!")
+        pat = pat.lstrip("!").rstrip("/")
+        regex = fnmatch.translate(pat).replace(".*.*/", "(?:.*/)?")
+        if any(
+            re.match(regex, c)
+            or (pat.startswith("**/") and fnmatch.fnmatch(c.split("/")[-1], pat[3:]))
+            for c in candidates
+        ):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerfile_copy_sources_exist_and_are_in_the_build_context():
+    ins = dockerfile_instructions()
+    fs_version = _arg_default(ins, "FREESURFER_VERSION")
+    for word, rest in ins:
+        if word != "COPY" or "--from=" in rest:
+            continue
+        sources = rest.split()[:-1]
+        for src in sources:
+            src = src.replace("${FREESURFER_VERSION}", fs_version)
+            assert (REPO / src).exists(), f"COPY source {src} is missing from the repository"
+            assert not _dockerignore_excludes(src), f"{src} is excluded by .dockerignore"
+    assert _dockerignore_excludes(".git/HEAD") and _dockerignore_excludes(".venv/bin/python")
+    assert _dockerignore_excludes("neuroharmony_bids/__pycache__/x.pyc")
+    assert not _dockerignore_excludes("neuroharmony_bids/data/model.json")
+
+
+FS_KEEP = [
+    "bin/recon-all",
+    "bin/mri_segstats",
+    "bin/mris_anatomical_stats",
+    "bin/asegstats2table",
+    "bin/aparcstats2table",
+    "bin/mris_ca_label",
+    "bin/talairach_avi",
+    "bin/mri_nu_correct.mni",
+    "bin/fspython",
+    "average/RB_all_2020-01-02.gca",
+    "average/711-2C_as_mni_average_305.4dfp.img",
+    "average/lh.DKaparc.atlas.acfb40.noaparc.i12.2016-08-02.gcs",
+    "subjects/fsaverage/surf/lh.white",
+    "ASegStatsLUT.txt",
+    "FreeSurferColorLUT.txt",
+    "mni/bin/nu_correct",
+    "python/lib/python3.8/site-packages/numpy/__init__.py",
+]
+FS_DROP = [
+    "bin/freeview",
+    "bin/tksurfer",
+    "bin/dmri_motion",
+    "bin/trac-all",
+    "bin/samseg",
+    "bin/segmentHA_T1.sh",
+    "lib/qt/lib/libQt5Core.so",
+    "subjects/bert/mri/orig.mgz",
+    "subjects/fsaverage_sym/surf/lh.white",
+    "average/samseg/atlas.txt",
+    "average/mult-comp-cor/fsaverage/lh/cortex/fwhm10/abs/th20/mc-z.csd",
+    "models/synthseg_2.0.h5",
+    "python/lib/python3.8/site-packages/torch/__init__.py",
+    "python/lib/python3.8/site-packages/numpy/core/tests/test_x.py",
+    "matlab/fast_selxavg3.m",
+    "fsfast/bin/selxavg3-sess",
+]
+
+
+def test_freesurfer_exclude_list_keeps_recon_all_and_the_stats_tools(tmp_path):
+    tar = shutil.which("tar")
+    if tar is None:
+        pytest.skip("GNU tar is not installed")
+    src = tmp_path / "src"
+    for rel in FS_KEEP + FS_DROP:
+        path = src / "freesurfer" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+    archive = tmp_path / "freesurfer.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src / "freesurfer", arcname="freesurfer")
+    dest = tmp_path / "opt"
+    dest.mkdir()
+    exclude = REPO / "docker" / "freesurfer-7.3.2-exclude.txt"
+    res = _run([tar, "-xzf", str(archive), "-C", str(dest), f"--exclude-from={exclude}"])
+    assert res.returncode == 0, res.stderr
+    kept = {p.relative_to(dest / "freesurfer").as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert set(FS_KEEP) <= kept, sorted(set(FS_KEEP) - kept)
+    assert not (set(FS_DROP) & kept), sorted(set(FS_DROP) & kept)
+
+
+# --------------------------------------------------------------------------- Singularity.def
+
+
+def parse_singularity_def(path: Path = REPO / "Singularity.def") -> tuple[dict, dict]:
+    header: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if line.startswith("%"):
+            current = line[1:].split()[0]
+            sections[current] = []
+        elif current is None:
+            if ":" in line and not line.lstrip().startswith("#"):
+                key, _, value = line.partition(":")
+                header[key.strip()] = value.strip()
+        else:
+            sections[current].append(line)
+    return header, {k: "\n".join(v).strip() for k, v in sections.items()}
+
+
+def test_singularity_def_builds_from_this_version_of_the_docker_image():
+    header, sections = parse_singularity_def()
+    assert header["Bootstrap"] == "docker"
+    assert header["From"] == f"{IMAGE}:{VERSION}"
+    # the same image name the Dockerfile's build instructions tag
+    assert f"-t {IMAGE}:" in (REPO / "Dockerfile").read_text()
+    labels = dict(ln.split(None, 1) for ln in sections["labels"].splitlines() if ln.strip())
+    assert labels["org.opencontainers.image.version"] == VERSION
+    assert sections["help"]
+    runscript = [ln.strip() for ln in sections["runscript"].splitlines() if ln.strip()]
+    assert runscript == [f'exec {ENTRYPOINT} "$@"']
+    assert f"{ENTRYPOINT} --version" in sections["test"]
+    assert "/version" in sections["test"]
+
+
+def test_singularity_runscript_matches_the_docker_entrypoint():
+    entry = json.loads([r for w, r in dockerfile_instructions() if w == "ENTRYPOINT"][-1])
+    _, sections = parse_singularity_def()
+    assert sections["runscript"].split()[1] == entry[0]
+
+
+# --------------------------------------------------------------------------- lock file and wheel
+
+
+def test_lock_pins_every_package_exactly():
+    seen = set()
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+", line), line
+        name = canonicalize_name(line.split("==")[0])
+        assert name not in seen, f"{name} pinned twice"
+        seen.add(name)
+
+
+def test_lock_satisfies_every_declared_dependency():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = _lock_pins()
+    declared = list(project["dependencies"])
+    for extra in ("mriqc", "test"):
+        declared += project.get("optional-dependencies", {}).get(extra, [])
+    for spec in declared:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is a dependency but not pinned in requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{spec} vs =={pins[name]}"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a clean copy of the repository (the checkout is never written to)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "work", "out"
+        ),
+    )
+    dist = tmp / "dist"
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        cwd=tmp,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    wheels = list(dist.glob("neuroharmony_bids-*.whl"))
+    assert len(wheels) == 1
+    return wheels[0]
+
+
+def test_wheel_has_the_version_the_package_and_both_commands(wheel):
+    assert wheel.name.startswith(f"neuroharmony_bids-{VERSION}-")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = zf.read(entry_points).decode()
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert re.search(r"^neuroharmony-bids = neuroharmony_bids\.cli\.run:main$", scripts, re.M)
+    assert re.search(r"^neuroharmony = neuroharmony_bids\.cli\.table:main$", scripts, re.M)
+    assert f"\nVersion: {VERSION}\n" in metadata
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "neuroharmony_bids").rglob("*.py")}
+    assert modules and modules <= names, sorted(modules - names)[:10]
+
+
+def test_wheel_ships_the_pretrained_model(wheel):
+    data = REPO / "neuroharmony_bids" / "data"
+    shipped = sorted(p for p in data.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    if not any(p.suffix == ".json" for p in shipped):
+        pytest.skip("neuroharmony_bids/data/*.json (the shipped model) is not committed yet")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    missing = [
+        p.relative_to(REPO).as_posix()
+        for p in shipped
+        if p.relative_to(REPO).as_posix() not in names
+    ]
+    assert not missing, missing
+
+
+# --------------------------------------------------------------------------- Boutiques
+
+
+def _bosh(*args) -> subprocess.CompletedProcess:
+    return _run([_tool("bosh"), *map(str, args)], cwd=REPO)
+
+
+def test_bosh_validates_the_descriptor():
+    assert DESCRIPTOR.is_file(), "boutiques/descriptor.json missing: run scripts/make_boutiques.py"
+    res = _bosh("validate", DESCRIPTOR)
+    assert res.returncode == 0, res.stdout + res.stderr
+    desc = json.loads(DESCRIPTOR.read_text())
+    assert desc["tool-version"] == VERSION
+    assert desc["container-image"]["image"] == f"{IMAGE}:{VERSION}"
+
+
+def test_descriptor_lists_every_parser_option():
+    parser = _parser_or_skip()
+    desc = json.loads(DESCRIPTOR.read_text())
+    by_flag = {i["command-line-flag"]: i for i in desc["inputs"] if "command-line-flag" in i}
+    positional_ids = [i["id"] for i in desc["inputs"] if "command-line-flag" not in i]
+    expected_positionals = []
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        if action.help == argparse.SUPPRESS:
+            continue
+        if not action.option_strings:
+            expected_positionals.append(action.dest)
+            continue
+        hits = [s for s in action.option_strings if s in by_flag]
+        assert len(hits) == 1, f"{action.option_strings} is not (exactly once) in the descriptor"
+        entry = by_flag.pop(hits[0])
+        assert (entry["type"] == "Flag") == (action.nargs == 0), action.option_strings
+        if action.choices is not None:
+            assert entry["value-choices"] == list(action.choices)
+    assert positional_ids == expected_positionals
+    assert not by_flag, f"descriptor options that the parser does not have: {sorted(by_flag)}"
+    for name in ("bids_dir", "output_dir", "analysis_level"):
+        assert name in positional_ids
+
+
+def test_make_boutiques_check_passes():
+    _parser_or_skip()
+    res = _run([sys.executable, str(REPO / "scripts" / "make_boutiques.py"), "--check"], cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_make_boutiques_check_detects_a_stale_descriptor(tmp_path):
+    _parser_or_skip()
+    stale = json.loads(DESCRIPTOR.read_text())
+    stale["inputs"] = stale["inputs"][:-1]
+    path = tmp_path / "descriptor.json"
+    path.write_text(json.dumps(stale, indent=2) + "\n")
+    script = str(REPO / "scripts" / "make_boutiques.py")
+    res = _run([sys.executable, script, "--check", "--output", str(path)], cwd=REPO)
+    assert res.returncode == 1
+    assert "out of date" in res.stderr and "+" in res.stderr
+    # writing mode repairs it
+    assert _run([sys.executable, script, "--output", str(path)], cwd=REPO).returncode == 0
+    assert path.read_text() == DESCRIPTOR.read_text()
+
+
+def _simulated_command(descriptor: Path, invocation: Path) -> list[str]:
+    res = _bosh("exec", "simulate", descriptor, "-i", invocation)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Generated Command"))
+    return shlex.split(lines[start + 1])
+
+
+def test_invocation_example_is_valid_and_the_parser_accepts_its_command():
+    parser = _parser_or_skip()
+    res = _bosh("invocation", DESCRIPTOR, "-i", INVOCATION)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cmd = _simulated_command(DESCRIPTOR, INVOCATION)
+    assert cmd[0] == "neuroharmony-bids"
+    args = parser.parse_args(cmd[1:])
+    invocation = json.loads(INVOCATION.read_text())
+    assert str(args.analysis_level) == invocation["analysis_level"]
+    assert Path(args.bids_dir) == Path(invocation["bids_dir"])
+
+
+def test_generator_translates_every_kind_of_argparse_option(tmp_path):
+    """The generator on a synthetic parser: bosh accepts the result and the command round-trips."""
+    mb = _load_make_boutiques()
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("bids_dir", type=Path, help="input")
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("analysis_level", choices=["participant", "group"])
+    p.add_argument("--participant-label", "--participant_label", nargs="+", help="labels")
+    p.add_argument("-w", "--work-dir", type=Path)
+    p.add_argument(
+        "--nprocs", "--n_cpus", type=int, default=1, help="processes (default %(default)s)"
+    )
+    p.add_argument("--mem-gb", type=float)
+    p.add_argument("--skip-bids-validation", action="store_true")
+    p.add_argument("--level", choices=[1, 2, 3], type=int, default=2)
+    p.add_argument("--tag", action="append")
+    p.add_argument("--hidden", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version="1")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--train", action="store_true")
+    group.add_argument("--no-train", action="store_true")
+    desc = mb.build_descriptor(p, VERSION)
+    path = tmp_path / "d.json"
+    path.write_text(mb.render(desc))
+    res = _bosh("validate", path)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    inputs = {i["id"]: i for i in desc["inputs"]}
+    assert [i["id"] for i in desc["inputs"][:3]] == ["bids_dir", "output_dir", "analysis_level"]
+    assert "hidden" not in inputs and "version" not in inputs and "help" not in inputs
+    assert inputs["bids_dir"]["type"] == "File" and not inputs["bids_dir"]["optional"]
+    assert (
+        inputs["participant_label"]["list"]
+        and inputs["participant_label"]["command-line-flag"] == "--participant-label"
+    )
+    assert inputs["nprocs"]["integer"] and inputs["nprocs"]["default-value"] == 1
+    assert inputs["nprocs"]["description"] == "processes (default 1)"
+    assert inputs["mem_gb"]["type"] == "Number" and "integer" not in inputs["mem_gb"]
+    assert inputs["skip_bids_validation"]["type"] == "Flag"
+    assert inputs["level"]["value-choices"] == [1, 2, 3]
+    assert desc["groups"][0]["members"] == ["train", "no_train"]
+
+    invocation = tmp_path / "inv.json"
+    invocation.write_text(
+        json.dumps(
+            {
+                "bids_dir": "/data",
+                "output_dir": "/out",
+                "analysis_level": "participant",
+                "participant_label": ["01", "02"],
+                "nprocs": 4,
+                "skip_bids_validation": True,
+                "train": True,
+            }
+        )
+    )
+    args = p.parse_args(_simulated_command(path, invocation)[1:])
+    assert args.participant_label == ["01", "02"] and args.nprocs == 4
+    assert args.skip_bids_validation and args.train and args.analysis_level == "participant"
+
+
+# --------------------------------------------------------------------------- brainlife
+
+
+def test_brainlife_main_is_executable_bash():
+    main = REPO / "brainlife" / "main"
+    assert os.access(main, os.X_OK)
+    assert main.read_text().startswith("#!/bin/bash")
+    res = _run(["bash", "-n", str(main)])
+    assert res.returncode == 0, res.stderr
+    assert f"{IMAGE}:{VERSION}" in main.read_text()
+
+
+def test_brainlife_config_example_has_every_key_main_reads():
+    example = json.loads((REPO / "brainlife" / "config.json.example").read_text())
+    keys = set(re.findall(r"\$\(cfg (\w+)\)", (REPO / "brainlife" / "main").read_text()))
+    assert keys and keys <= set(example), sorted(keys - set(example))
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+
+
+def test_brainlife_main_lays_out_bids_and_runs_both_levels(tmp_path):
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed (brainlife/main needs it; `apt-get install jq`)")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    _stub(
+        bin_dir, "apptainer", f'printf "%s\\n" "$*" >> {calls}\nfind bids | sort >> {calls}.tree\n'
+    )
+    t1 = tmp_path / "t1.nii.gz"
+    t1.write_bytes(b"\x1f\x8b placeholder")
+    fs = tmp_path / "fs_output"
+    (fs / "stats").mkdir(parents=True)
+    config = json.loads((REPO / "brainlife" / "config.json.example").read_text())
+    config.update(t1=str(t1), freesurfer=str(fs), mriqc="", model="", subject="", session="")
+    config.update(age=41, sex="F", nprocs=2, mem_gb=6, omp_nthreads=2)
+    config["_inputs"] = [{"meta": {"subject": "ab-1", "Manufacturer": "GE", "lowercase": 1}}]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(config))
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FREESURFER_LICENSE": "me@x 123",
+    }
+    res = _run([str(REPO / "brainlife" / "main")], cwd=run_dir, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    anat = run_dir / "bids" / "sub-ab1" / "anat"
+    assert (anat / "sub-ab1_T1w.nii.gz").resolve() == t1.resolve()
+    assert json.loads((anat / "sub-ab1_T1w.json").read_text()) == {"Manufacturer": "GE"}
+    assert (run_dir / "bids" / "participants.tsv").read_text().splitlines() == [
+        "participant_id\tage\tsex",
+        "sub-ab1\t41\tF",
+    ]
+    assert (run_dir / "work" / "license.txt").read_text().strip() == "me@x 123"
+    participant, group = calls.read_text().splitlines()
+    image = f"docker://{IMAGE}:{VERSION}"
+    assert participant.startswith("run -e ") and f" {image} /bids /out participant " in participant
+    for part in (
+        "--participant-label ab1",
+        "--freesurfer-dir /work/freesurfer",
+        "--nprocs 2",
+        "--mem-gb 6",
+        "--omp-nthreads 2",
+        "--fs-license-file /work/license.txt",
+        f"-B {run_dir}/bids:/bids:ro",
+        f"-B {fs.resolve()}:/inputs/freesurfer:ro",
+    ):
+        assert part in participant, part
+    assert f" {image} /bids /out group -w /work" in group
+    assert os.readlink(run_dir / "work" / "freesurfer" / "sub-ab1") == "/inputs/freesurfer"
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+def _bids_with_subjects(root: Path, labels) -> Path:
+    for label in labels:
+        (root / f"sub-{label}" / "anat").mkdir(parents=True)
+    return root
+
+
+def test_slurm_array_submit_queues_one_task_per_participant_and_a_dependent_group_job(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.txt"
+    _stub(bin_dir, "sbatch", f'printf "%s\\n" "$*" >> {log}\necho $(( 100 + $(wc -l < {log}) ))\n')
+    bids = _bids_with_subjects(tmp_path / "bids", ["03", "01", "02"])
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "BIDS_DIR": str(bids),
+        "OUT_DIR": str(tmp_path / "out"),
+        "SIF": str(tmp_path / "nh.sif"),
+        "MAX_PARALLEL": "2",
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    script = REPO / "scripts" / "slurm_array.sbatch"
+    res = _run(["bash", str(script), "submit"], env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    array, group = log.read_text().splitlines()
+    assert "--array=1-3%2" in array and array.endswith(f"{script} participant")
+    assert "--dependency=afterok:101" in group and group.endswith(f"{script} group")
+    assert "--parsable" in array and "--export=ALL" in group
+
+
+def _array_task(tmp_path, task_id: str, exit_code: int = 0):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "apptainer.txt"
+    _stub(bin_dir, "apptainer", f'printf "%s\\n" "$*" >> {calls}\nexit {exit_code}\n')
+    bids = _bids_with_subjects(tmp_path / "bids", ["01", "02", "03"])
+    scratch = tmp_path / "scratch"
+    license_file = tmp_path / "license.txt"
+    license_file.write_text("x")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "BIDS_DIR": str(bids),
+        "OUT_DIR": str(tmp_path / "out"),
+        "SIF": "/images/nh.sif",
+        "FS_LICENSE_FILE": str(license_file),
+        "SLURM_ARRAY_TASK_ID": task_id,
+        "SLURM_ARRAY_JOB_ID": "77",
+        "SLURM_CPUS_PER_TASK": "4",
+        "SLURM_MEM_PER_NODE": "16384",
+        "SLURM_TMPDIR": str(scratch),
+    }
+    env.pop("OMP_NTHREADS", None)
+    res = _run(["bash", str(REPO / "scripts" / "slurm_array.sbatch"), "participant"], env=env)
+    return res, calls, scratch / f"77_{task_id}_sub-0{task_id}", bids, license_file
+
+
+def test_slurm_array_task_runs_its_participant_with_the_granted_resources(tmp_path):
+    res, calls, workdir, bids, license_file = _array_task(tmp_path, "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (call,) = calls.read_text().splitlines()
+    argv = shlex.split(call)
+    assert argv[:2] == ["run", "--containall"]
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "-B"]
+    assert f"{bids}:/data:ro" in binds and f"{workdir}:/work" in binds
+    assert (
+        f"{workdir}/tmp:/tmp" in binds and f"{license_file}:/opt/freesurfer/license.txt:ro" in binds
+    )
+    app = argv[argv.index("/images/nh.sif") + 1 :]
+    assert app[:3] == ["/data", "/out", "participant"]
+    opts = " ".join(app[3:])
+    for part in (
+        "--participant-label 02",
+        "--nprocs 4",
+        "--omp-nthreads 4",
+        "--mem-gb 14",
+        "-w /work",
+    ):
+        assert part in opts, part
+    assert "--fs-license-file /opt/freesurfer/license.txt" in opts
+    assert not workdir.exists(), "a successful task removes its work directory"
+    try:
+        parser = _parser_or_skip()
+    except pytest.skip.Exception:
+        return
+    args = parser.parse_args(app)
+    assert args.analysis_level == "participant"
+
+
+def test_slurm_array_task_failure_is_reported_and_keeps_the_work_directory(tmp_path):
+    res, _, workdir, _, _ = _array_task(tmp_path, "3", exit_code=65)
+    assert res.returncode == 65
+    assert workdir.is_dir() and "sub-03 failed" in res.stderr
+
+
+def test_slurm_graph_plugin_file_drives_nipype_slurmgraph(tmp_path):
+    """The plugin YAML through Nipype's real SLURMGraph plugin, with a stub sbatch."""
+    pe = pytest.importorskip("nipype.pipeline.engine")
+    from nipype.interfaces.utility import Function
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.txt"
+    _stub(
+        bin_dir,
+        "sbatch",
+        f'printf "%s\\n" "$*" >> {log}\necho "Submitted batch job $(( 500 + $(wc -l < {log}) ))"\n',
+    )
+
+    def add_one(x):
+        return x + 1
+
+    wf = pe.Workflow(name="graph_check", base_dir=str(tmp_path / "work"))
+    first = pe.Node(Function(input_names=["x"], output_names=["y"], function=add_one), name="first")
+    first.inputs.x = 1
+    second = pe.Node(
+        Function(input_names=["x"], output_names=["y"], function=add_one), name="second"
+    )
+    wf.connect(first, "y", second, "x")
+
+    settings = yaml.safe_load((REPO / "scripts" / "slurm_graph_plugin.yml").read_text())
+    assert settings["plugin"] == "SLURMGraph"
+    old_path, old_tag = os.environ["PATH"], os.environ.get("NEUROHARMONY_RUN_TAG")
+    os.environ["PATH"] = f"{bin_dir}:{old_path}"
+    os.environ["NEUROHARMONY_RUN_TAG"] = "neuroharmony-4242"
+    try:
+        wf.run(plugin=settings["plugin"], plugin_args=dict(settings["plugin_args"]))
+    finally:
+        os.environ["PATH"] = old_path
+        if old_tag is None:
+            os.environ.pop("NEUROHARMONY_RUN_TAG", None)
+        else:
+            os.environ["NEUROHARMONY_RUN_TAG"] = old_tag
+    first_job, second_job = log.read_text().splitlines()
+    for job in (first_job, second_job):
+        assert (
+            "--comment=neuroharmony-4242" in job
+            and "--mem=8G" in job
+            and "--cpus-per-task=1" in job
+        )
+    assert "--dependency" not in first_job and "--dependency=afterok:501" in second_job
+    script = Path(second_job.split()[-1]).read_text()
+    assert script.startswith("#!/bin/bash\n#SBATCH --export=ALL\n") and sys.executable in script
+
+
+def test_slurm_nipype_driver_queues_the_group_level_after_the_node_jobs(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    _stub(bin_dir, "neuroharmony-bids", f'printf "nh %s\\n" "$*" >> {log}\n')
+    _stub(
+        bin_dir,
+        "squeue",
+        'echo "11 $NEUROHARMONY_RUN_TAG"; echo "12 other"; echo "13 $NEUROHARMONY_RUN_TAG"\n',
+    )
+    _stub(bin_dir, "sbatch", f'printf "sbatch %s\\n" "$*" >> {log}\necho 99\n')
+    plugin = REPO / "scripts" / "slurm_graph_plugin.yml"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "BIDS_DIR": str(tmp_path / "bids"),
+        "OUT_DIR": str(tmp_path / "out"),
+        "WORK_DIR": str(tmp_path / "work"),
+        "PLUGIN_FILE": str(plugin),
+        "SLURM_JOB_ID": "4242",
+        "USER": "me",
+    }
+    res = _run(
+        ["bash", str(REPO / "scripts" / "slurm_nipype_plugin.sbatch")], env=env, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    nh, sbatch = log.read_text().splitlines()
+    assert f"participant -w {tmp_path}/work/participant --use-plugin {plugin}" in nh
+    assert "--nprocs 1 --omp-nthreads 1 --mem-gb 8" in nh
+    assert "--dependency=afterok:11:13" in sbatch and "--job-name=neuroharmony-group" in sbatch
+    assert (
+        f"neuroharmony-bids {tmp_path}/bids {tmp_path}/out group -w {tmp_path}/work/group" in sbatch
+    )
