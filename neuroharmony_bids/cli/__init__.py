@@ -1,0 +1,1 @@
+"""Command-line entry points: the BIDS App (``neuroharmony-bids``) and its parser."""

@@ -1,0 +1,487 @@
+"""The output folder: BIDS derivative names, dataset-level files and per-scan tables.
+
+Per scan (``sub-X/[ses-Y/]anat/``)::
+
+    sub-X[_ses-Y][_acq-A][_run-N]_desc-raw_morph.tsv         one row: FreeSurfer volumes + eTIV
+    sub-X[_ses-Y][_acq-A][_run-N]_desc-raw_morph.json        data dictionary + provenance
+    sub-X[_ses-Y][_acq-A][_run-N]_desc-harmonized_morph.tsv  harmonized volumes + nh_* flags
+    sub-X[_ses-Y][_acq-A][_run-N]_desc-harmonized_morph.json
+
+``_morph.tsv`` is the suffix XCP-D and BEP011 (tabular morphometry) use; it is not yet in the
+BIDS schema, so ``.bidsignore`` lists it and the validator accepts the folder. Region names
+are FreeSurfer 7 / asegstats2table spellings (FreeSurfer 6 ``Left-Thalamus-Proper`` becomes
+``Left-Thalamus``) so that tables of FS6 and FS7 subjects line up.
+
+Dataset-level files (``dataset_description.json``, ``descriptions.tsv``, ``README.md``,
+``.bidsignore``) are deterministic: 16 processes writing the same folder write identical bytes
+through atomic renames, so none can leave a corrupt or mixed file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuroharmony_bids._version import __version__
+from neuroharmony_bids.atomic import TMP_PREFIX, write_table, write_text
+from neuroharmony_bids.bids import SCANNER_FIELDS, Scan
+from neuroharmony_bids.errors import UsageError
+from neuroharmony_bids.harmonize.features import (
+    ASEG_REGIONS,
+    DK_REGIONS,
+    ETIV,
+    EXTRA_REGIONS,
+    canonical_region,
+)
+
+PIPELINE_NAME = "neuroharmony-bids"
+CODE_URL = "https://github.com/neuroharmony-bids/neuroharmony-bids"
+BIDS_VERSION = "1.10.0"
+
+#: Every ``desc-`` label this pipeline writes, with its meaning (→ descriptions.tsv).
+DESCRIPTIONS: dict[str, str] = {
+    "raw": "FreeSurfer regional volumes (mm^3) as measured, before harmonization, "
+    "read from aseg.stats and lh/rh.aparc.stats",
+    "harmonized": "FreeSurfer regional volumes (mm^3) after Neuroharmony single-scan "
+    "harmonization from MRIQC image-quality metrics, with nh_* quality flags",
+}
+
+#: Region columns written, in this order (those present in the FreeSurfer outputs).
+REGION_ORDER: list[str] = ASEG_REGIONS + DK_REGIONS + EXTRA_REGIONS + [ETIV]
+
+NH_COLUMNS = [
+    "nh_status",
+    "nh_confidence",
+    "nh_out_of_range",
+    "nh_out_of_range_features",
+    "nh_features_used",
+    "nh_n_regions",
+]
+
+_NH_DICTIONARY: dict[str, dict[str, Any]] = {
+    "nh_status": {
+        "Description": "Whether this scan's volumes were harmonized",
+        "Levels": {
+            "harmonized": "the model's correction was applied (scaled by nh_confidence)",
+            "unharmonized": "left as measured: the scan is far outside the training "
+            "distribution in the features listed in nh_out_of_range_features",
+        },
+    },
+    "nh_confidence": {
+        "Description": "Fraction (0 to 1) of the predicted correction that was applied; "
+        "below 1 when the scan is near or beyond the training range",
+    },
+    "nh_out_of_range": {
+        "Description": "1 if any model input (IQM, age, eTIV) is outside the training range",
+        "Levels": {"0": "all inputs inside the training range", "1": "some input outside"},
+    },
+    "nh_out_of_range_features": {
+        "Description": "Semicolon-separated names of the inputs outside the training range "
+        "(n/a when none)",
+    },
+    "nh_features_used": {
+        "Description": "Semicolon-separated MRIQC IQMs the model used to predict the correction",
+    },
+    "nh_n_regions": {"Description": "Number of regions the model harmonized for this scan"},
+}
+
+BIDSIGNORE = """\
+# Files of BEP011-style tabular morphometry and run records, not (yet) in the BIDS schema.
+*_morph.tsv
+*_morph.json
+*_report.html
+group_*
+logs/
+models/
+work/
+"""
+
+README = """\
+# neuroharmony-bids derivatives
+
+Regional FreeSurfer volumes of single T1w scans, raw and harmonized with Neuroharmony
+(single-scan harmonization from MRIQC image-quality metrics).
+
+- `sub-*/[ses-*/]anat/*_desc-raw_morph.tsv`: volumes (mm^3) as FreeSurfer measured them.
+- `sub-*/[ses-*/]anat/*_desc-harmonized_morph.tsv`: harmonized volumes and `nh_*` flags.
+- Each TSV has a JSON data dictionary with units, the model, the IQMs used and the scanner.
+- `descriptions.tsv` defines the `desc-` labels; `group_*.tsv` are written at group level.
+- `sourcedata/` holds MRIQC and FreeSurfer outputs when this pipeline ran those tools.
+- `logs/` records every run (command line, versions, timing) and failed scans.
+"""
+
+
+def scan_dir(output_dir: str | os.PathLike, scan: Scan) -> Path:
+    """``output_dir/sub-X[/ses-Y]/anat``."""
+    return Path(output_dir) / scan.rel_dir
+
+
+def morph_path(output_dir: str | os.PathLike, scan: Scan, desc: str, ext: str = ".tsv") -> Path:
+    """Path of a per-scan table or its sidecar."""
+    if desc not in DESCRIPTIONS:
+        raise ValueError(f"unknown desc {desc!r}; add it to DESCRIPTIONS first")
+    return scan_dir(output_dir, scan) / f"{scan.prefix}_desc-{desc}_morph{ext}"
+
+
+def scan_outputs(output_dir: str | os.PathLike, scan: Scan) -> dict[str, Path]:
+    """The four files a finished scan has."""
+    return {
+        f"{desc}_{ext[1:]}": morph_path(output_dir, scan, desc, ext)
+        for desc in ("raw", "harmonized")
+        for ext in (".tsv", ".json")
+    }
+
+
+def report_path(output_dir: str | os.PathLike, scan: Scan) -> Path:
+    """Per-scan HTML report."""
+    return scan_dir(output_dir, scan) / f"{scan.prefix}_report.html"
+
+
+def is_done(output_dir: str | os.PathLike, scan: Scan) -> bool:
+    """All four per-scan files exist (they are written atomically, so existing = complete)."""
+    return all(p.is_file() for p in scan_outputs(output_dir, scan).values())
+
+
+# --------------------------------------------------------------------------- dataset level
+
+
+def dataset_description(
+    bids_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model_info: Mapping[str, Any],
+    container: str | None = None,
+) -> dict[str, Any]:
+    """``dataset_description.json`` content (deterministic: no dates, no host names)."""
+    bids_dir, output_dir = Path(bids_dir).resolve(), Path(output_dir).resolve()
+    generated: dict[str, Any] = {
+        "Name": PIPELINE_NAME,
+        "Version": __version__,
+        "CodeURL": CODE_URL,
+        "Description": "Single-scan harmonization of FreeSurfer regional volumes from MRIQC "
+        "image-quality metrics (Neuroharmony)",
+    }
+    if container:
+        kind, _, tag = container.partition("://")
+        generated["Container"] = {"Type": kind, "Tag": tag} if tag else {"Tag": container}
+    try:
+        source_name = json.loads((bids_dir / "dataset_description.json").read_text()).get("Name")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        source_name = None
+    raw_link = os.path.relpath(bids_dir, output_dir)
+    source: dict[str, Any] = {"URL": raw_link}
+    if source_name:
+        source["Name"] = str(source_name)
+    model = {
+        k: model_info[k]
+        for k in ("name", "version", "sha256", "path", "n_training_scans")
+        if k in model_info and model_info[k] is not None
+    }
+    if "path" in model:
+        model["path"] = _model_path_label(model["path"])
+    return {
+        "Name": "Neuroharmony harmonized FreeSurfer volumes",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [source],
+        "DatasetLinks": {"raw": raw_link},
+        "NeuroharmonyModel": model,
+    }
+
+
+def _model_path_label(path: Any) -> str:
+    """Shipped model: its file name; a user model: its path as given."""
+    text = str(path)
+    marker = os.sep + "neuroharmony_bids" + os.sep + "data" + os.sep
+    return "neuroharmony_bids/data/" + text.split(marker, 1)[1] if marker in text else text
+
+
+def _write_if_changed(path: Path, text: str) -> Path:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except OSError:
+        pass
+    return write_text(path, text)
+
+
+def write_dataset_files(
+    output_dir: str | os.PathLike, description: Mapping[str, Any], overwrite: bool = False
+) -> Path:
+    """Write dataset_description.json, descriptions.tsv, README.md and .bidsignore.
+
+    An existing dataset_description.json from another model or version is a usage error
+    (mixing harmonizations in one folder would be silent corruption) unless ``overwrite``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "dataset_description.json"
+    text = json.dumps(description, indent=2, sort_keys=True) + "\n"
+    if path.is_file() and not overwrite:
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            existing = None
+        if existing is not None and existing != json.loads(text):
+            old = existing.get("NeuroharmonyModel", {}) if isinstance(existing, dict) else {}
+            old_v = (
+                (existing.get("GeneratedBy") or [{}])[0].get("Version")
+                if isinstance(existing, dict)
+                else None
+            )
+            raise UsageError(
+                f"{output_dir} already holds results of {PIPELINE_NAME} {old_v} with model "
+                f"{old.get('name')} (sha256 {str(old.get('sha256'))[:12]}...); this run uses "
+                f"{__version__} with model {description['NeuroharmonyModel'].get('name')} "
+                f"(sha256 {str(description['NeuroharmonyModel'].get('sha256'))[:12]}...) or "
+                f"another input dataset. Use a new output folder, or --overwrite to replace them"
+            )
+    _write_if_changed(path, text)
+    desc = pd.DataFrame(
+        {"desc_id": [f"desc-{k}" for k in DESCRIPTIONS], "description": list(DESCRIPTIONS.values())}
+    )
+    desc_text = desc.to_csv(sep="\t", index=False, lineterminator="\n")
+    _write_if_changed(output_dir / "descriptions.tsv", desc_text)
+    _write_if_changed(
+        output_dir / "descriptions.json",
+        json.dumps(
+            {
+                "desc_id": {"Description": "desc- label used in this dataset's file names"},
+                "description": {"Description": "what files with this desc- label contain"},
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    _write_if_changed(output_dir / "README.md", README)
+    _write_if_changed(output_dir / ".bidsignore", BIDSIGNORE)
+    return path
+
+
+def read_dataset_description(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The output folder's dataset_description.json, or None."""
+    try:
+        return json.loads((Path(output_dir) / "dataset_description.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- per scan
+
+
+def region_columns(names: Iterable[str]) -> list[str]:
+    """The known region columns among ``names`` (canonical spelling), in REGION_ORDER."""
+    present = {canonical_region(str(n)) for n in names}
+    return [r for r in REGION_ORDER if r in present]
+
+
+def canonical_volumes(volumes: Mapping[str, float]) -> dict[str, float]:
+    """Volumes keyed by canonical (FreeSurfer 7) names, restricted to known regions + eTIV."""
+    canon = {canonical_region(str(k)): float(v) for k, v in volumes.items()}
+    return {r: canon[r] for r in REGION_ORDER if r in canon}
+
+
+def id_columns(scan: Scan) -> dict[str, str]:
+    """``participant_id`` (and ``session_id`` when the scan has a session)."""
+    out = {"participant_id": scan.participant_id}
+    if scan.session_id:
+        out["session_id"] = scan.session_id
+    return out
+
+
+def _region_description(name: str) -> str:
+    if name == ETIV:
+        return "Estimated total intracranial volume (eTIV), from the aseg.stats header"
+    if name.startswith(("lh_", "rh_")) and name.endswith("_volume"):
+        hemi, label = name[:2], name[3:-7]
+        side = "left" if hemi == "lh" else "right"
+        return (
+            f"Grey-matter volume of the {side} {label} (Desikan-Killiany atlas), GrayVol of "
+            f"{hemi}.aparc.stats"
+        )
+    if name in EXTRA_REGIONS:
+        return f"{name}, from the aseg.stats header measures or table"
+    return f"Volume of {name} (aseg.stats Volume_mm3; FreeSurfer 6 spelling mapped to 7)"
+
+
+def column_dictionary(columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """BIDS data dictionary entries for the given table columns."""
+    out: dict[str, dict[str, Any]] = {}
+    for col in columns:
+        if col == "participant_id":
+            out[col] = {"Description": "BIDS participant label (sub-<label>)"}
+        elif col == "session_id":
+            out[col] = {"Description": "BIDS session label (ses-<label>)"}
+        elif col == "bids_name":
+            out[col] = {"Description": "The scan's BIDS name (MRIQC's bids_name)"}
+        elif col == "age":
+            out[col] = {"Description": "Age at scan", "Units": "year"}
+        elif col == "sex":
+            out[col] = {"Description": "Sex", "Levels": {"M": "male", "F": "female"}}
+        elif col == "site":
+            out[col] = {"Description": "Site (from --site-column or scanner metadata)"}
+        elif col in _NH_DICTIONARY:
+            out[col] = dict(_NH_DICTIONARY[col])
+        elif col in SCANNER_FIELDS:
+            out[col] = {"Description": f"{col} from the T1w JSON sidecar"}
+        elif col in REGION_ORDER:
+            out[col] = {"Description": _region_description(col), "Units": "mm^3"}
+        else:
+            out[col] = {"Description": f"{col} (MRIQC image-quality metric)"}
+    return out
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _one_row(values: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame([dict(values)], columns=list(values))
+
+
+def write_scan_outputs(
+    output_dir: str | os.PathLike,
+    scan: Scan,
+    raw: Mapping[str, float],
+    harmonized: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write the four per-scan files atomically; the harmonized TSV is written last.
+
+    ``raw``/``harmonized`` map canonical region names (and, for harmonized, ``nh_*``) to
+    values. ``provenance`` holds what the JSON sidecars carry besides the dictionary: source
+    files, scanner metadata, covariates, IQMs, FreeSurfer/MRIQC versions and the model.
+    """
+    paths = scan_outputs(output_dir, scan)
+    ids = id_columns(scan)
+    regions = [r for r in REGION_ORDER if r in raw]
+    raw_row = {**ids, **{r: raw[r] for r in regions}}
+    harm_row = {**ids, **{r: harmonized.get(r, np.nan) for r in regions}}
+    harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
+    common = {
+        "Sources": list(provenance.get("Sources", [])),
+        **{
+            k: provenance["Scanner"][k]
+            for k in SCANNER_FIELDS
+            if k in provenance.get("Scanner", {})
+        },
+        "Covariates": provenance.get("Covariates", {}),
+        "ImageQualityMetrics": provenance.get("ImageQualityMetrics", {}),
+        "FreeSurfer": provenance.get("FreeSurfer", {}),
+    }
+    raw_json = {**column_dictionary(list(raw_row)), **common}
+    model = dict(provenance.get("Model", {}))
+    harm_json = {
+        **column_dictionary(list(harm_row)),
+        **common,
+        "Model": model,
+        "Harmonization": {
+            "Status": harmonized.get("nh_status"),
+            "Confidence": harmonized.get("nh_confidence"),
+            "OutOfRange": harmonized.get("nh_out_of_range"),
+            "OutOfRangeFeatures": _split(harmonized.get("nh_out_of_range_features")),
+            "IQMsUsed": _split(harmonized.get("nh_features_used")),
+            "RegionsHarmonized": harmonized.get("nh_n_regions"),
+        },
+    }
+    write_text(paths["raw_json"], json.dumps(_json_value(raw_json), indent=2) + "\n")
+    write_table(paths["raw_tsv"], _one_row(raw_row))
+    write_text(paths["harmonized_json"], json.dumps(_json_value(harm_json), indent=2) + "\n")
+    write_table(paths["harmonized_tsv"], _one_row(harm_row))
+    return paths
+
+
+def _split(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return [v for v in str(value).split(";") if v]
+
+
+# --------------------------------------------------------------------------- failures & logs
+
+
+def logs_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "logs"
+
+
+def failure_path(output_dir: str | os.PathLike, scan: Scan) -> Path:
+    return logs_dir(output_dir) / "failed" / f"{scan.bids_name}.json"
+
+
+def write_failure(
+    output_dir: str | os.PathLike, scan: Scan, reason: str, exit_code: int = 1
+) -> Path:
+    """Record why a scan failed (read back by the group level)."""
+    record = {
+        "bids_name": scan.bids_name,
+        **id_columns(scan),
+        "reason": reason,
+        "exit_code": int(exit_code),
+    }
+    return write_text(failure_path(output_dir, scan), json.dumps(record, indent=2) + "\n")
+
+
+def clear_failure(output_dir: str | os.PathLike, scan: Scan) -> None:
+    try:
+        failure_path(output_dir, scan).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def read_failures(output_dir: str | os.PathLike) -> pd.DataFrame:
+    """Failed scans recorded by participant-level runs (bids_name, ids, reason)."""
+    rows = []
+    for path in sorted((logs_dir(output_dir) / "failed").glob("*.json")):
+        if path.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    cols = ["bids_name", "participant_id", "session_id", "reason", "exit_code"]
+    table = pd.DataFrame(rows)
+    for col in cols:
+        if col not in table.columns:
+            table[col] = pd.Series(dtype=object)
+    return table[cols]
+
+
+__all__ = [
+    "BIDSIGNORE",
+    "DESCRIPTIONS",
+    "NH_COLUMNS",
+    "PIPELINE_NAME",
+    "REGION_ORDER",
+    "canonical_volumes",
+    "clear_failure",
+    "column_dictionary",
+    "dataset_description",
+    "failure_path",
+    "id_columns",
+    "is_done",
+    "logs_dir",
+    "morph_path",
+    "read_dataset_description",
+    "read_failures",
+    "region_columns",
+    "report_path",
+    "scan_dir",
+    "scan_outputs",
+    "write_dataset_files",
+    "write_failure",
+    "write_scan_outputs",
+]

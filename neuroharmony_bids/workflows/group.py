@@ -1,0 +1,488 @@
+"""Group level: gather every scan's outputs into group tables, list failures, report, train.
+
+Reads only what the participant level wrote (the per-scan TSVs and their JSON sidecars, which
+carry IQMs, covariates and scanner metadata), so it works after SLURM arrays of participant
+jobs. Scans whose four files are not all there yet (a participant job still writing, or one
+that was killed) are skipped and named, never half-read.
+
+Outputs at the root of the output folder::
+
+    group_desc-raw_morph.tsv (+ .json)         one row per scan: ids, age, sex, site, scanner,
+                                               IQMs, raw volumes
+    group_desc-harmonized_morph.tsv (+ .json)  ids, covariates, harmonized volumes, nh_* flags
+    group_failed.tsv                           failed and incomplete scans, with the reason
+    group_outofrange.tsv                       scans outside the model's training range
+    group_report.html                          the group report
+    models/<name>.*  (+ model card)            with --train
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neuroharmony_bids import derivatives as D
+from neuroharmony_bids.atomic import TMP_PREFIX, write_table, write_text
+from neuroharmony_bids.bids import SCANNER_FIELDS, Scan, read_covariates
+from neuroharmony_bids.errors import (
+    MissingInputError,
+    NeuroharmonyError,
+    NothingSelectedError,
+    UsageError,
+)
+from neuroharmony_bids.harmonize.features import ALL_IQMS
+from neuroharmony_bids.settings import Settings
+from neuroharmony_bids.workflows import Progress, RunResult
+from neuroharmony_bids.workflows.participant import load_model_and_info
+
+LOGGER = logging.getLogger("neuroharmony_bids")
+
+_PREFIX_RE = re.compile(
+    r"^(sub-[a-zA-Z0-9]+(?:_[a-z]+-[a-zA-Z0-9]+)*)_desc-([a-zA-Z0-9]+)_morph\.(tsv|json)$"
+)
+_FILES = ("raw_tsv", "raw_json", "harmonized_tsv", "harmonized_json")
+
+#: Scanner fields that identify a site when no site column is given.
+SITE_FROM_SCANNER = ("Manufacturer", "ManufacturersModelName", "DeviceSerialNumber")
+
+
+@dataclass
+class FoundScan:
+    """One scan's outputs in the output folder."""
+
+    scan: Scan
+    files: dict[str, Path] = field(default_factory=dict)
+    writing: bool = False
+
+    @property
+    def missing(self) -> list[str]:
+        return [k for k in _FILES if k not in self.files]
+
+
+def _scan_from_prefix(prefix: str, bids_dir: Path) -> Scan:
+    parts = prefix.split("_")
+    subject = parts[0][4:]
+    entities = tuple(tuple(p.split("-", 1)) for p in parts[1:])
+    ses = dict(entities).get("ses")
+    rel = f"sub-{subject}/" + (f"ses-{ses}/" if ses else "") + "anat"
+    return Scan(
+        subject=subject,
+        path=bids_dir / rel / f"{prefix}_T1w.nii.gz",
+        entities=entities,  # type: ignore[arg-type]
+    )
+
+
+def discover_outputs(
+    output_dir: Path,
+    bids_dir: Path,
+    participant_label: Sequence[str] = (),
+    session_label: Sequence[str] = (),
+) -> list[FoundScan]:
+    """Every scan with at least one per-scan output, optionally filtered by labels."""
+    found: dict[str, FoundScan] = {}
+    anat_dirs = sorted(output_dir.glob("sub-*/anat")) + sorted(output_dir.glob("sub-*/ses-*/anat"))
+    for anat in anat_dirs:
+        try:
+            names = sorted(p.name for p in anat.iterdir())
+        except OSError:
+            continue
+        writing = any(n.startswith(TMP_PREFIX) for n in names)
+        for name in names:
+            m = _PREFIX_RE.match(name)
+            if not m or m.group(2) not in D.DESCRIPTIONS:
+                continue
+            prefix = m.group(1)
+            item = found.get(prefix)
+            if item is None:
+                item = found[prefix] = FoundScan(_scan_from_prefix(prefix, bids_dir))
+            item.files[f"{m.group(2)}_{m.group(3)}"] = anat / name
+            item.writing = item.writing or writing
+    scans = [found[k] for k in sorted(found)]
+    if participant_label:
+        scans = [s for s in scans if s.scan.subject in participant_label]
+    if session_label:
+        scans = [s for s in scans if s.scan.session in session_label]
+    return scans
+
+
+def read_one_row_tsv(path: Path) -> dict[str, Any]:
+    """Read a one-row TSV written by :func:`neuroharmony_bids.atomic.write_table` (fast path)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if len(lines) < 2 or not lines[1]:
+        raise ValueError(f"{path}: expected a header and one row")
+    header, values = lines[0].split("\t"), lines[1].split("\t")
+    if len(header) != len(values):
+        raise ValueError(f"{path}: header has {len(header)} columns, row has {len(values)}")
+    row: dict[str, Any] = {}
+    for key, val in zip(header, values, strict=True):
+        if val == "n/a":
+            row[key] = np.nan
+            continue
+        try:
+            row[key] = float(val)
+        except ValueError:
+            row[key] = val
+    return row
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def collect_tables(
+    found: Sequence[FoundScan], log: logging.Logger
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """(raw table, harmonized table, problems) from complete scans; others become problems."""
+    raw_rows, harm_rows, problems = [], [], []
+    progress = Progress("group", len(found), log)
+    for item in found:
+        scan = item.scan
+        ids = {"bids_name": scan.bids_name, **D.id_columns(scan)}
+        if item.missing:
+            state = "being written" if item.writing else "incomplete"
+            problems.append(
+                {
+                    **ids,
+                    "reason": f"{state}: missing {', '.join(item.missing)} (a participant job is "
+                    f"still running, or was interrupted: re-run the participant level for "
+                    f"{scan.participant_id})",
+                }
+            )
+            progress.update()
+            continue
+        try:
+            raw = read_one_row_tsv(item.files["raw_tsv"])
+            harm = read_one_row_tsv(item.files["harmonized_tsv"])
+            meta = json.loads(item.files["raw_json"].read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append({**ids, "reason": f"unreadable output: {exc}"})
+            progress.update()
+            continue
+        cov = meta.get("Covariates") or {}
+        iqms = (meta.get("ImageQualityMetrics") or {}).get("Values") or {}
+        common = {
+            **ids,
+            "age": _num(cov.get("age")),
+            "sex": cov.get("sex"),
+            **{k: meta[k] for k in SCANNER_FIELDS if k in meta},
+        }
+        raw_rows.append(
+            {
+                **common,
+                **{k: _num(v) for k, v in iqms.items() if k in ALL_IQMS},
+                **{k: v for k, v in raw.items() if k in D.REGION_ORDER},
+            }
+        )
+        harm_rows.append(
+            {
+                **common,
+                **{k: v for k, v in harm.items() if k in D.REGION_ORDER or k in D.NH_COLUMNS},
+            }
+        )
+        progress.update()
+    return pd.DataFrame(raw_rows), pd.DataFrame(harm_rows), problems
+
+
+def _order(table: pd.DataFrame, site_first: bool = True) -> pd.DataFrame:
+    if table.empty:
+        return table
+    ids = [c for c in ("bids_name", "participant_id", "session_id") if c in table]
+    cov = [c for c in ("age", "sex", "site") if c in table]
+    scanner = [c for c in SCANNER_FIELDS if c in table]
+    iqms = [c for c in ALL_IQMS if c in table]
+    regions = [c for c in D.REGION_ORDER if c in table]
+    nh = [c for c in D.NH_COLUMNS if c in table]
+    cols = ids + cov + scanner + iqms + regions + nh
+    return table[cols].sort_values("bids_name", kind="stable").reset_index(drop=True)
+
+
+def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Each scan's site: ``--site-column`` from participants/sessions.tsv, else the scanner."""
+    if settings.site_column:
+        scans = [
+            _scan_from_prefix(b[: -len("_T1w")], settings.bids_dir) for b in table["bids_name"]
+        ]
+        covs = read_covariates(
+            settings.bids_dir,
+            scans,
+            age_column=settings.age_column,
+            sex_column=settings.sex_column,
+            sex_mapping=settings.sex_mapping_dict,
+            extra_columns=[settings.site_column],
+        )
+        values = covs.table[settings.site_column].reindex(table["bids_name"]).to_numpy()
+        return pd.Series(values, index=table.index, dtype=object), (
+            f"the {settings.site_column!r} column of participants.tsv/sessions.tsv"
+        )
+    cols = [c for c in SITE_FROM_SCANNER if c in table]
+    if not cols:
+        return pd.Series(np.nan, index=table.index, dtype=object), "unknown (no scanner metadata)"
+    parts = table[cols].astype(object).where(table[cols].notna(), None)
+    labels = [
+        " ".join(str(v) for v in row if v is not None and str(v) != "nan") or np.nan
+        for row in parts.itertuples(index=False)
+    ]
+    return pd.Series(labels, index=table.index, dtype=object), (
+        "the scanner (" + " + ".join(cols) + " from the T1w sidecars)"
+    )
+
+
+def write_group_tables(
+    output_dir: Path, raw: pd.DataFrame, harmonized: pd.DataFrame, problems: pd.DataFrame,
+    site_source: str,
+) -> dict[str, Path]:  # fmt: skip
+    """Group TSVs (+ data dictionaries), failed and out-of-range lists; deterministic."""
+    out: dict[str, Path] = {}
+    for desc, table in (("raw", raw), ("harmonized", harmonized)):
+        path = output_dir / f"group_desc-{desc}_morph.tsv"
+        write_table(path, table)
+        dictionary = D.column_dictionary(list(table.columns))
+        if "site" in dictionary:
+            dictionary["site"] = {"Description": f"Site, from {site_source}"}
+        write_text(path.with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
+        out[f"{desc}_tsv"] = path
+    failed_cols = ["bids_name", "participant_id", "session_id", "reason"]
+    failed = problems.reindex(columns=failed_cols).sort_values("bids_name", kind="stable")
+    out["failed_tsv"] = write_table(output_dir / "group_failed.tsv", failed)
+    oor_cols = [
+        "bids_name", "participant_id", "session_id", "site", "nh_status", "nh_confidence",
+        "nh_out_of_range_features",
+    ]  # fmt: skip
+    if len(harmonized) and "nh_out_of_range" in harmonized:
+        flag = pd.to_numeric(harmonized["nh_out_of_range"], errors="coerce") == 1
+        flag |= harmonized.get("nh_status", pd.Series("", index=harmonized.index)) == "unharmonized"
+        oor = harmonized[flag]
+    else:
+        oor = harmonized.iloc[0:0]
+    out["outofrange_tsv"] = write_table(
+        output_dir / "group_outofrange.tsv", oor.reindex(columns=oor_cols)
+    )
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "", text)[:40] or "dataset"
+
+
+def train_model(settings: Settings, raw: pd.DataFrame, log: logging.Logger) -> dict[str, Path]:
+    """Fit a dataset-specific harmonizer on the raw group table; save it with a model card."""
+    try:
+        from neuroharmony_bids.harmonize.io import save_model
+        from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+    except ImportError as exc:
+        raise NeuroharmonyError(f"training is unavailable in this installation ({exc})") from exc
+    table = raw[raw["site"].notna()].reset_index(drop=True)
+    dropped = len(raw) - len(table)
+    if dropped:
+        log.warning("--train: %d scan(s) without a site are left out of training", dropped)
+    n_sites = table["site"].nunique()
+    if n_sites < 2:
+        raise UsageError(
+            f"--train needs scans from at least 2 sites; found {n_sites} "
+            f"({', '.join(map(str, table['site'].unique()[:5])) or 'none'}). Name the site "
+            f"column with --site-column, or add scanner metadata (Manufacturer, "
+            f"ManufacturersModelName, DeviceSerialNumber) to the T1w sidecars"
+        )
+    log.info("training a harmonizer on %d scans from %d sites", len(table), n_sites)
+    model = NeuroHarmonizer(cv=True)
+    try:
+        model.fit(table, site="site", sex_mapping=settings.sex_mapping_dict or None)
+    except NeuroharmonyError:
+        raise
+    except ValueError as exc:
+        raise UsageError(f"--train: cannot fit a model on this dataset: {exc}") from exc
+    models_dir = settings.output_dir / "models"
+    try:
+        name = json.loads((settings.bids_dir / "dataset_description.json").read_text())["Name"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        name = settings.bids_dir.name
+    base = models_dir / f"neuroharmony_{_slug(str(name))}"
+    saved = save_model(model, base.with_suffix(".nhmodel"))
+    paths = {"model": _saved_path(saved, base.with_suffix(".nhmodel"))}
+    card = _write_model_card(base, model, paths["model"], table, settings)
+    paths["model_card"] = card
+    log.info("trained model saved to %s (model card %s)", paths["model"], card)
+    return paths
+
+
+def _saved_path(saved: Any, default: Path) -> Path:
+    if isinstance(saved, (str, Path)) and Path(saved).exists():
+        return Path(saved)
+    return default
+
+
+def _write_model_card(
+    base: Path, model: Any, model_path: Path, table: pd.DataFrame, settings: Settings
+) -> Path:
+    """A short Markdown model card: data, sites, ranges, quality figures, how to use it."""
+    try:
+        from neuroharmony_bids.harmonize.io import write_model_card  # type: ignore[attr-defined]
+
+        card = write_model_card(model, base.with_name(base.name + "_card.md"))
+        if card:
+            return Path(card)
+    except (ImportError, TypeError):
+        pass
+    summary = getattr(model, "training_summary_", {}) or {}
+    cv = getattr(model, "cv_metrics_", {}) or {}
+    lines = [
+        f"# Model card: {model_path.name}",
+        "",
+        f"Dataset-specific Neuroharmony model trained by `neuroharmony-bids ... group --train` "
+        f"on `{settings.bids_dir}`.",
+        "",
+        "## Training data",
+        f"- scans: {len(table)}; sites: {table['site'].nunique()}",
+        f"- age: {table['age'].min():.1f} to {table['age'].max():.1f} years",
+        f"- sex: {dict(table['sex'].value_counts().sort_index())}",
+        f"- regions: {len(getattr(model, 'regions_', []) or [])}; IQMs: "
+        f"{', '.join(getattr(model, 'iqms_', []) or [])}",
+        "",
+        "## Summary",
+        "```json",
+        json.dumps(summary, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Leave-one-site-out figures",
+        "```json",
+        json.dumps(cv, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Use",
+        f"`neuroharmony-bids BIDS_DIR OUT_DIR participant --model {model_path}` harmonizes new "
+        "scans (also from scanners not in the training data) to this model's reference.",
+        "Scans outside the training ranges are flagged (`nh_out_of_range`).",
+        "",
+    ]
+    return write_text(base.with_name(base.name + "_card.md"), "\n".join(lines))
+
+
+def _write_report(
+    settings: Settings,
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    model: Any,
+    failed: pd.DataFrame,
+    info: Mapping[str, Any],
+    result: RunResult,
+    log: logging.Logger,
+) -> None:
+    try:
+        from neuroharmony_bids.reports.group import write_group_report
+    except ImportError as exc:
+        msg = f"group report skipped: the reports package is not available ({exc})"
+        result.warnings.append(msg)
+        log.warning("%s", msg)
+        return
+    path = settings.output_dir / "group_report.html"
+    kwargs = {}
+    if "model_info" in inspect.signature(write_group_report).parameters:
+        kwargs["model_info"] = dict(info)
+    write_group_report(path, raw, harmonized, model, failed, **kwargs)
+    result.outputs["report"] = str(path)
+    log.info("group report: %s", path)
+
+
+def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
+    """The group level (see the module docstring)."""
+    log = logger or LOGGER
+    out = settings.output_dir
+    description = D.read_dataset_description(out)
+    if description is None:
+        raise MissingInputError(
+            f"{out} has no participant-level outputs (no dataset_description.json); run "
+            f"`neuroharmony-bids {settings.bids_dir} {out} participant` first"
+        )
+    model, info = load_model_and_info(settings)
+    used = (description.get("NeuroharmonyModel") or {}).get("sha256")
+    if used and info.get("sha256") and used != info.get("sha256"):
+        raise UsageError(
+            f"the participant level used model sha256 {used[:12]}..., but this run was given "
+            f"{info.get('name')} (sha256 {str(info.get('sha256'))[:12]}...); pass the same "
+            f"--model as at participant level"
+        )
+    all_found = discover_outputs(out, settings.bids_dir)
+    if not all_found:
+        raise MissingInputError(
+            f"no per-scan outputs (sub-*/anat/*_morph.tsv) in {out}; run the participant "
+            f"level first"
+        )
+    found = discover_outputs(
+        out, settings.bids_dir, settings.participant_label, settings.session_label
+    )
+    if not found:
+        raise NothingSelectedError(
+            f"no participant-level outputs in {out} match the participant/session filters "
+            f"({' '.join(settings.participant_label)} {' '.join(settings.session_label)}); "
+            f"outputs exist for {len(all_found)} scan(s)"
+        )
+    result = RunResult("group", total=len(found))
+    raw, harmonized, problems = collect_tables(found, log)
+    failures = D.read_failures(out)
+    done = set(raw["bids_name"]) if len(raw) else set()
+    if len(failures):
+        failures = failures[~failures["bids_name"].isin(done)]
+        if settings.participant_label:
+            subs = failures["participant_id"].astype(str).str[4:]
+            failures = failures[subs.isin(settings.participant_label)]
+        if settings.session_label:
+            sess = failures["session_id"].fillna("").astype(str).str[4:]
+            failures = failures[sess.isin(settings.session_label)]
+    problem_table = pd.concat(
+        [pd.DataFrame(problems), failures.drop(columns=["exit_code"], errors="ignore")],
+        ignore_index=True,
+    )
+    if len(problem_table):
+        problem_table = problem_table.drop_duplicates("bids_name", keep="first")
+    for p in problems:
+        result.warnings.append(f"{p['bids_name']}: {p['reason']}")
+        log.warning("%s skipped: %s", p["bids_name"], p["reason"])
+    if raw.empty:
+        raise MissingInputError(
+            f"none of the {len(found)} scan(s) in {out} has complete outputs; re-run the "
+            f"participant level (see group_failed.tsv)"
+        )
+    sites, site_source = site_labels(settings, raw)
+    raw = raw.assign(site=sites.to_numpy())
+    harmonized = harmonized.assign(site=sites.to_numpy())
+    raw, harmonized = _order(raw), _order(harmonized)
+    paths = write_group_tables(out, raw, harmonized, problem_table, site_source)
+    result.outputs.update({k: str(v) for k, v in paths.items()})
+    result.succeeded = list(raw["bids_name"])
+    log.info(
+        "group tables: %d scans, %d failed or incomplete (%s)",
+        len(raw), len(problem_table), paths["failed_tsv"],
+    )  # fmt: skip
+    failed_for_report = problem_table.reindex(
+        columns=["bids_name", "participant_id", "session_id", "reason"]
+    )
+    _write_report(settings, raw, harmonized, model, failed_for_report, info, result, log)
+    if settings.train:
+        trained = train_model(settings, raw, log)
+        result.outputs.update({k: str(v) for k, v in trained.items()})
+    return result
+
+
+__all__ = [
+    "FoundScan",
+    "collect_tables",
+    "discover_outputs",
+    "read_one_row_tsv",
+    "run_group",
+    "site_labels",
+    "train_model",
+    "write_group_tables",
+]
