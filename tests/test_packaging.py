@@ -858,3 +858,27 @@ def test_slurm_nipype_driver_queues_the_group_level_after_the_node_jobs(tmp_path
     assert (
         f"neuroharmony-bids {tmp_path}/bids {tmp_path}/out group -w {tmp_path}/work/group" in sbatch
     )
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def test_babs_example_in_the_docs_uses_real_options_and_this_version():
+    text = (REPO / "docs" / "cluster.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    babs = [yaml.safe_load(b) for b in blocks if "bids_app_args" in b]
+    assert len(babs) == 1
+    config = babs[0]
+    assert config["zip_foldernames"]["neuroharmony"] == VERSION.replace(".", "-")
+    flags = [k for k in config["bids_app_args"] if k.startswith("-")]
+    assert config["bids_app_args"]["$SUBJECT_SELECTION_FLAG"] == "--participant-label"
+    parser = _parser_or_skip()
+    known = {s for a in parser._actions for s in a.option_strings}
+    assert set(flags) <= known, sorted(set(flags) - known)
+
+
+def test_docs_name_the_image_of_this_version():
+    for doc in ("containers.md", "cluster.md"):
+        text = (REPO / "docs" / doc).read_text()
+        tags = set(re.findall(re.escape(IMAGE) + r":(\d[\w.]*)", text))
+        assert tags == {VERSION}, (doc, tags)
