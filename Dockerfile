@@ -102,8 +102,11 @@ as_list = lambda x: x if isinstance(x, list) else [x]; \
 got = as_list(tf.get(tpl, resolution=[1, 2], suffix='T1w', desc=None)); \
 got += as_list(tf.get(tpl, resolution=[1, 2], suffix='mask', desc=['brain', 'head'])); \
 got += as_list(tf.get(tpl, resolution=1, suffix='probseg', label=['CSF', 'GM', 'WM'])); \
-assert len(got) >= 9 and all(p.is_file() for p in got), got; \
-print(len(got), 'TemplateFlow files cached')" \
+names = {p.name for p in got if p.is_file()}; \
+need = {'tpl-' + tpl + '_res-02_T1w.nii.gz', 'tpl-' + tpl + '_res-02_desc-brain_mask.nii.gz'}; \
+need |= {'tpl-' + tpl + '_res-01_label-' + k + '_probseg.nii.gz' for k in ('CSF', 'GM', 'WM')}; \
+assert need <= names, sorted(need - names); \
+print(len(names), 'TemplateFlow files cached')" \
     && chmod -R a+rX /opt/templateflow
 
 # Non-root user (uid 2000, group users = gid 100). HOME and every cache live under /tmp so that `--read-only` images work.

@@ -74,7 +74,7 @@ def dockerfile_instructions(path: Path = REPO / "Dockerfile") -> list[tuple[str,
         if buf and line.lstrip().startswith("#"):
             continue
         if line.endswith("\\"):
-            buf += line[:-1] + " "
+            buf += line[:-1]  # Docker drops backslash-newline and keeps the next indentation
             continue
         buf += line
         word, _, rest = buf.strip().partition(" ")
@@ -882,3 +882,60 @@ def test_docs_name_the_image_of_this_version():
         text = (REPO / "docs" / doc).read_text()
         tags = set(re.findall(re.escape(IMAGE) + r":(\d[\w.]*)", text))
         assert tags == {VERSION}, (doc, tags)
+
+
+_TEMPLATE_CHECK = r"""
+import sys
+import templateflow.client as client
+
+fetched = []
+
+
+def fake_download(config, filepath):
+    fetched.append(filepath.name)
+    filepath.write_bytes(b"x" * 4096)
+
+
+client._s3_get = fake_download
+exec(sys.argv[1])  # the Dockerfile's build-time fetch
+print("FETCHED", len(fetched))
+
+
+def no_network(config, filepath):
+    raise SystemExit(f"RUNTIME-DOWNLOAD {filepath.name}")
+
+
+client._s3_get = no_network
+from templateflow.api import get as get_template
+from niworkflows.utils.misc import get_template_specs
+
+tpl = "MNI152NLin2009cAsym"
+# mriqc 24.0.2 workflows/anatomical/base.py (human): spatial normalization and tissue priors
+assert get_template(tpl, resolution=2, desc="brain", suffix="mask").stat().st_size
+for path in get_template(tpl, suffix="probseg", resolution=1, label=["CSF", "GM", "WM"]):
+    assert path.stat().st_size
+# niworkflows SpatialNormalization (flavor testing/fast -> resolution 2), reference T1w
+ref, spec = get_template_specs(tpl, {"suffix": "T1w", "desc": None}, default_resolution=2, fallback=True)
+assert ref and spec
+assert get_template(tpl, desc="brain", suffix="mask", **spec).stat().st_size
+print("RUNTIME-OK")
+"""
+
+
+@pytest.mark.slow
+def test_build_time_templates_cover_mriqcs_t1w_workflow_offline(tmp_path):
+    """Run the Dockerfile's TemplateFlow fetch against TemplateFlow's real file index (the
+    bundled skeleton; downloads faked), then make the lookups MRIQC's T1w workflow makes with
+    downloads forbidden: all must be served from the build-time cache."""
+    pytest.importorskip("niworkflows")
+    fetch = [r for w, r in dockerfile_instructions() if w == "RUN" and "tf.get(" in r]
+    code = re.search(r'-c "(.*?)"\s+&&', fetch[0]).group(1)
+    env = {
+        **os.environ,
+        "TEMPLATEFLOW_HOME": str(tmp_path / "templateflow"),
+        "TEMPLATEFLOW_AUTOUPDATE": "0",
+        "HOME": str(tmp_path),
+    }
+    res = _run([sys.executable, "-c", _TEMPLATE_CHECK, code], env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "RUNTIME-OK" in res.stdout and "TemplateFlow files cached" in res.stdout
