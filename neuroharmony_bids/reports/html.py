@@ -54,6 +54,11 @@ def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
+def _cell(value: Any) -> str:
+    num = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return f'<td class="num">{fmt(value)}</td>' if num else f"<td>{fmt(value)}</td>"
+
+
 def table(
     rows: Iterable[Sequence[Any]],
     header: Sequence[str],
@@ -64,22 +69,20 @@ def table(
     out = ["<table>"]
     if caption:
         out.append(f"<caption>{esc(caption)}</caption>")
-    out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>")
+    if any(header):
+        out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>")
     out.append("<tbody>")
     for i, row in enumerate(rows):
         cls = ' class="flag"' if flags is not None and flags[i] else ""
-        cells = []
-        for v in row:
-            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            cells.append(f'<td class="num">{fmt(v)}</td>' if num else f"<td>{fmt(v)}</td>")
-        out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+        out.append(f"<tr{cls}>" + "".join(_cell(v) for v in row) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
 
 def key_values(pairs: Mapping[str, Any]) -> str:
-    """A two-column table of labels and values."""
-    return table(((k, v) for k, v in pairs.items()), ("", ""))
+    """A two-column table of labels (as header cells) and values."""
+    rows = "".join(f"<tr><th>{esc(k)}</th>{_cell(v)}</tr>" for k, v in pairs.items())
+    return f"<table>{rows}</table>"
 
 
 def generated_stamp() -> str:

@@ -1,0 +1,191 @@
+"""Group and participant HTML reports on a simulated multi-site table and a real fitted model."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import re
+import warnings
+
+import pandas as pd
+import pytest
+
+from neuroharmony_bids.example import SITES, simulate_table
+from neuroharmony_bids.harmonize import metrics
+from neuroharmony_bids.harmonize.features import ETIV, FS_ALIASES
+from neuroharmony_bids.reports import write_group_report, write_participant_report
+from neuroharmony_bids.reports.figures import key_region_series
+from neuroharmony_bids.reports.group import build_group_report, region_columns, site_labels
+
+GROUP_SECTIONS = ("summary", "site-effects", "biology", "quality", "model")
+PARTICIPANT_SECTIONS = ("scan", "volumes", "iqms", "model")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _small_training_model():
+    """A NeuroHarmonizer fitted on a larger simulated cohort (8 sites), for when no model ships."""
+    from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+
+    voxels = [(1.0, 1.0, 1.0), (1.2, 0.9375, 0.9375), (1.0, 1.0, 1.2), (0.9, 1.1, 1.0)]
+    sites = [
+        dataclasses.replace(SITES[i % 3], label=f"train{i}", ages=(8, 60), voxel=voxels[i % 4])
+        for i in range(8)
+    ]
+    train = simulate_table(seed=1, sites=sites, n_per_site=25, out_of_range_scan=False)
+    constant = [c for c in train.columns if train[c].nunique() == 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return NeuroHarmonizer().fit(train.drop(columns=constant), site="site"), None
+
+
+@functools.lru_cache(maxsize=1)
+def report_model():
+    """(model, model_info): the shipped model when installed, else a small fitted one."""
+    try:
+        from neuroharmony_bids.harmonize.io import load_model, model_info
+
+        return load_model(None), model_info(None)
+    except Exception:  # noqa: BLE001 - no shipped model yet: fit one on simulated data
+        return _small_training_model()
+
+
+@functools.lru_cache(maxsize=1)
+def report_inputs() -> tuple[pd.DataFrame, pd.DataFrame, object, dict | None, pd.DataFrame]:
+    """raw, harmonized, model, model_info, failed: what the group level hands the report."""
+    model, info = report_model()
+    raw = simulate_table(model=model)
+    harmonized = model.transform(raw)
+    failed = pd.DataFrame(
+        {
+            "participant_id": ["sub-099"],
+            "session_id": ["n/a"],
+            "reason": ["FreeSurfer aseg.stats missing: recon-all did not finish"],
+        }
+    )
+    return raw, harmonized, model, info, failed
+
+
+def _sections(html: str) -> dict[str, str]:
+    parts = re.split(r'<section id="([^"]+)">', html)[1:]
+    return {parts[i]: parts[i + 1].split("</section>")[0] for i in range(0, len(parts), 2)}
+
+
+def _embedded_pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(d) for d in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+@pytest.fixture(scope="module")
+def group_html(tmp_path_factory) -> str:
+    raw, harmonized, model, info, failed = report_inputs()
+    path = tmp_path_factory.mktemp("report") / "group_report.html"
+    assert write_group_report(path, raw, harmonized, model, failed, model_info=info) == path
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".nhtmp-")]
+    return path.read_text()
+
+
+def test_group_report_has_every_section_and_embedded_figures(group_html):
+    sections = _sections(group_html)
+    assert set(GROUP_SECTIONS) <= set(sections)
+    pngs = _embedded_pngs(group_html)
+    # heatmap + key-structure box plots, age curves, IQM distributions
+    assert len(pngs) == group_html.count("<img") >= 4
+    assert all(p.startswith(PNG_MAGIC) and len(p) > 1000 for p in pngs)
+    assert not re.search(r'(src|href)="(https?:|file:|//)', group_html)  # self-contained
+    assert "<img" in sections["site-effects"] and "<img" in sections["biology"]
+    assert "<img" in sections["quality"]
+
+
+def test_group_report_site_statistics_match_metrics(group_html):
+    raw, harmonized, model, _, _ = report_inputs()
+    regions = region_columns(raw, harmonized, model)
+    sites = raw["site"].to_numpy()
+    cov = raw[["age", "sex"]]
+    auc = [metrics.site_auc(t[regions].astype(float), sites, cov) for t in (raw, harmonized)]
+    sig = [
+        int(metrics.residual_site_effect(t[regions].astype(float), sites, cov)["significant"].sum())
+        for t in (raw, harmonized)
+    ]
+    row = re.search(r"Site-classifier AUC.*?</tr>", _sections(group_html)["site-effects"], re.S)
+    shown = [float(x) for x in re.findall(r'<td class="num">([0-9.]+)</td>', row.group(0))]
+    assert shown == pytest.approx(auc, abs=6e-4)
+    row = re.search(r"significant site effect.*?</tr>", group_html, re.S)
+    assert [int(x) for x in re.findall(r'<td class="num">(\d+)</td>', row.group(0))] == sig
+
+
+def test_group_report_lists_out_of_range_and_failed_scans(group_html):
+    _, harmonized, _, _, failed = report_inputs()
+    quality = _sections(group_html)["quality"]
+    flagged = harmonized.loc[harmonized["nh_out_of_range"] == 1, "participant_id"]
+    assert len(flagged) >= 1  # the simulated noisy scan at least
+    for pid in flagged:
+        assert pid in quality
+    assert "sub-099" in quality and "recon-all did not finish" in quality
+
+
+def test_group_report_model_section(group_html):
+    _, _, model, info, _ = report_inputs()
+    section = _sections(group_html)["model"]
+    assert "Training cohort" in section
+    assert f"{model.training_summary_['n_scans']}" in section
+    if info:
+        assert info.get("sha256", "") in section
+
+
+def test_single_site_is_explained_not_tested():
+    raw, harmonized, model, info, _ = report_inputs()
+    one = raw["site"] == raw["site"].iloc[0]
+    html = build_group_report(raw[one], harmonized[one], model, model_info=info)
+    section = _sections(html)["site-effects"]
+    assert "come from one site" in section
+    assert "Site-classifier AUC" not in section
+    assert "<img" in _sections(html)["biology"]
+
+
+def test_site_from_scanner_metadata_or_absent():
+    raw, harmonized, model, info, _ = report_inputs()
+    sites, how = site_labels(raw.drop(columns="site"))
+    assert "scanner metadata" in how and sites.nunique() == 3
+    scanner = ["site", "Manufacturer", "ManufacturersModelName"]
+    html = build_group_report(
+        raw.drop(columns=scanner), harmonized.drop(columns=scanner), model, model_info=info
+    )
+    assert "No site information" in _sections(html)["site-effects"]
+
+
+def test_freesurfer6_spelling_is_recognised():
+    raw, harmonized, model, _, _ = report_inputs()
+    fs6 = {v: k for k, v in FS_ALIASES.items() if k.endswith("Thalamus-Proper")}
+    renamed = raw.rename(columns=fs6)
+    assert "Left-Thalamus-Proper" in region_columns(renamed, harmonized.rename(columns=fs6), model)
+    keys = key_region_series(renamed)
+    assert "Thalamus" in keys
+    expected = raw["Left-Thalamus"] + raw["Right-Thalamus"]
+    assert keys["Thalamus"].to_numpy() == pytest.approx(expected.to_numpy())
+
+
+def test_participant_report(tmp_path):
+    raw, harmonized, model, info, _ = report_inputs()
+    flagged_iqms = [
+        [f for f in str(v).split(";") if f in model.iqm_range_]
+        for v in harmonized["nh_out_of_range_features"]
+    ]
+    i = next(k for k, names in enumerate(flagged_iqms) if names)  # the simulated noisy scan
+    path = write_participant_report(
+        tmp_path / "sub.html", raw.iloc[i], harmonized.iloc[i], model, model_info=info
+    )
+    html = path.read_text()
+    sections = _sections(html)
+    assert set(PARTICIPANT_SECTIONS) <= set(sections)
+    assert all(p.startswith(PNG_MAGIC) for p in _embedded_pngs(html))
+    assert sections["volumes"].count("<img") == 1 and sections["iqms"].count("<img") == 1
+    # every IQM the model flagged is highlighted in the IQM table
+    flagged = flagged_iqms[i]
+    for name in flagged:
+        assert re.search(rf'<tr class="flag"><td>{name}</td>', sections["iqms"])
+    # the reference range shown is the model's for this age/sex/eTIV
+    ref = model.reference_range(raw.iloc[i]["age"], raw.iloc[i]["sex"], raw.iloc[i][ETIV])
+    region = "Left-Hippocampus"
+    cells = re.search(rf"<td>{region}</td>(.*?)</tr>", sections["volumes"], re.S).group(1)
+    numbers = [float(x) for x in re.findall(r'<td class="num">([-0-9.e+]+)</td>', cells)]
+    assert numbers[2:] == pytest.approx(ref.loc[region, ["mean", "lower", "upper"]], rel=1e-3)
