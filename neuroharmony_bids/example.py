@@ -240,6 +240,37 @@ def _noisy_scan_iqms(spec: Mapping[str, tuple[float, float, float]], model: Any 
     return out
 
 
+@dataclass(frozen=True)
+class _Covariance:
+    """Cholesky factors of a fitted model's within- and between-site region covariances."""
+
+    regions: list[str]
+    within: np.ndarray
+    between: np.ndarray
+    sd_ratio: dict[str, float]
+
+
+def _model_covariance(model: Any | None) -> _Covariance | None:
+    """The structure of real regional variation, when the model carries it (else None)."""
+    try:
+        regions = [canonical_region(str(r)) for r in model.regions_]  # type: ignore[union-attr]
+        within = np.asarray(model.within_cov_, dtype=float)  # type: ignore[union-attr]
+        between = np.asarray(model.between_cov_, dtype=float)  # type: ignore[union-attr]
+        ratio = np.broadcast_to(
+            np.asarray(model.ref_harmonized_sd_, dtype=float),  # type: ignore[union-attr]
+            (len(regions),),
+        )
+        eye = 1e-9 * np.eye(len(regions))
+        return _Covariance(
+            regions,
+            np.linalg.cholesky(within + eye),
+            np.linalg.cholesky(between + eye),
+            dict(zip(regions, ratio, strict=True)),
+        )
+    except (AttributeError, TypeError, ValueError, np.linalg.LinAlgError):
+        return None
+
+
 def simulate_table(
     seed: int = SEED,
     sites: Sequence[Site] = tuple(SITES),
@@ -255,12 +286,23 @@ def simulate_table(
     rng = np.random.default_rng(seed)
     iqm_spec = _iqm_table(model)
     iqm_names = [n for n in iqm_spec if not n.startswith("spacing_")]
+    cov = _model_covariance(model)
     rows = []
-    regions_all: list[str] | None = None
     for s_idx, site in enumerate(sites):
         site_rng = np.random.default_rng([seed, s_idx])
         iqm_shift = {n: site_rng.normal(0, spec[1]) for n, spec in iqm_spec.items()}
         global_loc = site_rng.normal(0, 0.03)
+        # the site's effect on the model's regions follows the between-site covariance the
+        # model learned (in standardized units); other regions get independent shifts
+        gamma = {}
+        if cov is not None:
+            gamma = dict(
+                zip(
+                    cov.regions,
+                    cov.between @ site_rng.standard_normal(len(cov.regions)),
+                    strict=True,
+                )
+            )
         loc_cache: dict[str, float] = {}
         scale_cache: dict[str, float] = {}
         for j in range(n_per_site):
@@ -284,13 +326,32 @@ def simulate_table(
             sd = np.maximum((ref["upper"] - ref["lower"]).to_numpy(float) / 3.92, 0.0)
             common = rng.standard_normal()
             z = 0.4 * common + np.sqrt(1 - 0.16) * rng.standard_normal(len(mean))
+            if cov is not None:
+                # within-site residuals correlated as in the training cohort
+                zm = dict(
+                    zip(
+                        cov.regions, cov.within @ rng.standard_normal(len(cov.regions)), strict=True
+                    )
+                )
+                z = np.array([zm.get(r, zi) for r, zi in zip(ref.index, z, strict=True)])
             for r in ref.index:
                 if r not in loc_cache:
                     loc_cache[r] = global_loc + site_rng.normal(0, 0.05)
                     scale_cache[r] = float(np.exp(site_rng.normal(0, 0.15)))
-            loc = np.array([loc_cache[r] for r in ref.index])
             scale = np.array([scale_cache[r] for r in ref.index])
-            vol = mean * (1 + loc) + z * sd * scale
+            if cov is not None:
+                # model regions: ComBat-like shift gamma·sigma, sigma = reference SD / its
+                # harmonized shrinkage; others: multiplicative shift
+                ratio = np.array([cov.sd_ratio.get(r, np.nan) for r in ref.index])
+                shift = np.array(
+                    [
+                        gamma[r] * sd_i / ratio_i if r in gamma else loc_cache[r] * m_i
+                        for r, sd_i, ratio_i, m_i in zip(ref.index, sd, ratio, mean, strict=True)
+                    ]
+                )
+            else:
+                shift = np.array([loc_cache[r] for r in ref.index]) * mean
+            vol = mean + shift + z * sd * scale
             vol = np.where(mean > 0, np.maximum(vol, 0.05 * mean), 0.0)
             vols = dict(zip(ref.index, np.round(vol, 1), strict=True))
             vols.update(
@@ -314,7 +375,6 @@ def simulate_table(
                 **{n: round(v, 6) for n, v in iqms.items()},
                 **vols,
             }
-            regions_all = regions_all or list(vols)
             rows.append(row)
     return pd.DataFrame(rows)
 
