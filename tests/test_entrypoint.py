@@ -148,6 +148,7 @@ def _workflows_ready() -> str | None:
         "workflows/group.py",
         "testing/fixtures.py",
         "harmonize/apply.py",
+        "harmonize/io.py",
     )
     for rel in needed:
         if not (pkg / rel).is_file():
@@ -165,10 +166,12 @@ def test_participant_and_group_levels_from_read_only_copy(ro_repo, tmp_path):
             f"participant/group run from a read-only copy waits for the workflows: {reason}"
         )
     from neuroharmony_bids.example import simulate_table
+    from neuroharmony_bids.harmonize.io import load_model
     from neuroharmony_bids.testing.fixtures import build_bids_dataset
 
     copy, before = ro_repo
-    table = simulate_table(n_per_site=2, model=None)
+    # simulated scans with every IQM and region the shipped model uses (the default model)
+    table = simulate_table(n_per_site=2, model=load_model(None))
     rows = table.assign(subject_label=table["participant_id"].str.replace("sub-", "", n=1))
     bids = tmp_path / "bids"
     built = build_bids_dataset(
@@ -193,10 +196,10 @@ def test_participant_and_group_levels_from_read_only_copy(ro_repo, tmp_path):
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         res = run_ro(copy, [copy, bids], [str(bids), str(out), "group", *common], tmp_path)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert _snapshot(copy) == before
+        assert _snapshot(bids) == bids_before
     finally:
         _make_writable(bids)
-    assert _snapshot(copy) == before
-    assert _snapshot(bids) == bids_before
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert any(g.get("Version") == VERSION for g in description["GeneratedBy"])
