@@ -939,3 +939,66 @@ def test_build_time_templates_cover_mriqcs_t1w_workflow_offline(tmp_path):
     res = _run([sys.executable, "-c", _TEMPLATE_CHECK, code], env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "RUNTIME-OK" in res.stdout and "TemplateFlow files cached" in res.stdout
+
+
+@pytest.mark.slow
+def test_brainlife_main_runs_the_real_app_without_a_container(tmp_path):
+    """brainlife/main end to end with NEUROHARMONY_NO_CONTAINER=1 and the real CLI: inputs laid
+    out as brainlife gives them (a T1w file, a FreeSurfer subject folder, an MRIQC folder)."""
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed (brainlife/main needs it; `apt-get install jq`)")
+    for rel in ("harmonize/apply.py", "harmonize/io.py", "workflows/participant.py"):
+        if not (REPO / "neuroharmony_bids" / rel).is_file():
+            pytest.skip(f"neuroharmony_bids/{rel} is not written yet")
+    if not list((REPO / "neuroharmony_bids" / "data").glob("*.json")):
+        pytest.skip("the shipped model (neuroharmony_bids/data/*.json) is not committed yet")
+    from neuroharmony_bids.example import simulate_table
+    from neuroharmony_bids.harmonize.io import load_model
+    from neuroharmony_bids.testing.fixtures import build_bids_dataset
+
+    table = simulate_table(n_per_site=1, model=load_model(None)).iloc[:1]
+    rows = table.assign(subject_label="src01")
+    src = tmp_path / "src"
+    build_bids_dataset(
+        src, rows, id_column="subject_label", site_column="site", age_column="age",
+        sex_column="sex", manufacturer_column="Manufacturer",
+        model_column="ManufacturersModelName", mriqc_layout="bids",
+    )  # fmt: skip
+    # brainlife hands over the MRIQC output for *this* subject label (sub-01)
+    mriqc = tmp_path / "mriqc_output"
+    (mriqc / "sub-01" / "anat").mkdir(parents=True)
+    iqm = json.loads((src / "derivatives/mriqc/sub-src01/anat/sub-src01_T1w.json").read_text())
+    (mriqc / "sub-01/anat/sub-01_T1w.json").write_text(json.dumps(iqm))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "neuroharmony-bids", f'exec "{sys.executable}" "{REPO / "run.py"}" "$@"\n')
+    config = {
+        "t1": str(src / "sub-src01/anat/sub-src01_T1w.nii.gz"),
+        "freesurfer": str(src / "derivatives/freesurfer/sub-src01"),
+        "mriqc": str(mriqc),
+        "model": "",
+        "subject": "",
+        "session": "",
+        "age": float(table["age"].iloc[0]),
+        "sex": str(table["sex"].iloc[0]),
+        "nprocs": 1,
+        "mem_gb": 2,
+        "omp_nthreads": 1,
+        "_inputs": [
+            {"meta": {"subject": "01", "Manufacturer": str(table["Manufacturer"].iloc[0])}}
+        ],
+    }
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(config))
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "NEUROHARMONY_NO_CONTAINER": "1",
+        "HOME": str(tmp_path),
+    }
+    res = _run([str(REPO / "brainlife" / "main")], cwd=run_dir, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = run_dir / "output"
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    assert list((out / "sub-01").rglob("*.tsv")), "no tabular derivative for sub-01"
