@@ -126,7 +126,8 @@ ENV HOME="/tmp" \
     IS_DOCKER_8395080871="1"
 
 # The package itself (small layer; source edits only rebuild from here on).
-COPY pyproject.toml README.md version /tmp/src/
+# README.md* : pyproject's long description, copied when present (a wildcard may match nothing).
+COPY pyproject.toml version README.md* /tmp/src/
 COPY neuroharmony_bids /tmp/src/neuroharmony_bids
 RUN /opt/neuroharmony/env/bin/python -m pip install --no-cache-dir --no-deps --no-build-isolation /tmp/src \
     && rm -rf /tmp/src \

@@ -251,9 +251,14 @@ def test_dockerfile_copy_sources_exist_and_are_in_the_build_context():
     for word, rest in ins:
         if word != "COPY" or "--from=" in rest:
             continue
-        sources = rest.split()[:-1]
-        for src in sources:
-            src = src.replace("${FREESURFER_VERSION}", fs_version)
+        sources = [s.replace("${FREESURFER_VERSION}", fs_version) for s in rest.split()[:-1]]
+        plain = [s for s in sources if not any(c in s for c in "*?[")]
+        # Docker accepts a wildcard that matches nothing when another source of the COPY exists
+        assert plain, f"COPY {rest}: needs at least one source that is not a wildcard"
+        matched = plain + [
+            m.relative_to(REPO).as_posix() for s in sources if s not in plain for m in REPO.glob(s)
+        ]
+        for src in matched:
             assert (REPO / src).exists(), f"COPY source {src} is missing from the repository"
             assert not _dockerignore_excludes(src), f"{src} is excluded by .dockerignore"
     assert _dockerignore_excludes(".git/HEAD") and _dockerignore_excludes(".venv/bin/python")
