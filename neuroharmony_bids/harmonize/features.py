@@ -138,7 +138,7 @@ def parse_sex(values: pd.Series, mapping: Mapping[str, str] | None = None) -> pd
         if v not in ("M", "F"):
             raise UsageError(f"sex mapping values must be M or F, got {v!r}")
     out = []
-    for row, raw in values.items():
+    for pos, raw in enumerate(values.tolist()):
         key = "" if pd.isna(raw) else str(raw).strip().lower()
         if key.endswith(".0") and key[:-2].isdigit():
             key = key[:-2]
@@ -152,7 +152,7 @@ def parse_sex(values: pd.Series, mapping: Mapping[str, str] | None = None) -> pd
                 if key.isdigit()
                 else " Use M/F or male/female (BIDS participants.tsv convention)."
             )
-            raise DataError(f"column 'sex', row {row}: cannot read {raw!r} as a sex.{hint}")
+            raise DataError(f"column 'sex', row {pos + 1}: cannot read {raw!r} as a sex.{hint}")
     return pd.Series(out, index=values.index, name=values.name)
 
 

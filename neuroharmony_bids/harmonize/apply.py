@@ -1,0 +1,24 @@
+"""The one table-level entry point used by the tabular CLI and the BIDS App."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+
+
+def harmonize_table(
+    table: pd.DataFrame,
+    model: NeuroHarmonizer,
+    site_column: str | None = None,
+    sex_mapping: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Harmonize every scan in ``table`` (vectorized; see :meth:`NeuroHarmonizer.transform`).
+
+    Region columns keep the user's FreeSurfer 6/7 spelling; unknown columns pass through; the
+    ``nh_*`` flag columns are appended. With ``site_column``, scans sharing a site are
+    harmonized jointly.
+    """
+    return model.transform(table, site_column=site_column, sex_mapping=sex_mapping)

@@ -1,0 +1,177 @@
+"""The harmonizer: biology protected, names kept, flags, joint path, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _synth import REGIONS, synth_table
+
+from neuroharmony_bids.errors import DataError
+from neuroharmony_bids.harmonize import features as F
+from neuroharmony_bids.harmonize.combat import fit_combat
+from neuroharmony_bids.harmonize.model import FLAG_COLUMNS, NeuroHarmonizer
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return synth_table()
+
+
+@pytest.fixture(scope="module")
+def model(table) -> NeuroHarmonizer:
+    return NeuroHarmonizer().fit(table, "site")
+
+
+def _age_slope(vol: np.ndarray, age: np.ndarray) -> np.ndarray:
+    x = np.column_stack([np.ones_like(age), age])
+    return np.linalg.lstsq(x, vol, rcond=None)[0][1]
+
+
+def test_age_slope_survives_where_unprotected_combat_loses_it(table, model):
+    age = table["age"].to_numpy()
+    raw = table[REGIONS].to_numpy()
+    harmonized = model.transform(table, site_column="site")[REGIONS].to_numpy()
+    truth = np.asarray(table.attrs["true_age_slope"])
+    kept = _age_slope(harmonized, age)
+    codes = pd.Categorical(table.site).codes
+    _, unprotected = fit_combat(raw, codes, sorted(table.site.unique()), np.ones((len(age), 0)))
+    lost = _age_slope(unprotected, age)
+    err_kept = np.median(np.abs(kept - truth) / np.abs(truth))
+    err_lost = np.median(np.abs(lost - truth) / np.abs(truth))
+    assert err_kept < 0.25, err_kept
+    assert err_lost > 2 * err_kept, (err_lost, err_kept)
+
+
+def test_output_keeps_rows_columns_and_passthrough(table, model):
+    out = model.transform(table)
+    assert list(out.columns[: len(table.columns)]) == list(table.columns)
+    assert list(out.columns[len(table.columns) :]) == list(FLAG_COLUMNS)
+    assert (out["notes"] == table["notes"]).all()
+    assert (out["participant_id"] == table["participant_id"]).all()
+    assert not np.allclose(out[REGIONS].to_numpy(), table[REGIONS].to_numpy())
+    assert set(out["nh_status"]) <= {"harmonized", "unharmonized"}
+    assert out["nh_features_used"].str.contains("snrd_total").all()
+
+
+def test_freesurfer6_and_7_spellings_give_same_numbers(shared_data):
+    from neuroharmony_bids.harmonize.io import load_model
+
+    model = load_model()
+    abide = pd.read_csv(shared_data / "abide1" / "abide1_fs6_mriqc_pheno.csv").head(20)
+    abide = abide.rename(columns={"AGE_AT_SCAN": "age"})
+    fs6 = model.transform(abide)
+    fs7 = model.transform(abide.rename(columns=F.FS_ALIASES))
+    assert "Left-Thalamus-Proper" in fs6.columns and "Left-Thalamus" in fs7.columns
+    np.testing.assert_allclose(
+        fs6["Left-Thalamus-Proper"].to_numpy(), fs7["Left-Thalamus"].to_numpy()
+    )
+    assert not np.allclose(fs6["Left-Thalamus-Proper"], abide["Left-Thalamus-Proper"])
+
+
+def test_subset_of_regions(table, model):
+    sub = table.drop(columns=REGIONS[5:])
+    out = model.transform(sub)
+    assert (out["nh_n_regions"] == 5).all()
+    full = model.transform(table)
+    assert out.shape[0] == full.shape[0]
+
+
+def test_core_iqms_are_the_minimum(table, model):
+    with pytest.raises(DataError, match="cjv"):
+        model.transform(table.drop(columns=["cjv"]))
+    broken = table.copy()
+    broken.loc[3, "efc"] = np.nan
+    with pytest.raises(DataError, match=r"row 4 .*efc"):
+        model.transform(broken)
+
+
+def test_out_of_range_scans_are_flagged_but_harmonized(table, model):
+    odd = table.tail(4).reset_index(drop=True)  # the oldest site
+    odd.loc[0, "age"] = table["age"].max() + 3.0
+    odd.loc[1, "snrd_total"] *= 20
+    odd.loc[1, "efc"] *= 0.7
+    out = model.transform(odd)
+    assert out.loc[0, "nh_out_of_range_features"].split(";") == ["age"]
+    assert "snrd_total" in out.loc[1, "nh_out_of_range_features"]
+    assert out.loc[1, "nh_confidence"] <= out.loc[2, "nh_confidence"]
+    assert out["nh_out_of_range"].tolist()[:2] == [1, 1]
+    assert (out["nh_status"] == "harmonized").all()
+
+
+def test_implausible_profile_is_left_unharmonized(table, model):
+    bad = table.head(3).copy()
+    bad[REGIONS[:6]] *= 3.0  # a failed segmentation, far beyond any training scan
+    out = model.transform(bad)
+    assert out.loc[0, "nh_status"] == "unharmonized"
+    assert "regional_profile" in out.loc[0, "nh_out_of_range_features"]
+    np.testing.assert_allclose(out.loc[0, REGIONS].astype(float), bad.loc[0, REGIONS].astype(float))
+
+
+def test_joint_path_approaches_combat_with_the_site():
+    table = synth_table(n_sites=7, per_site=40, seed=3)
+    train, new = table[table.site != "site6"], table[table.site == "site6"]
+    model = NeuroHarmonizer().fit(train, "site")
+    codes = pd.Categorical(table.site).codes
+    design = model._design(
+        __import__("neuroharmony_bids.harmonize.table", fromlist=["prepare"]).prepare(table),
+        fitting=False,
+    )
+    _, oracle = fit_combat(table[REGIONS].to_numpy(), codes, sorted(table.site.unique()), design)
+    oracle = oracle[(table.site == "site6").to_numpy()]
+    single = model.transform(new)[REGIONS].to_numpy()
+    joint = model.transform(new, site_column="site")[REGIONS].to_numpy()
+    raw = new[REGIONS].to_numpy()
+
+    def err(x):
+        return np.mean(np.abs(x - oracle) / oracle)
+
+    assert err(joint) < err(single) <= err(raw) * 1.01
+    assert err(joint) < 0.5 * err(raw)
+
+
+def test_training_site_is_recognised_by_data(table, model):
+    part = table[table.site == "site2"]
+    joint = model.transform(part.assign(site="renamed"), site_column="site")[REGIONS]
+    codes = pd.Categorical(table.site).codes
+    prep = __import__("neuroharmony_bids.harmonize.table", fromlist=["prepare"]).prepare(table)
+    _, combat = fit_combat(
+        table[REGIONS].to_numpy(), codes, sorted(table.site.unique()), model._design(prep, False)
+    )
+    combat = combat[(table.site == "site2").to_numpy()]
+    assert np.mean(np.abs(joint.to_numpy() - combat) / combat) < 0.02
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pattern"),
+    [
+        (lambda t: t.assign(age="x"), r"column 'age', row 1"),
+        (lambda t: t.drop(columns=["sex"]), "missing required column"),
+        (lambda t: t.assign(sex="9"), "--sex-mapping"),
+        (lambda t: t.assign(**{REGIONS[0]: -1.0}), "not positive"),
+        (lambda t: t.assign(**{REGIONS[1]: np.inf}), "infinite"),
+        (lambda t: t.assign(**{REGIONS[2]: np.nan}), "missing value"),
+        (lambda t: pd.concat([t, t.head(1)]), "same scan"),
+    ],
+)
+def test_bad_input_names_column_and_row(table, model, mutate, pattern):
+    with pytest.raises(DataError, match=pattern):
+        model.transform(mutate(table.copy()))
+
+
+def test_training_refuses_lonely_site_and_confounded_covariate(table):
+    lonely = pd.concat([table, table.head(1).assign(site="solo", participant_id="sub-solo")])
+    with pytest.raises(DataError, match="single scan"):
+        NeuroHarmonizer().fit(lonely, "site")
+    confounded = table.assign(scanner_type=table["site"].map(lambda s: s[-1]))
+    with pytest.raises(DataError, match="confounded with site"):
+        NeuroHarmonizer(covariates=("scanner_type",)).fit(confounded, "site")
+    with pytest.raises(DataError, match="site column 'nosuch'"):
+        NeuroHarmonizer().fit(table, "nosuch")
+
+
+def test_estimator_conventions(table):
+    est = NeuroHarmonizer(covariates=("notes",))
+    assert est.get_params()["covariates"] == ("notes",)
+    with pytest.raises(Exception, match="not fitted"):
+        est.transform(table)
