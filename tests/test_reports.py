@@ -177,8 +177,15 @@ def test_participant_report(tmp_path):
     html = path.read_text()
     sections = _sections(html)
     assert set(PARTICIPANT_SECTIONS) <= set(sections)
-    assert all(p.startswith(PNG_MAGIC) for p in _embedded_pngs(html))
+    svgs = [
+        base64.b64decode(d).decode()
+        for d in re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', html)
+    ]
+    assert len(svgs) == html.count("<img") == 2
+    assert all(s.startswith("<svg") and s.endswith("</svg>") for s in svgs)
     assert sections["volumes"].count("<img") == 1 and sections["iqms"].count("<img") == 1
+    # one row per region in the volume chart, one per IQM in the IQM chart
+    assert svgs[0].count("<circle") >= 2 * len(model.regions_) - 5
     # every IQM the model flagged is highlighted in the IQM table
     flagged = flagged_iqms[i]
     for name in flagged:

@@ -103,7 +103,7 @@ def _volume_section(raw_row: pd.Series, harm_row: pd.Series, model: Any) -> Sect
         f"sex {sex}; the green band is its 95 % range. {int(outside.sum())} of {len(regions)} "
         "harmonized volumes fall outside it (highlighted below); about 5 % are expected by "
         "chance.</p>",
-        figures.figure_to_img(
+        figures.svg_to_img(
             figures.participant_volumes(raw_v, harm_v, reference, cols),
             "Raw and harmonized volumes against the reference range",
         ),
@@ -149,7 +149,7 @@ def _iqm_section(raw_row: pd.Series, harm_row: pd.Series, model: Any) -> Section
     body = [
         f"<p>{sum(flags)} of {len(rows)} IQMs are outside the range of the model's training "
         "scans (orange). Out-of-range IQMs mean the model extrapolates for this scan.</p>",
-        figures.figure_to_img(
+        figures.svg_to_img(
             figures.participant_iqms(pd.Series(values), iqm_range),
             "IQMs against the training range",
         ),
