@@ -830,16 +830,13 @@ def test_slurm_graph_plugin_file_drives_nipype_slurmgraph(tmp_path):
     assert script.startswith("#!/bin/bash\n#SBATCH --export=ALL\n") and sys.executable in script
 
 
-def test_slurm_nipype_driver_queues_the_group_level_after_the_node_jobs(tmp_path):
+def _driver(tmp_path, nh_exit: int, queued: bool):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.txt"
-    _stub(bin_dir, "neuroharmony-bids", f'printf "nh %s\\n" "$*" >> {log}\n')
-    _stub(
-        bin_dir,
-        "squeue",
-        'echo "11 $NEUROHARMONY_RUN_TAG"; echo "12 other"; echo "13 $NEUROHARMONY_RUN_TAG"\n',
-    )
+    _stub(bin_dir, "neuroharmony-bids", f'printf "nh %s\\n" "$*" >> {log}\nexit {nh_exit}\n')
+    jobs = 'echo "11 $NEUROHARMONY_RUN_TAG"; echo "12 other"; echo "13 $NEUROHARMONY_RUN_TAG"'
+    _stub(bin_dir, "squeue", (jobs if queued else 'echo "12 other"') + "\n")
     _stub(bin_dir, "sbatch", f'printf "sbatch %s\\n" "$*" >> {log}\necho 99\n')
     plugin = REPO / "scripts" / "slurm_graph_plugin.yml"
     env = {
@@ -855,14 +852,33 @@ def test_slurm_nipype_driver_queues_the_group_level_after_the_node_jobs(tmp_path
     res = _run(
         ["bash", str(REPO / "scripts" / "slurm_nipype_plugin.sbatch")], env=env, cwd=tmp_path
     )
+    return res, log.read_text().splitlines(), plugin
+
+
+def test_slurm_nipype_driver_chains_harmonization_and_group_after_the_node_jobs(tmp_path):
+    # pass 1 queues the tool jobs and (as it cannot harmonize yet) exits 1
+    res, calls, plugin = _driver(tmp_path, nh_exit=1, queued=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    nh, sbatch = log.read_text().splitlines()
+    nh, sbatch = calls
     assert f"participant -w {tmp_path}/work/participant --use-plugin {plugin}" in nh
     assert "--nprocs 1 --omp-nthreads 1 --mem-gb 8" in nh
-    assert "--dependency=afterok:11:13" in sbatch and "--job-name=neuroharmony-group" in sbatch
-    assert (
-        f"neuroharmony-bids {tmp_path}/bids {tmp_path}/out group -w {tmp_path}/work/group" in sbatch
-    )
+    assert "--dependency=afterany:11:13" in sbatch and "--job-name=neuroharmony-finish" in sbatch
+    wrap = sbatch.split("--wrap=", 1)[1]
+    participant, group = wrap.split(" && ")
+    assert participant.split() == [
+        "neuroharmony-bids", f"{tmp_path}/bids", f"{tmp_path}/out", "participant",
+        "-w", f"{tmp_path}/work/participant",
+    ]  # fmt: skip
+    assert group.split() == [
+        "neuroharmony-bids", f"{tmp_path}/bids", f"{tmp_path}/out", "group",
+        "-w", f"{tmp_path}/work/group",
+    ]  # fmt: skip
+
+
+def test_slurm_nipype_driver_stops_when_nothing_was_queued_and_the_run_failed(tmp_path):
+    res, calls, _ = _driver(tmp_path, nh_exit=64, queued=False)
+    assert res.returncode == 64 and "without queuing any job" in res.stderr
+    assert len(calls) == 1  # no follow-up job
 
 
 # --------------------------------------------------------------------------- documentation
