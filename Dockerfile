@@ -109,7 +109,8 @@ assert need <= names, sorted(need - names); \
 print(len(names), 'TemplateFlow files cached')" \
     && chmod -R a+rX /opt/templateflow
 
-# Non-root user (uid 2000, group users = gid 100). HOME and every cache live under /tmp so that `--read-only` images work.
+# Non-root user (uid 2000, group users = gid 100). HOME and every cache live under /tmp so
+# that `docker run --read-only` works.
 RUN useradd -l -M -d /tmp -s /bin/bash -u 2000 -g users neuroharmony
 ENV HOME="/tmp" \
     XDG_CACHE_HOME="/tmp/.cache" \
@@ -131,6 +132,8 @@ COPY pyproject.toml version README.md* /tmp/src/
 COPY neuroharmony_bids /tmp/src/neuroharmony_bids
 RUN /opt/neuroharmony/env/bin/python -m pip install --no-cache-dir --no-deps --no-build-isolation /tmp/src \
     && rm -rf /tmp/src \
+    && /opt/neuroharmony/env/bin/python -c "import ssl, sqlite3, ctypes, numpy, scipy, sklearn, \
+pandas, matplotlib, nibabel, nipype, bids, templateflow, neuroharmony_bids.cli.run" \
     && ln -s /opt/neuroharmony/env/bin/neuroharmony-bids /usr/local/bin/neuroharmony-bids \
     && ln -s /opt/neuroharmony/env/bin/neuroharmony /usr/local/bin/neuroharmony
 
