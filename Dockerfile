@@ -20,6 +20,8 @@
 #   /opt/templateflow               TemplateFlow templates MRIQC's anatomical workflow reads,
 #                                   fetched at build time (compute nodes need no network).
 #   /opt/neuroharmony/run.py        the BIDS-App entry point; /version holds the version.
+#                                   neuroharmony-bids, neuroharmony and bids-validator-deno are
+#                                   linked into /usr/local/bin.
 #
 # Run time: non-root user, works with `docker run --read-only --tmpfs /tmp` plus mounted
 # output and work directories (every cache points at /tmp), no network needed.
@@ -135,7 +137,8 @@ RUN /opt/neuroharmony/env/bin/python -m pip install --no-cache-dir --no-deps --n
     && /opt/neuroharmony/env/bin/python -c "import ssl, sqlite3, ctypes, numpy, scipy, sklearn, \
 pandas, matplotlib, nibabel, nipype, bids, templateflow, neuroharmony_bids.cli.run" \
     && ln -s /opt/neuroharmony/env/bin/neuroharmony-bids /usr/local/bin/neuroharmony-bids \
-    && ln -s /opt/neuroharmony/env/bin/neuroharmony /usr/local/bin/neuroharmony
+    && ln -s /opt/neuroharmony/env/bin/neuroharmony /usr/local/bin/neuroharmony \
+    && ln -s /opt/neuroharmony/env/bin/bids-validator-deno /usr/local/bin/bids-validator-deno
 
 COPY version /version
 COPY run.py /opt/neuroharmony/run.py
@@ -147,7 +150,9 @@ RUN test -n "${VERSION}" || { echo "pass --build-arg VERSION=\$(cat version)" >&
     && chmod 0755 /opt/neuroharmony/run.py \
     && /opt/neuroharmony/run.py --version \
     && mriqc --version \
-    && command -v recon-all mri_segstats mris_anatomical_stats asegstats2table aparcstats2table
+    && command -v recon-all mri_segstats mris_anatomical_stats asegstats2table aparcstats2table \
+        mriqc antsRegistration N4BiasFieldCorrection 3dFWHMx \
+        bids-validator-deno neuroharmony-bids neuroharmony
 
 USER 2000:100
 WORKDIR /tmp

@@ -222,6 +222,30 @@ def test_dockerfile_labels_and_version_build_arg():
     assert "--build-arg VERSION=" in (REPO / "Dockerfile").read_text()
 
 
+def test_every_command_the_package_looks_up_is_checked_in_the_image():
+    """Each executable the package finds with shutil.which (and MRIQC's tools) must be on the
+    image's PATH: the build's final `command -v` check lists them, so a missing one fails it."""
+    names = set()
+    for path in (REPO / "neuroharmony_bids").rglob("*.py"):
+        names |= set(re.findall(r'shutil\.which\("([^"]+)"\)', path.read_text()))
+    sys.path.insert(0, str(REPO))
+    try:
+        from neuroharmony_bids.interfaces.mriqc import MRIQC_DEPENDENCIES
+    finally:
+        sys.path.remove(str(REPO))
+    names |= set(MRIQC_DEPENDENCIES)
+    assert {"mriqc", "recon-all"} <= names
+    checks = [r for w, r in dockerfile_instructions() if w == "RUN" and "command -v" in r]
+    assert len(checks) == 1
+    checked = set(checks[0].split("command -v", 1)[1].split())
+    assert names <= checked, sorted(names - checked)
+    # commands from our environment are linked onto PATH; `mriqc` is the MRIQC image's own
+    runs = " ".join(r for w, r in dockerfile_instructions() if w == "RUN")
+    for name in ("neuroharmony-bids", "neuroharmony", "bids-validator-deno"):
+        assert f"/opt/neuroharmony/env/bin/{name} /usr/local/bin/{name}" in runs, name
+    assert "/usr/local/bin/mriqc" not in runs
+
+
 def _dockerignore_excludes(relpath: str) -> bool:
     """Docker's rule: the last pattern matching the path (or a parent) decides."""
     patterns = [
