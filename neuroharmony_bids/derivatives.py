@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from neuroharmony_bids._version import __version__
-from neuroharmony_bids.atomic import TMP_PREFIX, write_table, write_text
+from neuroharmony_bids.atomic import TMP_PREFIX, write_text
 from neuroharmony_bids.bids import SCANNER_FIELDS, Scan
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.harmonize.features import (
@@ -248,17 +248,6 @@ def write_dataset_files(
     )
     desc_text = desc.to_csv(sep="\t", index=False, lineterminator="\n")
     _write_if_changed(output_dir / "descriptions.tsv", desc_text)
-    _write_if_changed(
-        output_dir / "descriptions.json",
-        json.dumps(
-            {
-                "desc_id": {"Description": "desc- label used in this dataset's file names"},
-                "description": {"Description": "what files with this desc- label contain"},
-            },
-            indent=2,
-        )
-        + "\n",
-    )
     _write_if_changed(output_dir / "README.md", README)
     _write_if_changed(output_dir / ".bidsignore", BIDSIGNORE)
     return path
@@ -349,8 +338,44 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _one_row(values: Mapping[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame([dict(values)], columns=list(values))
+def format_cell(value: Any) -> str:
+    """One TSV cell as :func:`neuroharmony_bids.atomic.write_table` writes it (``%.10g``
+    floats, ``n/a`` for missing or empty), without building a DataFrame per scan."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "n/a" if np.isnan(value) else f"{float(value):.10g}"
+    text = str(value)
+    if not text:
+        return "n/a"
+    if any(ch in text for ch in '\t\n\r"'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def format_tsv(row: Mapping[str, Any]) -> str:
+    """A one-row TSV (header + row), deterministic."""
+    return "\t".join(row) + "\n" + "\t".join(format_cell(v) for v in row.values()) + "\n"
+
+
+_DICT_CACHE: dict[tuple[str, ...], str] = {}
+
+
+def _sidecar_text(columns: Sequence[str], extra: Mapping[str, Any]) -> str:
+    """``json.dumps({**column_dictionary(columns), **extra}, indent=2)``, with the dictionary
+    part (identical for every scan) encoded once."""
+    key = tuple(columns)
+    body = _DICT_CACHE.get(key)
+    if body is None:
+        body = _DICT_CACHE[key] = json.dumps(column_dictionary(columns), indent=2)[2:-2]
+    if not extra:
+        return "{\n" + body + "\n}\n"
+    tail = json.dumps(_json_value(dict(extra)), indent=2)
+    return "{\n" + body + ",\n" + tail[2:] + "\n"
 
 
 def write_scan_outputs(
@@ -383,10 +408,9 @@ def write_scan_outputs(
         "ImageQualityMetrics": provenance.get("ImageQualityMetrics", {}),
         "FreeSurfer": provenance.get("FreeSurfer", {}),
     }
-    raw_json = {**column_dictionary(list(raw_row)), **common}
+    raw_json = dict(common)
     model = dict(provenance.get("Model", {}))
     harm_json = {
-        **column_dictionary(list(harm_row)),
         **common,
         "Model": model,
         "Harmonization": {
@@ -398,10 +422,10 @@ def write_scan_outputs(
             "RegionsHarmonized": harmonized.get("nh_n_regions"),
         },
     }
-    write_text(paths["raw_json"], json.dumps(_json_value(raw_json), indent=2) + "\n")
-    write_table(paths["raw_tsv"], _one_row(raw_row))
-    write_text(paths["harmonized_json"], json.dumps(_json_value(harm_json), indent=2) + "\n")
-    write_table(paths["harmonized_tsv"], _one_row(harm_row))
+    write_text(paths["raw_json"], _sidecar_text(list(raw_row), raw_json))
+    write_text(paths["raw_tsv"], format_tsv(raw_row))
+    write_text(paths["harmonized_json"], _sidecar_text(list(harm_row), harm_json))
+    write_text(paths["harmonized_tsv"], format_tsv(harm_row))
     return paths
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -455,13 +456,13 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
         log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
         by_name = {str(b): i for i, b in enumerate(harmonized["bids_name"])}
         model_meta = {k: info[k] for k in ("name", "version", "sha256") if info.get(k) is not None}
+        jobs = []
         for item in inputs:
             scan = item.scan
             if scan.bids_name in row_failures:
                 _fail(result, out, scan, row_failures[scan.bids_name], 65, log)
                 progress.update()
                 continue
-            hrow = harmonized.iloc[by_name[scan.bids_name]]
             provenance = dict(item.provenance)
             provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
             provenance["Scanner"] = dict(scan.metadata)
@@ -470,14 +471,35 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
                 "sex": covs.table.at[scan.bids_name, "sex"],
             }
             provenance["Model"] = model_meta
-            D.write_scan_outputs(out, scan, item.volumes, hrow.to_dict(), provenance)
-            D.clear_failure(out, scan)
-            result.succeeded.append(scan.bids_name)
-            progress.update()
+            hrow = harmonized.iloc[by_name[scan.bids_name]].to_dict()
+            jobs.append((scan, item.volumes, hrow, provenance))
+        write_outputs(out, jobs, result, progress)
         if settings.participant_reports and result.succeeded:
             _participant_reports(settings, table, harmonized, model, inputs, result, log)
     result.outputs["output_dir"] = str(out)
     return result
+
+
+def write_outputs(
+    out: Path,
+    jobs: Sequence[tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]],
+    result: RunResult,
+    progress: Progress,
+    threads: int = 8,
+) -> None:
+    """Write the per-scan files from a few threads: each atomic write waits on fsync/rename,
+    which release the GIL, so overlapping them is what makes 1,000 scans take seconds."""
+
+    def job(args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]) -> str:
+        scan, volumes, hrow, provenance = args
+        D.write_scan_outputs(out, scan, volumes, hrow, provenance)
+        D.clear_failure(out, scan)
+        return scan.bids_name
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for name in pool.map(job, jobs):
+            result.succeeded.append(name)
+            progress.update()
 
 
 def _fail(
