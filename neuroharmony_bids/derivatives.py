@@ -177,13 +177,7 @@ def dataset_description(
     source: dict[str, Any] = {"URL": raw_link}
     if source_name:
         source["Name"] = str(source_name)
-    model = {
-        k: model_info[k]
-        for k in ("name", "version", "sha256", "path", "n_training_scans")
-        if k in model_info and model_info[k] is not None
-    }
-    if "path" in model:
-        model["path"] = _model_path_label(model["path"])
+    model = model_identity(model_info)
     return {
         "Name": "Neuroharmony harmonized FreeSurfer volumes",
         "BIDSVersion": BIDS_VERSION,
@@ -193,6 +187,22 @@ def dataset_description(
         "DatasetLinks": {"raw": raw_link},
         "NeuroharmonyModel": model,
     }
+
+
+def model_identity(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Name, version, sha256, file and training size of a model, from ``model_info()``."""
+    meta = info.get("metadata") or {}
+    summary = info.get("training_summary") or {}
+    out = {
+        "name": info.get("name")
+        or meta.get("name")
+        or (Path(str(info["path"])).stem if info.get("path") else None),
+        "version": info.get("version") or info.get("package_version"),
+        "sha256": info.get("sha256"),
+        "path": _model_path_label(info["path"]) if info.get("path") else None,
+        "n_training_scans": summary.get("n_scans") if isinstance(summary, Mapping) else None,
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _model_path_label(path: Any) -> str:
@@ -498,6 +508,7 @@ __all__ = [
     "id_columns",
     "is_done",
     "logs_dir",
+    "model_identity",
     "morph_path",
     "read_dataset_description",
     "read_failures",

@@ -5,8 +5,9 @@ as top-level numbers plus ``bids_meta`` (entities and sidecar metadata) and ``pr
 (md5sum, software, version, settings, warnings); the group level gathers them into
 ``group_T1w.tsv`` with a ``bids_name`` column. Older releases put the JSONs flat in
 ``<out>/derivatives/``, newer ones mirror the BIDS tree (``<out>/sub-X/[ses-Y/]anat/``); both
-are searched. The layout written by :func:`write_iqm_json` follows MRIQC 24's ``IQMFileSink``
-(sorted keys, two-space indent, trailing newline).
+are searched. :func:`write_iqm_json` writes MRIQC 24's ``IQMFileSink`` layout (sorted keys,
+two-space indent, trailing newline, serialized with orjson like MRIQC): the tests check it is
+byte-identical to a file written by MRIQC's own sink.
 """
 
 from __future__ import annotations
@@ -226,7 +227,12 @@ def render_iqm_json(
     }
     prov.update(dict(provenance or {}))
     out["provenance"] = prov
-    return json.dumps(out, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    try:  # MRIQC's own serializer and options (IQMFileSink), for byte-identical files
+        import orjson
+    except ImportError:  # same layout; small floats spelled 1e-06 instead of orjson's 1e-6
+        return json.dumps(out, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    opts = orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+    return orjson.dumps(out, option=opts | orjson.OPT_SERIALIZE_NUMPY).decode("utf-8")
 
 
 def write_iqm_json(

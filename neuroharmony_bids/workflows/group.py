@@ -408,10 +408,11 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
         )
     model, info = load_model_and_info(settings)
     used = (description.get("NeuroharmonyModel") or {}).get("sha256")
-    if used and info.get("sha256") and used != info.get("sha256"):
+    ident = D.model_identity(info)
+    if used and ident.get("sha256") and used != ident.get("sha256"):
         raise UsageError(
             f"the participant level used model sha256 {used[:12]}..., but this run was given "
-            f"{info.get('name')} (sha256 {str(info.get('sha256'))[:12]}...); pass the same "
+            f"{ident.get('name')} (sha256 {str(ident.get('sha256'))[:12]}...); pass the same "
             f"--model as at participant level"
         )
     all_found = discover_outputs(out, settings.bids_dir)

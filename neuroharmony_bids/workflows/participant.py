@@ -100,9 +100,11 @@ def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
 
 
 def required_iqms(model: Any) -> list[str]:
-    """IQMs the model cannot do without (its feature set; the core set if it does not say)."""
-    names = getattr(model, "iqms_", None)
-    return list(names) if names else list(CORE_IQMS)
+    """IQMs the model cannot do without: its core set (it uses more when they are present)."""
+    sets = getattr(model, "iqm_sets_", None)
+    if isinstance(sets, Mapping) and sets.get("core"):
+        return list(sets["core"])
+    return list(CORE_IQMS)
 
 
 # --------------------------------------------------------------------------- locating inputs
@@ -359,22 +361,27 @@ def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.Da
 def harmonize_rows(
     table: pd.DataFrame, model: Any, harmonize_table: Callable
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Harmonize all rows at once; if the batch is refused, row by row to isolate failures."""
-    try:
-        return harmonize_table(table, model), {}
-    except NeuroharmonyError:
-        if len(table) == 1:
-            raise
-    out, failed = [], {}
-    for i in range(len(table)):
-        row = table.iloc[[i]]
+    """Harmonize all rows at once; if the batch is refused, bisect to isolate the bad rows.
+
+    Without a site column every scan is harmonized on its own, so splitting the batch does not
+    change any result; k bad rows cost O(k log n) calls instead of n.
+    """
+    failed: dict[str, str] = {}
+
+    def attempt(part: pd.DataFrame) -> list[pd.DataFrame]:
         try:
-            out.append(harmonize_table(row.reset_index(drop=True), model))
+            return [harmonize_table(part.reset_index(drop=True), model)]
         except NeuroharmonyError as exc:
-            failed[str(row["bids_name"].iloc[0])] = str(exc)
-    if not out:
+            if len(part) == 1:
+                failed[str(part["bids_name"].iloc[0])] = str(exc)
+                return []
+        mid = len(part) // 2
+        return attempt(part.iloc[:mid]) + attempt(part.iloc[mid:])
+
+    pieces = attempt(table)
+    if not pieces:
         return table.iloc[0:0].copy(), failed
-    return pd.concat(out, ignore_index=True), failed
+    return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
 
 
 # --------------------------------------------------------------------------- main entry
@@ -393,9 +400,10 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
     result = RunResult("participant", total=len(scans))
     harmonize_table, _, _ = harmonization_core()
     model, info = load_model_and_info(settings)
+    ident = D.model_identity(info)
     log.info(
         "model: %s (version %s, sha256 %s)",
-        info.get("name"), info.get("version"), str(info.get("sha256"))[:16],
+        ident.get("name"), ident.get("version"), str(ident.get("sha256"))[:16],
     )  # fmt: skip
     description = D.dataset_description(
         settings.bids_dir,
@@ -455,7 +463,7 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
         harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
         log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
         by_name = {str(b): i for i, b in enumerate(harmonized["bids_name"])}
-        model_meta = {k: info[k] for k in ("name", "version", "sha256") if info.get(k) is not None}
+        model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
         jobs = []
         for item in inputs:
             scan = item.scan

@@ -1,0 +1,192 @@
+"""BIDS querying on real and fixture datasets: scans, covariates, metadata, labels, validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from neuroharmony_bids import bids as B
+from neuroharmony_bids.errors import (
+    InvalidBIDSError,
+    MissingInputError,
+    NothingSelectedError,
+    UsageError,
+)
+from neuroharmony_bids.testing import abide_rows, build_bids_dataset
+
+
+@pytest.fixture(scope="module")
+def real(shared_data) -> Path:
+    return shared_data / "bids_real"
+
+
+def test_real_dataset_scans_and_sidecar_metadata(real):
+    scans = B.find_scans(real)
+    expected = sorted(p.name[: -len("_T1w.nii.gz")] for p in real.glob("sub-*/anat/*_T1w.nii.gz"))
+    assert [s.prefix for s in scans] == expected
+    for scan in scans:
+        sidecar = json.loads(scan.path.with_name(scan.bids_name + ".json").read_text())
+        want = {k: sidecar[k] for k in B.SCANNER_FIELDS if k in sidecar}
+        assert dict(scan.metadata) == want
+        assert scan.rel_dir == f"sub-{scan.subject}/anat"
+        assert scan.relpath(real) == f"sub-{scan.subject}/anat/{scan.bids_name}.nii.gz"
+    trio = next(s for s in scans if s.subject == "trio01")
+    # the full Siemens sidecar carries all five scanner fields
+    assert set(trio.metadata) == set(B.SCANNER_FIELDS)
+
+
+def test_real_dataset_covariates_and_na_ages(real):
+    scans = B.find_scans(real)
+    covs = B.read_covariates(real, scans, extra_columns=["site"])
+    ptable = pd.read_csv(real / "participants.tsv", sep="\t", na_values="n/a")
+    for _, row in ptable.iterrows():
+        name = f"{row['participant_id']}_T1w"
+        if pd.isna(row["age"]):
+            assert name in covs.errors and "age is n/a" in covs.errors[name]
+            assert "--age-column" in covs.errors[name]
+        else:
+            assert covs.table.at[name, "age"] == pytest.approx(row["age"])
+            assert covs.table.at[name, "sex"] == row["sex"]
+            assert covs.table.at[name, "site"] == row["site"]
+            assert name not in covs.errors
+
+
+def test_real_dataset_passes_validation(real):
+    warnings = B.validate_dataset(real)
+    assert all(w["severity"] == "warning" for w in warnings)
+
+
+def test_invalid_dataset_is_exit_16(real, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(real / "sub-IXI013HH", bad / "sub-IXI013HH")
+    shutil.copy(real / "dataset_description.json", bad)
+    (bad / "sub-IXI013HH" / "anat" / "not_bids_name.nii.gz").write_bytes(b"x")
+    with pytest.raises(InvalidBIDSError) as err:
+        B.validate_dataset(bad)
+    assert err.value.exit_code == 16
+    assert "not_bids_name" in str(err.value) and "--skip-bids-validation" in str(err.value)
+    with pytest.raises(InvalidBIDSError, match="no dataset_description.json"):
+        B.load_layout(tmp_path / "bad" / "sub-IXI013HH")
+
+
+@pytest.mark.parametrize("label", ["../etc", "a/b", "sub-01;rm", "*", "$(id)", "01 02", "", "sub-"])
+def test_labels_refuse_paths_and_shell(label):
+    with pytest.raises(UsageError) as err:
+        B.clean_labels([label])
+    assert err.value.exit_code == 64
+
+
+def test_labels_accept_prefix_or_not():
+    assert B.clean_labels(["sub-01", "02", "01"]) == ("01", "02")
+    assert B.clean_labels(["ses-pre"], "ses") == ("pre",)
+    assert B.clean_labels(None) == ()
+
+
+def test_parse_scan_name_keeps_entity_order():
+    sub, ents = B.parse_scan_name("sub-01_ses-2_acq-mprage_rec-norm_run-3_T1w.nii.gz")
+    assert sub == "01"
+    assert ents == (("ses", "2"), ("acq", "mprage"), ("rec", "norm"), ("run", "3"))
+    scan = B.Scan(sub, Path("/x"), ents)
+    assert scan.prefix == "sub-01_ses-2_acq-mprage_rec-norm_run-3"
+    assert scan.rel_dir == "sub-01/ses-2/anat" and scan.session_id == "ses-2"
+
+
+@pytest.fixture(scope="module")
+def sessions_ds(abide_table, tmp_path_factory) -> Path:
+    rows = abide_rows(abide_table, 6, seed=3).reset_index(drop=True)
+    rows["SUB_ID"] = ["1", "1", "2", "2", "3", "3"]
+    rows["ses"] = ["a", "b", "a", "b", "a", "b"]
+    rows["run"] = [None, None, None, None, "1", None]
+    root = tmp_path_factory.mktemp("sessions") / "bids"
+    build_bids_dataset(root, rows, session_column="ses", run_column="run")
+    return root
+
+
+def test_session_filter_and_session_age_wins(sessions_ds):
+    scans = B.find_scans(sessions_ds, ["sub-1", "3"], ["b"])
+    assert [s.prefix for s in scans] == ["sub-1_ses-b", "sub-3_ses-b"]
+    covs = B.read_covariates(sessions_ds, scans)
+    for scan in scans:
+        stsv = pd.read_csv(
+            sessions_ds / scan.participant_id / f"{scan.participant_id}_sessions.tsv", sep="\t"
+        )
+        session_age = float(stsv.loc[stsv.session_id == scan.session_id, "age"].iloc[0])
+        assert covs.table.at[scan.bids_name, "age"] == pytest.approx(session_age)
+    runs = B.find_scans(sessions_ds, ["3"], ["a"])
+    assert [s.prefix for s in runs] == ["sub-3_ses-a_run-1"]
+
+
+def test_nothing_selected_is_exit_18(sessions_ds):
+    with pytest.raises(NothingSelectedError) as err:
+        B.find_scans(sessions_ds, ["99"])
+    assert err.value.exit_code == 18 and "1, 2, 3" in str(err.value)
+    with pytest.raises(NothingSelectedError, match="sessions in the dataset: a, b"):
+        B.find_scans(sessions_ds, session_label=["c"])
+
+
+def test_sidecar_inheritance_matches_pybids(sessions_ds, tmp_path):
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    root = tmp_path / "inh"
+    shutil.copytree(sessions_ds, root)
+    (root / "T1w.json").write_text(json.dumps({"Manufacturer": "Top", "SoftwareVersions": "v1"}))
+    (root / "sub-1" / "sub-1_T1w.json").write_text(json.dumps({"SoftwareVersions": "subject"}))
+    (root / "sub-1" / "ses-b" / "sub-1_ses-b_T1w.json").write_text(
+        json.dumps({"DeviceSerialNumber": "ses-level"})
+    )
+    (root / "sub-2" / "ses-a" / "anat" / "sub-2_ses-a_acq-x_T1w.json").write_text(
+        json.dumps({"DeviceSerialNumber": "other acquisition: must not apply"})
+    )
+    layout = BIDSLayout(
+        str(root), validate=False, indexer=BIDSLayoutIndexer(validate=False, index_metadata=True)
+    )
+    files = layout.get(suffix="T1w", extension=".nii.gz")
+    assert len(files) == 6
+    for f in files:
+        assert B.sidecar_metadata(root, f.path) == f.get_metadata(), f.filename
+
+
+def test_sex_codes_need_a_mapping(sessions_ds, tmp_path):
+    root = tmp_path / "codes"
+    shutil.copytree(sessions_ds, root)
+    ptsv = root / "participants.tsv"
+    table = pd.read_csv(ptsv, sep="\t")
+    table["sex"] = ["1", "2", "1"]
+    table["years"] = table["age"]
+    table.to_csv(ptsv, sep="\t", index=False)
+    scans = B.find_scans(root)
+    covs = B.read_covariates(root, scans)
+    assert len(covs.errors) == len(scans)
+    assert all("--sex-mapping" in e or "mapping" in e for e in covs.errors.values())
+    mapping = B.parse_sex_mapping(["1=M", "2=f"])
+    assert mapping == {"1": "M", "2": "F"}
+    covs = B.read_covariates(root, scans, sex_mapping=mapping)
+    assert not covs.errors
+    assert set(covs.table["sex"]) == {"M", "F"}
+    with pytest.raises(MissingInputError, match="--age-column"):
+        B.read_covariates(root, scans, age_column="age_years")
+    with pytest.raises(UsageError, match="CODE=SEX"):
+        B.parse_sex_mapping(["1M"])
+    with pytest.raises(UsageError, match="must be M or F"):
+        B.parse_sex_mapping(["1=X"])
+
+
+def test_missing_participants_tsv_is_exit_66(sessions_ds, tmp_path):
+    root = tmp_path / "nop"
+    shutil.copytree(sessions_ds, root)
+    (root / "participants.tsv").unlink()
+    with pytest.raises(MissingInputError, match="participants.tsv"):
+        B.read_covariates(root, B.find_scans(root))
+
+
+def test_freesurfer_subject_candidates():
+    scan = B.Scan("01", Path("/x"), (("ses", "a"), ("run", "2")))
+    assert B.freesurfer_subject_candidates(scan, False) == ["sub-01_ses-a_run-2", "sub-01_ses-a"]
+    assert B.freesurfer_subject_candidates(scan, True)[-1] == "sub-01"
+    plain = B.Scan("01", Path("/x"))
+    assert B.freesurfer_subject_candidates(plain, True) == ["sub-01"]
