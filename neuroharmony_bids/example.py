@@ -96,8 +96,9 @@ class Site:
 
 SITES: list[Site] = [
     Site("siteA", "Siemens", "Prisma_fit", 3.0, (1.0, 1.0, 1.0), (8, 35), 2.3, 0.9, 0.00232),
-    Site("siteB", "GE", "DISCOVERY MR750", 3.0, (1.2, 1.0, 1.0), (15, 50), 7.3, 0.45, 0.0029),
+    Site("siteB", "GE", "DISCOVERY MR750", 3.0, (1.2, 0.9375, 0.9375), (15, 50), 7.3, 0.45, 0.0029),
     Site("siteC", "Philips", "Achieva", 3.0, (1.0, 1.0, 1.2), (25, 60), 8.1, 1.0, 0.0037),
+    Site("siteD", "Siemens", "TrioTim", 3.0, (1.1, 0.9, 0.9), (18, 45), 2.53, 1.1, 0.00344),
 ]
 
 
@@ -132,7 +133,7 @@ def plausible_reference(age: float, sex: str, etiv: float) -> pd.DataFrame:
 # --------------------------------------------------------------------------- simulation
 
 
-def _load_model() -> Any | None:
+def shipped_model() -> Any | None:
     """The shipped model, or None when it (or the model API) is not installed."""
     try:
         from neuroharmony_bids.harmonize.io import load_model
@@ -274,7 +275,7 @@ def _model_covariance(model: Any | None) -> _Covariance | None:
 def simulate_table(
     seed: int = SEED,
     sites: Sequence[Site] = tuple(SITES),
-    n_per_site: int = 8,
+    n_per_site: int = 6,
     model: Any | None = None,
     out_of_range_scan: bool = True,
 ) -> pd.DataFrame:
@@ -291,7 +292,7 @@ def simulate_table(
     for s_idx, site in enumerate(sites):
         site_rng = np.random.default_rng([seed, s_idx])
         iqm_shift = {n: site_rng.normal(0, spec[1]) for n, spec in iqm_spec.items()}
-        global_loc = site_rng.normal(0, 0.03)
+        global_loc = site_rng.normal(0, 0.04)
         # the site's effect on the model's regions follows the between-site covariance the
         # model learned (in standardized units); other regions get independent shifts
         gamma = {}
@@ -336,7 +337,7 @@ def simulate_table(
                 z = np.array([zm.get(r, zi) for r, zi in zip(ref.index, z, strict=True)])
             for r in ref.index:
                 if r not in loc_cache:
-                    loc_cache[r] = global_loc + site_rng.normal(0, 0.05)
+                    loc_cache[r] = global_loc + site_rng.normal(0, 0.08)
                     scale_cache[r] = float(np.exp(site_rng.normal(0, 0.15)))
             scale = np.array([scale_cache[r] for r in ref.index])
             if cov is not None:
@@ -363,6 +364,10 @@ def simulate_table(
                 centre, _, within = iqm_spec[n]
                 iqms[n] = max(float(centre + iqm_shift[n] + rng.normal(0, within)), 0.0)
             iqms["spacing_x"], iqms["spacing_y"], iqms["spacing_z"] = site.voxel
+            # image size in voxels is a property of the protocol: whole numbers, one per site
+            for axis, fov in zip("xyz", (176.0, 256.0, 256.0), strict=True):
+                if f"size_{axis}" in iqms:
+                    iqms[f"size_{axis}"] = float(round(fov / site.voxel["xyz".index(axis)]))
             if out_of_range_scan and s_idx == len(sites) - 1 and j == n_per_site - 1:
                 iqms.update(_noisy_scan_iqms(iqm_spec, model))
             row = {
@@ -397,7 +402,8 @@ neuroharmony-bids BIDS App on a fresh machine in under a minute.
   `?h.aparc.stats` files with simulated volumes (each file says it is synthetic).
 - `derivatives/mriqc/sub-*/anat/*_T1w.json` hold simulated MRIQC image quality metrics.
 - Volumes were drawn around {source}, then given per-site scanner effects: a multiplicative
-  per-region location shift (SD 5 % per region plus a site-wide shift of SD 3 %), a per-region change
+  per-region location shift (SD 8 % per region plus a site-wide shift of SD 4 %; with the shipped model, shifts drawn from
+  the between-site covariance it learned), a per-region change
   of the between-subject spread (scale), and shifted image quality metrics per site.
 - The last participant of the last site has deliberately poor image quality (noisy scan) so
   the reports show what an out-of-range flag looks like.
@@ -434,7 +440,7 @@ def _sidecar_update(root: Path, table: pd.DataFrame, sites: Sequence[Site]) -> N
 def write_example_dataset(
     out_dir: str | os.PathLike,
     seed: int = SEED,
-    n_per_site: int = 8,
+    n_per_site: int = 6,
     model: Any | None = None,
     use_model: bool = True,
 ) -> Path:
@@ -455,7 +461,7 @@ def write_example_dataset(
         if desc.get("Name") != SIMULATED_NAME:
             raise FileExistsError(f"{root} holds another dataset; refusing to overwrite it")
     if model is None and use_model:
-        model = _load_model()
+        model = shipped_model()
     fs_version = "7.4.1"
     table = simulate_table(seed=seed, n_per_site=n_per_site, model=model)
     rows = table.assign(subject_label=table["participant_id"].str.replace("sub-", "", n=1))
@@ -524,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="folder to create (the BIDS root)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED})")
     parser.add_argument(
-        "--per-site", type=int, default=8, help="simulated participants per site (default 8)"
+        "--per-site", type=int, default=6, help="simulated participants per site (default 6)"
     )
     parser.add_argument(
         "--no-model",

@@ -10,7 +10,13 @@ import subprocess
 import pandas as pd
 import pytest
 
-from neuroharmony_bids.example import SIMULATED_NAME, main, simulate_table, write_example_dataset
+from neuroharmony_bids.example import (
+    SIMULATED_NAME,
+    main,
+    shipped_model,
+    simulate_table,
+    write_example_dataset,
+)
 from neuroharmony_bids.harmonize.features import DK_REGIONS, ETIV, NEUROHARMONY_REGIONS
 from neuroharmony_bids.harmonize.metrics import residual_site_effect, site_auc
 from neuroharmony_bids.interfaces.freesurfer import read_subject_volumes
@@ -46,7 +52,7 @@ def test_labelled_simulated(example):
 def test_has_derivatives_for_every_scan(example):
     participants = pd.read_csv(example / "participants.tsv", sep="\t")
     assert len(participants) == 24
-    assert participants["site"].nunique() == 3
+    assert participants["site"].nunique() == 4
     assert set(participants["sex"]) == {"M", "F"}
     for sub in participants["participant_id"]:
         assert (example / sub / "anat" / f"{sub}_T1w.nii.gz").is_file()
@@ -56,13 +62,19 @@ def test_has_derivatives_for_every_scan(example):
         assert {"cjv", "snr_total", "efc"} <= set(iqms)
 
 
-def test_sites_differ_in_volumes_and_iqms():
-    table = simulate_table()
+@pytest.mark.parametrize("use_model", [True, False], ids=["shipped-model", "built-in-table"])
+def test_sites_differ_in_volumes_and_iqms(use_model):
+    model = shipped_model() if use_model else None
+    if use_model:
+        assert model is not None, "the shipped model must load"
+    table = simulate_table(model=model)
     regions = list(NEUROHARMONY_REGIONS)
     sites, covariates = table["site"].to_numpy(), table[["age", "sex"]]
     # simulated scanner effects are detectable beyond age and sex
-    assert residual_site_effect(table[regions], sites, covariates)["significant"].any()
     assert site_auc(table[regions], sites, covariates) > 0.8
+    if use_model:  # realistic (ABIDE-sized) effects: many regions differ by site
+        p = residual_site_effect(table[regions], sites, covariates)["p"]
+        assert (p < 0.05).mean() > 0.15  # 5 % expected without site effects
     assert table.groupby("site")["cjv"].mean().std() > 0
     noisy = table.index[-1]
     assert table.loc[noisy, "cjv"] > table["cjv"].drop(noisy).max()

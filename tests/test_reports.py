@@ -145,7 +145,7 @@ def test_single_site_is_explained_not_tested():
 def test_site_from_scanner_metadata_or_absent():
     raw, harmonized, model, info, _ = report_inputs()
     sites, how = site_labels(raw.drop(columns="site"))
-    assert "scanner metadata" in how and sites.nunique() == 3
+    assert "scanner metadata" in how and sites.nunique() == 4
     scanner = ["site", "Manufacturer", "ManufacturersModelName"]
     html = build_group_report(
         raw.drop(columns=scanner), harmonized.drop(columns=scanner), model, model_info=info
