@@ -23,12 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neuroharmony_bids._version import __version__
 from neuroharmony_bids.atomic import write_text
 from neuroharmony_bids.errors import DataError, MissingInputError, UsageError
 from neuroharmony_bids.harmonize.features import DK_LABELS, ETIV, canonical_region
 
 #: The container image that has FreeSurfer (and MRIQC) installed.
-CONTAINER_IMAGE = "neuroharmony/neuroharmony-bids"
+CONTAINER_IMAGE = f"ghcr.io/neuroharmony-bids/neuroharmony-bids:{__version__}"
 
 #: aseg.stats rows written by recon-all (SegId, FreeSurfer 7 name), in file order.
 ASEG_TABLE: list[tuple[int, str]] = [

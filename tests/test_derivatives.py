@@ -1,0 +1,214 @@
+"""Output folder: names, dataset-level files (also under 16 concurrent writers), per-scan files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neuroharmony_bids import derivatives as D
+from neuroharmony_bids.atomic import TMP_PREFIX, write_table
+from neuroharmony_bids.bids import Scan
+from neuroharmony_bids.errors import UsageError
+from neuroharmony_bids.harmonize.io import model_info
+
+SCAN = Scan("01", Path("/data/bids/sub-01/ses-a/anat/sub-01_ses-a_run-2_T1w.nii.gz"),
+            (("ses", "a"), ("run", "2")))  # fmt: skip
+
+
+def _description(tmp_path: Path, container: str | None = None) -> dict:
+    bids = tmp_path / "bids"
+    bids.mkdir(exist_ok=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "Source DS"}))
+    return D.dataset_description(bids, tmp_path / "out", model_info(), container=container)
+
+
+def test_names_follow_bids_derivatives():
+    paths = D.scan_outputs("/out", SCAN)
+    assert paths["raw_tsv"] == Path("/out/sub-01/ses-a/anat/sub-01_ses-a_run-2_desc-raw_morph.tsv")
+    assert paths["harmonized_json"].name == "sub-01_ses-a_run-2_desc-harmonized_morph.json"
+    assert D.report_path("/out", SCAN).name == "sub-01_ses-a_run-2_report.html"
+    with pytest.raises(ValueError):
+        D.morph_path("/out", SCAN, "other")
+
+
+def test_dataset_description_content(tmp_path, monkeypatch):
+    desc = _description(tmp_path, container="docker://neuroharmony/neuroharmony-bids:0.1.0")
+    info = model_info()
+    assert desc["DatasetType"] == "derivative"
+    gen = desc["GeneratedBy"][0]
+    assert gen["Name"] == "neuroharmony-bids" and gen["CodeURL"].startswith("https://")
+    from neuroharmony_bids import __version__
+
+    assert gen["Version"] == __version__
+    assert gen["Container"] == {"Type": "docker", "Tag": "neuroharmony/neuroharmony-bids:0.1.0"}
+    assert desc["SourceDatasets"] == [{"URL": "../bids", "Name": "Source DS"}]
+    assert desc["NeuroharmonyModel"]["sha256"] == info["sha256"]
+    assert desc["NeuroharmonyModel"]["name"] == info["metadata"]["name"]
+    assert "Container" not in _description(tmp_path)["GeneratedBy"][0]
+    # deterministic: no dates or hosts
+    assert _description(tmp_path) == _description(tmp_path)
+
+
+def test_dataset_files_refuse_another_model_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    desc = _description(tmp_path)
+    D.write_dataset_files(out, desc)
+    first = (out / "dataset_description.json").read_bytes()
+    D.write_dataset_files(out, desc)  # identical: no-op
+    assert (out / "dataset_description.json").read_bytes() == first
+    other = json.loads(json.dumps(desc))
+    other["NeuroharmonyModel"]["sha256"] = "f" * 64
+    with pytest.raises(UsageError, match="--overwrite") as err:
+        D.write_dataset_files(out, other)
+    assert err.value.exit_code == 64
+    D.write_dataset_files(out, other, overwrite=True)
+    assert (
+        json.loads((out / "dataset_description.json").read_text())["NeuroharmonyModel"]["sha256"]
+        == "f" * 64
+    )
+
+
+def test_descriptions_tsv_defines_every_desc_label(tmp_path):
+    out = tmp_path / "out"
+    D.write_dataset_files(out, _description(tmp_path))
+    table = pd.read_csv(out / "descriptions.tsv", sep="\t")
+    assert list(table.columns) == ["desc_id", "description"]
+    assert set(table["desc_id"]) == {f"desc-{k}" for k in D.DESCRIPTIONS}
+    assert table["description"].str.len().min() > 20
+
+
+def _writer(args: tuple[str, dict, int]) -> bytes:
+    out, desc, rounds = args
+    for _ in range(rounds):
+        D.write_dataset_files(out, desc)
+        data = (Path(out) / "dataset_description.json").read_bytes()
+        json.loads(data)  # every read sees a whole file
+    return data
+
+
+def test_sixteen_concurrent_writers_never_corrupt(tmp_path):
+    out = tmp_path / "out"
+    desc = _description(tmp_path)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(16) as pool:
+        results = pool.map(_writer, [(str(out), desc, 20)] * 16)
+    assert len(set(results)) == 1
+    assert json.loads(results[0]) == desc
+    assert not list(out.glob(TMP_PREFIX + "*"))
+    assert (out / ".bidsignore").read_text() == D.BIDSIGNORE
+
+
+def test_one_row_tsv_matches_write_table(tmp_path):
+    row = {
+        "participant_id": "sub-01",
+        "session_id": "ses-a",
+        "Left-Hippocampus": 4123.456789012345,
+        "lh_insula_volume": 6442.0,
+        "EstimatedTotalIntraCranialVol": 1464199.032007,
+        "nh_status": "harmonized",
+        "nh_confidence": 0.6401,
+        "nh_out_of_range": np.int64(1),
+        "nh_out_of_range_features": "cjv;age",
+        "nh_n_regions": 101,
+        "missing": np.nan,
+    }
+    fast = D.format_tsv(row)
+    write_table(tmp_path / "ref.tsv", pd.DataFrame([row]))
+    assert fast == (tmp_path / "ref.tsv").read_text()
+    # BIDS has no empty cells: an empty flag list is written n/a
+    assert D.format_tsv({"nh_out_of_range_features": ""}).splitlines()[1] == "n/a"
+
+
+def _outputs(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    D.write_dataset_files(out, _description(tmp_path))
+    raw = {
+        "Left-Hippocampus": 4100.5,
+        "lh_insula_volume": 6400.0,
+        "EstimatedTotalIntraCranialVol": 1.5e6,
+    }
+    harm = {
+        "Left-Hippocampus": 4050.25, "lh_insula_volume": 6390.5,
+        "EstimatedTotalIntraCranialVol": 1.5e6, "nh_status": "harmonized", "nh_confidence": 0.5,
+        "nh_out_of_range": 1, "nh_out_of_range_features": "cjv;age", "nh_features_used": "cjv;cnr",
+        "nh_n_regions": 2,
+    }  # fmt: skip
+    prov = {
+        "Sources": ["bids:raw:sub-01/ses-a/anat/sub-01_ses-a_run-2_T1w.nii.gz"],
+        "Scanner": {"Manufacturer": "Siemens", "MagneticFieldStrength": 3},
+        "Covariates": {"age": 30.5, "sex": "F"},
+        "ImageQualityMetrics": {"Software": "MRIQC", "Values": {"cjv": 0.4, "cnr": 3.1}},
+        "FreeSurfer": {"Version": "7.3.2"},
+        "Model": {"name": "m", "sha256": "a" * 64},
+    }
+    D.write_scan_outputs(out, SCAN, raw, harm, prov)
+    return out
+
+
+def test_per_scan_files_and_sidecars(tmp_path):
+    out = _outputs(tmp_path)
+    paths = D.scan_outputs(out, SCAN)
+    assert D.is_done(out, SCAN)
+    raw = pd.read_csv(paths["raw_tsv"], sep="\t")
+    assert list(raw.columns) == [
+        "participant_id", "session_id", "Left-Hippocampus", "lh_insula_volume",
+        "EstimatedTotalIntraCranialVol",
+    ]  # fmt: skip
+    harm = pd.read_csv(paths["harmonized_tsv"], sep="\t")
+    assert list(harm.columns)[-6:] == D.NH_COLUMNS
+    assert harm.loc[0, "Left-Hippocampus"] == 4050.25
+    side = json.loads(paths["harmonized_json"].read_text())
+    for col in harm.columns:
+        assert "Description" in side[col], col
+    assert side["Left-Hippocampus"]["Units"] == "mm^3"
+    assert side["EstimatedTotalIntraCranialVol"]["Units"] == "mm^3"
+    assert set(side["nh_status"]["Levels"]) == {"harmonized", "unharmonized"}
+    assert side["Manufacturer"] == "Siemens" and side["Model"]["sha256"] == "a" * 64
+    assert side["Harmonization"]["OutOfRangeFeatures"] == ["cjv", "age"]
+    assert side["Harmonization"]["IQMsUsed"] == ["cjv", "cnr"]
+    assert side["ImageQualityMetrics"]["Values"]["cnr"] == 3.1
+    raw_side = json.loads(paths["raw_json"].read_text())
+    assert "Model" not in raw_side and raw_side["Covariates"] == {"age": 30.5, "sex": "F"}
+    # sidecars are the same JSON the slow path (json.dumps of the whole dict) would give
+    rebuilt = {
+        **D.column_dictionary(list(harm.columns)),
+        **{k: side[k] for k in side if k not in harm.columns},
+    }
+    assert side == rebuilt
+
+
+def test_bids_validator_accepts_the_output_folder(tmp_path):
+    out = _outputs(tmp_path)
+    (out / "logs").mkdir()
+    (out / "logs" / "run.log").write_text("log\n")
+    D.write_failure(out, Scan("02", Path("/x")), "age is n/a", 65)
+    proc = subprocess.run(
+        ["bids-validator-deno", "--format", "json", str(out)], capture_output=True, text=True
+    )
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    errors = [i for i in issues if i["severity"] == "error"]
+    assert errors == [], errors
+    assert proc.returncode == 0
+
+
+def test_failure_records_round_trip(tmp_path):
+    out = tmp_path / "out"
+    D.write_failure(out, SCAN, "age is n/a", 65)
+    table = D.read_failures(out)
+    assert table.to_dict("records") == [
+        {
+            "bids_name": "sub-01_ses-a_run-2_T1w",
+            "participant_id": "sub-01",
+            "session_id": "ses-a",
+            "reason": "age is n/a",
+            "exit_code": 65,
+        }
+    ]
+    D.clear_failure(out, SCAN)
+    assert D.read_failures(out).empty

@@ -1,0 +1,356 @@
+"""End to end: participant then group level on fixture datasets rendered from ABIDE rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neuroharmony_bids import derivatives as D
+from neuroharmony_bids.cli.run import run
+from neuroharmony_bids.harmonize.apply import harmonize_table
+from neuroharmony_bids.harmonize.features import ETIV, canonical_region
+from neuroharmony_bids.harmonize.io import load_model, model_info
+from neuroharmony_bids.settings import Settings
+from neuroharmony_bids.testing import build_bids_dataset, iqm_columns, volume_columns
+from neuroharmony_bids.workflows import participant as P
+
+SITES = ["CALTECH", "KKI", "OLIN", "PITT"]
+
+
+def pick_rows(abide_table: pd.DataFrame, per_site: int, offset: int = 0) -> pd.DataFrame:
+    """Half female, half male per site (ComBat needs sex to vary within sites)."""
+    parts = []
+    for site in SITES:
+        at = abide_table[abide_table["SITE_ID"] == site].sort_values("SUB_ID")
+        n_f = per_site // 2
+        parts.append(at[at["sex"] == "F"].iloc[offset : offset + n_f])
+        parts.append(at[at["sex"] == "M"].iloc[offset : offset + per_site - n_f])
+    return pd.concat(parts).sort_values("SUB_ID").reset_index(drop=True)
+
+
+def validator_errors(path: Path) -> list[dict]:
+    proc = subprocess.run(
+        ["bids-validator-deno", "--format", "json", str(path)], capture_output=True, text=True
+    )
+    return [i for i in json.loads(proc.stdout)["issues"]["issues"] if i["severity"] == "error"]
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("sub-*/**/*_morph.*"))}
+
+
+@pytest.fixture(scope="module")
+def main_run(abide_table, tmp_path_factory):
+    """16 scans from 4 sites (FreeSurfer 6 layout, flat MRIQC JSONs): participant + group."""
+    root = tmp_path_factory.mktemp("e2e")
+    rows = pick_rows(abide_table, 4)
+    bids = root / "bids"
+    build_bids_dataset(bids, rows)
+    out = root / "out"
+    codes = {"participant": run([str(bids), str(out), "participant", "--nprocs", "2"])}
+    codes["group"] = run([str(bids), str(out), "group", "--skip-bids-validation"])
+    return {"bids": bids, "out": out, "rows": rows, "codes": codes}
+
+
+def test_participant_and_group_succeed(main_run):
+    assert main_run["codes"] == {"participant": 0, "group": 0}
+    out = main_run["out"]
+    names = sorted(p.name for p in out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))
+    assert len(names) == len(main_run["rows"])
+    assert not (out / "logs" / "failed").exists() or not list((out / "logs" / "failed").iterdir())
+
+
+def test_bids_validator_accepts_output(main_run):
+    assert validator_errors(main_run["out"]) == []
+
+
+def test_raw_tables_hold_the_freesurfer_volumes(main_run):
+    out, rows = main_run["out"], main_run["rows"]
+    for _, row in rows.iterrows():
+        raw = pd.read_csv(
+            out / f"sub-{row['SUB_ID']}" / "anat" / f"sub-{row['SUB_ID']}_desc-raw_morph.tsv",
+            sep="\t",
+        )
+        assert raw.loc[0, "participant_id"] == f"sub-{row['SUB_ID']}"
+        for col in volume_columns(list(rows.columns)):
+            canon = canonical_region(col)
+            if canon in raw.columns:
+                assert raw.loc[0, canon] == pytest.approx(float(row[col]), abs=0.051), col
+        # FreeSurfer 6 spelling was written in the FreeSurfer 7 spelling
+        assert "Left-Thalamus" in raw.columns and "Left-Thalamus-Proper" not in raw.columns
+
+
+def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
+    """The app feeds the core exactly the table's age, sex, IQMs and volumes."""
+    out, rows = main_run["out"], main_run["rows"]
+    table = pd.DataFrame(
+        {
+            "participant_id": "sub-" + rows["SUB_ID"].astype(str),
+            "age": rows["AGE_AT_SCAN"],
+            "sex": rows["sex"],
+            **{name: rows[col] for col, name in iqm_columns(list(rows.columns)).items()},
+            **{canonical_region(c): rows[c] for c in volume_columns(list(rows.columns))},
+        }
+    )
+    expected = harmonize_table(table, load_model())
+    for i, pid in enumerate(expected["participant_id"]):
+        got = pd.read_csv(out / pid / "anat" / f"{pid}_desc-harmonized_morph.tsv", sep="\t")
+        regions = [c for c in D.REGION_ORDER if c in got.columns and c != ETIV]
+        np.testing.assert_allclose(
+            got.loc[0, regions].astype(float), expected.loc[i, regions].astype(float), rtol=1e-8
+        )
+        assert got.loc[0, "nh_status"] == expected.loc[i, "nh_status"]
+        assert got.loc[0, "nh_confidence"] == pytest.approx(expected.loc[i, "nh_confidence"])
+        assert got.loc[0, "nh_n_regions"] == expected.loc[i, "nh_n_regions"]
+        assert 0 <= got.loc[0, "nh_confidence"] <= 1
+    raw0 = pd.read_csv(next(out.glob("sub-*/anat/*_desc-raw_morph.tsv")), sep="\t")
+    harm0 = pd.read_csv(
+        str(next(out.glob("sub-*/anat/*_desc-raw_morph.tsv"))).replace(
+            "desc-raw", "desc-harmonized"
+        ),
+        sep="\t",
+    )
+    assert not np.allclose(raw0["Left-Hippocampus"], harm0["Left-Hippocampus"])
+
+
+def test_dataset_description_names_the_model(main_run):
+    desc = json.loads((main_run["out"] / "dataset_description.json").read_text())
+    assert desc["NeuroharmonyModel"]["sha256"] == model_info()["sha256"]
+    assert desc["DatasetType"] == "derivative"
+
+
+def test_participant_reports_written(main_run):
+    reports = list(main_run["out"].glob("sub-*/anat/*_report.html"))
+    assert len(reports) == len(main_run["rows"])
+    assert "<html" in reports[0].read_text()[:500].lower()
+
+
+def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
+    bids, out = main_run["bids"], main_run["out"]
+    before = snapshot(out)
+    stats = {p: (out / p).stat().st_mtime_ns for p in before}
+    argv = [
+        str(bids),
+        str(out),
+        "participant",
+        "--skip-bids-validation",
+        "--no-participant-reports",
+    ]
+    assert run(argv) == 0
+    assert "already have outputs and are skipped" in capsys.readouterr().err
+    assert {p: (out / p).stat().st_mtime_ns for p in before} == stats
+    assert run([*argv, "--overwrite"]) == 0
+    after = snapshot(out)
+    assert after == before
+    assert any((out / p).stat().st_mtime_ns != stats[p] for p in before)
+
+
+def test_group_tables(main_run):
+    out, rows = main_run["out"], main_run["rows"]
+    raw = pd.read_csv(out / "group_desc-raw_morph.tsv", sep="\t")
+    harm = pd.read_csv(out / "group_desc-harmonized_morph.tsv", sep="\t")
+    assert list(raw["bids_name"]) == sorted(f"sub-{s}_T1w" for s in rows["SUB_ID"])
+    assert list(harm["bids_name"]) == list(raw["bids_name"])
+    for col in ("age", "sex", "site", "Manufacturer", "cjv", "Left-Hippocampus", ETIV):
+        assert col in raw.columns, col
+    assert "nh_status" in harm.columns and "cjv" not in harm.columns
+    # group rows equal the per-scan tables
+    for _, g in harm.iterrows():
+        pid = g["participant_id"]
+        one = pd.read_csv(out / pid / "anat" / f"{pid}_desc-harmonized_morph.tsv", sep="\t")
+        assert g["Left-Hippocampus"] == pytest.approx(one.loc[0, "Left-Hippocampus"])
+    ages = dict(zip("sub-" + rows["SUB_ID"].astype(str), rows["AGE_AT_SCAN"], strict=True))
+    assert all(
+        ages[p] == pytest.approx(a) for p, a in zip(raw["participant_id"], raw["age"], strict=True)
+    )
+    # without --site-column the site is the scanner from the sidecars
+    assert raw["site"].nunique() == len(SITES)
+    failed = pd.read_csv(out / "group_failed.tsv", sep="\t")
+    assert failed.empty and list(failed.columns)[:2] == ["bids_name", "participant_id"]
+    oor = pd.read_csv(out / "group_outofrange.tsv", sep="\t")
+    assert set(oor["bids_name"]) == set(harm.loc[harm["nh_out_of_range"] == 1, "bids_name"])
+    assert (out / "group_desc-harmonized_morph.json").is_file()
+    assert (out / "group_report.html").is_file()
+
+
+def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_bytes(Path(model_info()["path"]).read_bytes())
+    doc = json.loads(other.read_text())
+    # same arrays, different metadata → another file hash but a loadable model
+    doc["metadata"]["name"] = "renamed"
+    from neuroharmony_bids.harmonize.io import save_model
+
+    save_model(load_model(), other, metadata=doc["metadata"])
+    code = run([str(main_run["bids"]), str(main_run["out"]), "group", "--skip-bids-validation",
+                "--model", str(other)])  # fmt: skip
+    assert code == 64
+    assert "pass the same --model" in capsys.readouterr().err
+
+
+def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
+    bids = tmp_path / "bids"
+    shutil.copytree(main_run["bids"], bids)
+    rows = main_run["rows"]
+    s_age, s_aseg, s_iqm = (f"sub-{s}" for s in rows["SUB_ID"].iloc[[0, 5, 9]])
+    ptsv = bids / "participants.tsv"
+    ptable = pd.read_csv(ptsv, sep="\t", dtype=str)
+    ptable.loc[ptable["participant_id"] == s_age, "age"] = "n/a"
+    ptable.to_csv(ptsv, sep="\t", index=False)
+    aseg = bids / "derivatives" / "freesurfer" / s_aseg / "stats" / "aseg.stats"
+    text = aseg.read_text()
+    aseg.write_text(text[: text.index("Left-Hippocampus") + 4])
+    iqm = bids / "derivatives" / "mriqc" / f"{s_iqm}_T1w.json"
+    data = json.loads(iqm.read_text())
+    data["cjv"] = None
+    iqm.write_text(json.dumps(data, indent=2))
+    out = tmp_path / "out"
+    argv = [
+        str(bids),
+        str(out),
+        "participant",
+        "--skip-bids-validation",
+        "--no-participant-reports",
+    ]
+    assert run(argv) == 1
+    err = capsys.readouterr().err
+    assert "3 of 16 scans failed" in err
+    assert f"{s_age}_T1w: age is n/a" in err
+    assert f"{aseg}, line " in err and "truncated" in err
+    assert f"{iqm}: IQM 'cjv' is empty/NaN" in err
+    done = sorted(p.name for p in out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))
+    assert len(done) == 13
+    assert not (out / s_age).exists()
+    assert run([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
+    failed = pd.read_csv(out / "group_failed.tsv", sep="\t")
+    assert sorted(failed["participant_id"]) == sorted([s_age, s_aseg, s_iqm])
+    assert failed["reason"].str.len().min() > 20
+    # fixing the input and re-running processes only the failed scans, then clears them
+    ptable.loc[ptable["participant_id"] == s_age, "age"] = "30"
+    ptable.to_csv(ptsv, sep="\t", index=False)
+    assert run(argv) == 1  # the two broken files still fail
+    assert "2 of 16 scans failed" in capsys.readouterr().err
+    assert (out / s_age / "anat" / f"{s_age}_desc-harmonized_morph.tsv").is_file()
+    assert sorted(D.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm])
+
+
+def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(main_run["out"], out)
+    for name in ("group_failed.tsv", "dataset_description.json"):
+        assert (out / name).is_file()
+    victim = sorted(out.glob("sub-*/anat"))[2]
+    pid = victim.parent.name
+    (victim / f"{pid}_desc-harmonized_morph.tsv").unlink()
+    (victim / ".nhtmp-abc123.tsv").write_text("partial")
+    assert run([str(main_run["bids"]), str(out), "group", "--skip-bids-validation"]) == 0
+    assert f"{pid}_T1w skipped: being written" in capsys.readouterr().err
+    raw = pd.read_csv(out / "group_desc-raw_morph.tsv", sep="\t")
+    assert pid not in set(raw["participant_id"]) and len(raw) == len(main_run["rows"]) - 1
+    failed = pd.read_csv(out / "group_failed.tsv", sep="\t")
+    assert failed["participant_id"].tolist() == [pid]
+    assert "harmonized_tsv" in failed["reason"].iloc[0]
+
+
+def test_group_exit_codes(main_run, tmp_path):
+    empty = tmp_path / "empty"
+    assert run([str(main_run["bids"]), str(empty), "group", "--skip-bids-validation"]) == 66
+    argv = [str(main_run["bids"]), str(main_run["out"]), "group", "--skip-bids-validation"]
+    assert run([*argv, "--participant-label", "nobody"]) == 18
+
+
+def test_train_then_use_the_trained_model(main_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(main_run["out"], out)
+    bids = main_run["bids"]
+    assert run([str(bids), str(out), "group", "--skip-bids-validation", "--train",
+                "--site-column", "site"]) == 0  # fmt: skip
+    models = sorted((out / "models").glob("*.nhmodel"))
+    assert len(models) == 1
+    trained = load_model(models[0])
+    assert trained.training_summary_["n_scans"] == len(main_run["rows"])
+    assert trained.training_summary_["n_sites"] == len(SITES)
+    card = next((out / "models").glob("*_card.md"))
+    assert models[0].name in card.read_text()
+    new_out = tmp_path / "new"
+    code = run([str(bids), str(new_out), "participant", "--skip-bids-validation",
+                "--no-participant-reports", "--model", str(models[0])])  # fmt: skip
+    assert code == 0
+    desc = json.loads((new_out / "dataset_description.json").read_text())
+    assert desc["NeuroharmonyModel"]["sha256"] == model_info(models[0])["sha256"]
+
+
+@pytest.fixture(scope="module")
+def sessions_run(abide_table, tmp_path_factory):
+    """FreeSurfer 7 layout, MRIQC group TSV, two sessions per subject."""
+    root = tmp_path_factory.mktemp("sessions")
+    rows = pick_rows(abide_table, 2, offset=2)
+    rows["ses"] = ["1", "2"] * (len(rows) // 2)
+    rows["SUB_ID"] = [f"s{i // 2}" for i in range(len(rows))]
+    bids = root / "bids"
+    build_bids_dataset(bids, rows, session_column="ses", fs_version="7.3.2", mriqc_layout="group")
+    out = root / "out"
+    code = run([str(bids), str(out), "participant", "--skip-bids-validation", "--no-participant-reports",
+                "--session-label", "2"])  # fmt: skip
+    return {"bids": bids, "out": out, "rows": rows, "code": code}
+
+
+def test_sessions_and_mriqc_group_tsv(sessions_run):
+    assert sessions_run["code"] == 0
+    out = sessions_run["out"]
+    files = sorted(p.relative_to(out).as_posix() for p in out.glob("sub-*/**/*_desc-raw_morph.tsv"))
+    assert files == [f"sub-s{i}/ses-2/anat/sub-s{i}_ses-2_desc-raw_morph.tsv" for i in range(4)]
+    raw = pd.read_csv(out / files[0], sep="\t")
+    assert raw.loc[0, "session_id"] == "ses-2"
+    side = json.loads((out / files[0].replace(".tsv", ".json")).read_text())
+    assert side["ImageQualityMetrics"]["Source"].endswith("group_T1w.tsv (sub-s0_ses-2_T1w)")
+    assert side["FreeSurfer"]["Version"] == "7.3.2"
+    assert validator_errors(out) == []
+
+
+def test_plugin_settings_and_tools_workflow(tmp_path):
+    yml = tmp_path / "plugin.yml"
+    yml.write_text("plugin: MultiProc\nplugin_args:\n  maxtasksperchild: 1\n")
+    base = dict(
+        bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant"
+    )
+    s = Settings(**base, nprocs=4, mem_gb=12.0, use_plugin=yml, omp_nthreads=2)
+    plugin, args = P.plugin_settings(s)
+    assert plugin == "MultiProc"
+    assert args == {
+        "maxtasksperchild": 1,
+        "n_procs": 4,
+        "memory_gb": 12.0,
+        "raise_insufficient": False,
+    }
+    yml.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --time=24:00:00\n")
+    assert P.plugin_settings(s) == ("SLURMGraph", {"sbatch_args": "--time=24:00:00"})
+    assert P.plugin_settings(Settings(**base, nprocs=1))[0] == "Linear"
+    yml.write_text("- not a mapping\n")
+    with pytest.raises(Exception, match="--use-plugin"):
+        P.plugin_settings(s)
+
+    from neuroharmony_bids.bids import Scan
+    from neuroharmony_bids.testing import tiny_t1w_bytes
+
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    t1w = anat / "sub-01_T1w.nii.gz"
+    t1w.write_bytes(tiny_t1w_bytes())
+    plans = [P.ScanPlan(Scan("01", t1w))]
+    wf = P.init_tools_wf(
+        Settings(**base, nprocs=4, omp_nthreads=2, mem_gb=8.0), plans, tmp_path / "lic"
+    )
+    nodes = {n.name: n for n in wf._graph.nodes()}
+    assert set(nodes) == {"mriqc_sub_01", "recon_all_sub_01"}
+    mq_cmd = nodes["mriqc_sub_01"].interface.cmdline
+    assert str(tmp_path / "out" / "sourcedata" / "mriqc") in mq_cmd
+    assert "--nprocs 4" in mq_cmd and "--omp-nthreads 2" in mq_cmd and "--mem-gb 8" in mq_cmd
+    fs_cmd = nodes["recon_all_sub_01"].interface.cmdline
+    assert "-openmp 2" in fs_cmd and str(tmp_path / "out" / "sourcedata" / "freesurfer") in fs_cmd
