@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import re
-import warnings
 
 import pandas as pd
 import pytest
 
-from neuroharmony_bids.example import SITES, simulate_table
+from neuroharmony_bids.example import simulate_table
 from neuroharmony_bids.harmonize import metrics
+from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.features import ETIV, FS_ALIASES
 from neuroharmony_bids.reports import write_group_report, write_participant_report
 from neuroharmony_bids.reports.figures import key_region_series
@@ -23,31 +22,12 @@ PARTICIPANT_SECTIONS = ("scan", "volumes", "iqms", "model")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _small_training_model():
-    """A NeuroHarmonizer fitted on a larger simulated cohort (8 sites), for when no model ships."""
-    from neuroharmony_bids.harmonize.model import NeuroHarmonizer
-
-    voxels = [(1.0, 1.0, 1.0), (1.2, 0.9375, 0.9375), (1.0, 1.0, 1.2), (0.9, 1.1, 1.0)]
-    sites = [
-        dataclasses.replace(SITES[i % 3], label=f"train{i}", ages=(8, 60), voxel=voxels[i % 4])
-        for i in range(8)
-    ]
-    train = simulate_table(seed=1, sites=sites, n_per_site=25, out_of_range_scan=False)
-    constant = [c for c in train.columns if train[c].nunique() == 1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return NeuroHarmonizer().fit(train.drop(columns=constant), site="site"), None
-
-
 @functools.lru_cache(maxsize=1)
 def report_model():
-    """(model, model_info): the shipped model when installed, else a small fitted one."""
-    try:
-        from neuroharmony_bids.harmonize.io import load_model, model_info
+    """(model, model_info): the shipped model, as the BIDS App uses it by default."""
+    from neuroharmony_bids.harmonize.io import load_model, model_info
 
-        return load_model(None), model_info(None)
-    except Exception:  # noqa: BLE001 - no shipped model yet: fit one on simulated data
-        return _small_training_model()
+    return load_model(None), model_info(None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +35,7 @@ def report_inputs() -> tuple[pd.DataFrame, pd.DataFrame, object, dict | None, pd
     """raw, harmonized, model, model_info, failed: what the group level hands the report."""
     model, info = report_model()
     raw = simulate_table(model=model)
-    harmonized = model.transform(raw)
+    harmonized = harmonize_table(raw, model)
     failed = pd.DataFrame(
         {
             "participant_id": ["sub-099"],
@@ -128,8 +108,8 @@ def test_group_report_model_section(group_html):
     section = _sections(group_html)["model"]
     assert "Training cohort" in section
     assert f"{model.training_summary_['n_scans']}" in section
-    if info:
-        assert info.get("sha256", "") in section
+    assert info["sha256"] in section and info["metadata"]["name"] in section
+    assert "Leave-one-site-out" in section and "single_scan" in section
 
 
 def test_single_site_is_explained_not_tested():
