@@ -32,7 +32,7 @@ SCANNER_COLUMNS = ("Manufacturer", "ManufacturersModelName")
 def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
     """The site of each scan and how it was found (a ``site`` column, else scanner metadata)."""
     if "site" in table_ and table_["site"].notna().any():
-        return table_["site"].fillna("unknown").astype(str), "the 'site' column"
+        return table_["site"].fillna("unknown").astype(str), "the table's 'site' column"
     cols = [c for c in SCANNER_COLUMNS if c in table_ and table_[c].notna().any()]
     if cols:
         labels = table_[cols].fillna("unknown").astype(str).agg(" ".join, axis=1)
@@ -176,12 +176,15 @@ def _metrics_html(
         "the benchmarks.</p>",
         table(rows, ("measure", "raw", "harmonized")),
     ]
-    small = counts[counts < 5]
+    small = counts[counts < 10]
     if len(small):
         out.append(
             note(
-                f"{len(small)} site(s) have fewer than 5 scans ({', '.join(small.index)}): the "
-                "AUC and F-tests are noisy for them."
+                f"{len(small)} of {len(counts)} sites have fewer than 10 scans "
+                f"({', '.join(f'{k}: {v}' for k, v in small.items())}): with so few scans the "
+                "F-tests have little power (a real site effect may not reach significance after "
+                "Bonferroni) and the AUC is noisy. The heatmap and box plots show the effect "
+                "sizes."
             )
         )
     if dropped:
