@@ -31,7 +31,7 @@ import pandas as pd
 from neuroharmony_bids._version import __version__
 from neuroharmony_bids.atomic import TMP_PREFIX, write_text
 from neuroharmony_bids.bids import SCANNER_FIELDS, Scan
-from neuroharmony_bids.errors import UsageError
+from neuroharmony_bids.errors import NeuroharmonyError, UsageError
 from neuroharmony_bids.harmonize.features import (
     ASEG_REGIONS,
     DK_REGIONS,
@@ -212,13 +212,46 @@ def _model_path_label(path: Any) -> str:
     return "neuroharmony_bids/data/" + text.split(marker, 1)[1] if marker in text else text
 
 
+def write_output(path: str | os.PathLike, text: str) -> Path:
+    """Atomic write; an OSError (disk full, quota, permissions) becomes an error naming the
+    file, with the exit code of a runtime failure (1). No partial file is left."""
+    try:
+        return write_text(path, text)
+    except OSError as exc:
+        raise NeuroharmonyError(
+            f"cannot write {path}: {exc.strerror or exc}. Free disk space (or raise the "
+            f"quota / fix permissions) and re-run; scans already finished are kept"
+        ) from None
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than: float) -> list[Path]:
+    """Delete temporary files of atomic writes in ``folder`` last modified before
+    ``older_than`` (a time.time() value): leftovers of a killed run. Newer ones may belong to a
+    writer that is still running and are left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
 def _write_if_changed(path: Path, text: str) -> Path:
     try:
         if path.read_text(encoding="utf-8") == text:
             return path
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pass
-    return write_text(path, text)
+    return write_output(path, text)
 
 
 def write_dataset_files(
@@ -432,10 +465,10 @@ def write_scan_outputs(
             "RegionsHarmonized": harmonized.get("nh_n_regions"),
         },
     }
-    write_text(paths["raw_json"], _sidecar_text(list(raw_row), raw_json))
-    write_text(paths["raw_tsv"], format_tsv(raw_row))
-    write_text(paths["harmonized_json"], _sidecar_text(list(harm_row), harm_json))
-    write_text(paths["harmonized_tsv"], format_tsv(harm_row))
+    write_output(paths["raw_json"], _sidecar_text(list(raw_row), raw_json))
+    write_output(paths["raw_tsv"], format_tsv(raw_row))
+    write_output(paths["harmonized_json"], _sidecar_text(list(harm_row), harm_json))
+    write_output(paths["harmonized_tsv"], format_tsv(harm_row))
     return paths
 
 
@@ -466,7 +499,7 @@ def write_failure(
         "reason": reason,
         "exit_code": int(exit_code),
     }
-    return write_text(failure_path(output_dir, scan), json.dumps(record, indent=2) + "\n")
+    return write_output(failure_path(output_dir, scan), json.dumps(record, indent=2) + "\n")
 
 
 def clear_failure(output_dir: str | os.PathLike, scan: Scan) -> None:
@@ -512,11 +545,13 @@ __all__ = [
     "morph_path",
     "read_dataset_description",
     "read_failures",
+    "remove_stale_temps",
     "region_columns",
     "report_path",
     "scan_dir",
     "scan_outputs",
     "write_dataset_files",
     "write_failure",
+    "write_output",
     "write_scan_outputs",
 ]

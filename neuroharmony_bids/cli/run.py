@@ -90,6 +90,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A log file that goes quiet (instead of printing tracebacks) when the disk is full: the
+    run's own error message says what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging API)
+        self.failed = True
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.failed = True
+
+
 def setup_logging(settings: Settings, log_dir: Path | None) -> tuple[logging.Logger, Path | None]:
     """Console handler at the chosen verbosity; DEBUG log file per run in ``log_dir``."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -107,7 +121,7 @@ def setup_logging(settings: Settings, log_dir: Path | None) -> tuple[logging.Log
         log_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         log_file = log_dir / f"{stamp}_{settings.analysis_level}_{os.getpid()}.log"
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh = _LogFileHandler(log_file, encoding="utf-8")
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(fh)
@@ -119,10 +133,13 @@ def setup_logging(settings: Settings, log_dir: Path | None) -> tuple[logging.Log
 
 def _close_logging(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
-        handler.flush()
-        if isinstance(handler, logging.FileHandler):
+        try:
+            handler.flush()
+            if isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                handler.close()
+        except OSError:  # a full disk must not turn a clear error into a traceback
             logger.removeHandler(handler)
-            handler.close()
 
 
 def _to_log_file(logger: logging.Logger, level: int, message: str) -> None:
@@ -130,7 +147,10 @@ def _to_log_file(logger: logging.Logger, level: int, message: str) -> None:
     record = logger.makeRecord(logger.name, level, __file__, 0, message, None, None)
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+            try:
+                handler.handle(record)
+            except OSError:
+                pass
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -197,6 +217,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         _to_log_file(logger, logging.DEBUG, f"traceback:\n{traceback.format_exc()}")
         print(f"{PROG}: error: {exc} (exit code {exc.exit_code})", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # reading inputs or writing outputs failed at the system level
+        where = exc.filename or "a file"
+        msg = (
+            f"cannot access {where}: {exc.strerror or exc}. Check free disk space, quotas and "
+            f"permissions, then re-run (finished scans are kept)"
+        )
+        _to_log_file(logger, logging.ERROR, f"{msg}\n{traceback.format_exc()}")
+        print(f"{PROG}: error: {msg} (exit code 1)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ and benchmarks can run end to end without FreeSurfer; every file it writes says 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -334,6 +335,25 @@ def read_subject_volumes(subject_dir: str | os.PathLike) -> dict[str, float]:
     volumes.update(parse_aparc_stats(paths["lh"], "lh"))
     volumes.update(parse_aparc_stats(paths["rh"], "rh"))
     return volumes
+
+
+_KNOWN_VERSION = re.compile(r"^(\$Id: mri_segstats\.c,v |[5-8]\.\d+(\.\d+)?([-+][\w.]+)?$)")
+
+
+def unknown_version_warning(subject_dir: str | os.PathLike) -> str | None:
+    """A warning naming ``aseg.stats`` when its FreeSurfer version is not 5.x-8.x.
+
+    Other versions are read the same way (the format has been stable since 5.3), but region
+    names or definitions may have changed, so the user should know.
+    """
+    version = freesurfer_version(subject_dir)
+    if version is None or _KNOWN_VERSION.match(version.strip()):
+        return None
+    return (
+        f"{stats_paths(subject_dir)['aseg']}: FreeSurfer version {version!r} is not one this "
+        f"app knows (5.x-8.x); its volumes were read the same way, but check that region names "
+        f"and definitions did not change"
+    )
 
 
 def freesurfer_version(subject_dir: str | os.PathLike) -> str | None:
@@ -677,5 +697,6 @@ __all__ = [
     "render_aparc_stats",
     "render_aseg_stats",
     "stats_paths",
+    "unknown_version_warning",
     "write_subject_stats",
 ]

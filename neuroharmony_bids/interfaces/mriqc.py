@@ -76,6 +76,13 @@ def read_iqm_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MissingInputError(f"MRIQC IQM file not found: {path}. {_FIX_HINT}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not a text (UTF-8) JSON file (byte {exc.start} cannot be decoded); the "
+            f"file is corrupt. {_FIX_HINT}"
+        ) from None
+    except OSError as exc:
+        raise MissingInputError(f"cannot read MRIQC IQM file {path}: {exc.strerror}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -103,12 +110,15 @@ def read_iqm_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict
 
 
 def read_iqm_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """``bids_meta`` and ``provenance`` of an MRIQC JSON (empty dicts when absent)."""
+    """``bids_meta`` and ``provenance`` of an MRIQC JSON (empty when absent or not objects:
+    they are provenance only, never a reason to fail a scan)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"bids_meta": {}, "provenance": {}}
-    return {k: dict(data.get(k) or {}) for k in META_KEYS}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        data = {}
+    return {k: dict(data[k]) if isinstance(data.get(k), dict) else {} for k in META_KEYS}
 
 
 def read_group_tsv(path: str | os.PathLike) -> pd.DataFrame:

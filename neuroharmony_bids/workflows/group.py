@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from neuroharmony_bids import derivatives as D
-from neuroharmony_bids.atomic import TMP_PREFIX, write_table, write_text
+from neuroharmony_bids.atomic import TMP_PREFIX, write_table
 from neuroharmony_bids.bids import SCANNER_FIELDS, Scan, read_covariates
 from neuroharmony_bids.errors import (
     MissingInputError,
@@ -240,6 +240,16 @@ def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str
     )
 
 
+def _write_table(path: Path, table: pd.DataFrame) -> Path:
+    try:
+        return write_table(path, table)
+    except OSError as exc:
+        raise NeuroharmonyError(
+            f"cannot write {path}: {exc.strerror or exc}. Free disk space (or fix permissions) "
+            f"and re-run the group level"
+        ) from None
+
+
 def write_group_tables(
     output_dir: Path, raw: pd.DataFrame, harmonized: pd.DataFrame, problems: pd.DataFrame,
     site_source: str,
@@ -248,15 +258,15 @@ def write_group_tables(
     out: dict[str, Path] = {}
     for desc, table in (("raw", raw), ("harmonized", harmonized)):
         path = output_dir / f"group_desc-{desc}_morph.tsv"
-        write_table(path, table)
+        _write_table(path, table)
         dictionary = D.column_dictionary(list(table.columns))
         if "site" in dictionary:
             dictionary["site"] = {"Description": f"Site, from {site_source}"}
-        write_text(path.with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
+        D.write_output(path.with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
         out[f"{desc}_tsv"] = path
     failed_cols = ["bids_name", "participant_id", "session_id", "reason"]
     failed = problems.reindex(columns=failed_cols).sort_values("bids_name", kind="stable")
-    out["failed_tsv"] = write_table(output_dir / "group_failed.tsv", failed)
+    out["failed_tsv"] = _write_table(output_dir / "group_failed.tsv", failed)
     oor_cols = [
         "bids_name", "participant_id", "session_id", "site", "nh_status", "nh_confidence",
         "nh_out_of_range_features",
@@ -267,7 +277,7 @@ def write_group_tables(
         oor = harmonized[flag]
     else:
         oor = harmonized.iloc[0:0]
-    out["outofrange_tsv"] = write_table(
+    out["outofrange_tsv"] = _write_table(
         output_dir / "group_outofrange.tsv", oor.reindex(columns=oor_cols)
     )
     return out
@@ -367,7 +377,7 @@ def _write_model_card(
         "Scans outside the training ranges are flagged (`nh_out_of_range`).",
         "",
     ]
-    return write_text(base.with_name(base.name + "_card.md"), "\n".join(lines))
+    return D.write_output(base.with_name(base.name + "_card.md"), "\n".join(lines))
 
 
 def _write_report(

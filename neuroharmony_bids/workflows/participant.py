@@ -73,6 +73,7 @@ class ScanInputs:
     iqms: dict[str, float]
     volumes: dict[str, float]
     provenance: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- harmonization core
@@ -316,6 +317,7 @@ def parse_scan(
         mriqc_version = None
     iqms = {k: v for k, v in iqms.items() if k in ALL_IQMS}
     raw_volumes = fs.read_subject_volumes(plan.fs_subject_dir)
+    warnings = [w for w in [fs.unknown_version_warning(plan.fs_subject_dir)] if w]
     volumes = D.canonical_volumes(raw_volumes)
     if not volumes:
         raise MissingInputError(f"{plan.fs_subject_dir}: no known FreeSurfer region found")
@@ -323,6 +325,7 @@ def parse_scan(
         scan=scan,
         iqms=iqms,
         volumes=volumes,
+        warnings=warnings,
         provenance={
             "ImageQualityMetrics": {
                 "Software": "MRIQC",
@@ -392,6 +395,7 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
     log = logger or LOGGER
     out = settings.output_dir
     t0 = time.monotonic()
+    started = time.time()
     layout = load_layout(settings.bids_dir)
     scans = find_scans(
         settings.bids_dir, settings.participant_label, settings.session_label, layout=layout
@@ -425,6 +429,7 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
             len(result.skipped),
         )
     if not pending:
+        _remove_stale_temps(out, scans, started, log)
         return result
 
     plans = locate_inputs(settings, pending, scans_per_subject(layout))
@@ -453,7 +458,11 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
             progress.update()
             continue
         try:
-            inputs.append(parse_scan(plan, required, group_tables))
+            item = parse_scan(plan, required, group_tables)
+            inputs.append(item)
+            for warning in item.warnings:
+                result.warnings.append(warning)
+                log.warning("%s: %s", name, warning)
         except NeuroharmonyError as exc:
             _fail(result, out, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
@@ -484,8 +493,19 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
         write_outputs(out, jobs, result, progress)
         if settings.participant_reports and result.succeeded:
             _participant_reports(settings, table, harmonized, model, inputs, result, log)
+    _remove_stale_temps(out, scans, started, log)
     result.outputs["output_dir"] = str(out)
     return result
+
+
+def _remove_stale_temps(
+    out: Path, scans: Sequence[Scan], started: float, log: logging.Logger
+) -> None:
+    """Delete temporary files a killed earlier run left in this run's folders."""
+    folders = {out, D.logs_dir(out) / "failed"} | {D.scan_dir(out, s) for s in scans}
+    removed = [p for f in sorted(folders) for p in D.remove_stale_temps(f, started)]
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
 
 
 def write_outputs(
