@@ -87,3 +87,11 @@ def test_readme_tabular_commands_match_the_cli():
     assert {"--site-column", "--covariates"} <= train_flags
     harm_flags = {f for a in subcommands["harmonize"]._actions for f in a.option_strings}
     assert {"--model", "--site-column"} <= harm_flags
+
+
+def test_readme_container_tags_follow_the_version_file():
+    version = (REPO / "version").read_text().strip()
+    readme = (REPO / "README.md").read_text()
+    tags = set(re.findall(r"neuroharmony-bids:([0-9][^\s/]*)", readme))
+    tags |= set(re.findall(r"neuroharmony-bids_([0-9][^\s/]*)\.sif", readme))
+    assert tags == {version}
