@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neuroharmony_bids.bids import Scan, read_covariates
-from neuroharmony_bids.errors import NeuroharmonyError
+from neuroharmony_bids.errors import DataError, NeuroharmonyError
 from neuroharmony_bids.harmonize.features import CORE_IQMS, parse_sex
 from neuroharmony_bids.harmonize.table import prepare
 from neuroharmony_bids.interfaces import freesurfer as fs
@@ -123,23 +123,12 @@ def test_mriqc_json(doc, text, meta):
                 assert set(mq.read_iqm_metadata(path)) == {"bids_meta", "provenance"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="neuroharmony_bids/interfaces/mriqc.py read_iqm_json: a non-UTF-8 (binary) IQM file "
-    "raises UnicodeDecodeError instead of DataError (path.read_text is only guarded against "
-    "FileNotFoundError); read_iqm_metadata likewise (catches OSError/JSONDecodeError only)",
-)
 def test_mriqc_json_binary_is_a_data_error(tmp_path):
     path = _write(tmp_path, "sub-01_T1w.json", b"\xff\xfe\x00 not json")
-    _only_ours(mq.read_iqm_json, path, CORE_IQMS[:3])
+    with pytest.raises(DataError, match="sub-01_T1w.json"):
+        mq.read_iqm_json(path, CORE_IQMS[:3])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="neuroharmony_bids/interfaces/mriqc.py read_iqm_metadata: 'bids_meta'/'provenance' "
-    "that is not an object (e.g. a string or list) makes dict(...) raise ValueError/TypeError; "
-    "a JSON top level that is not an object raises AttributeError (data.get)",
-)
 @pytest.mark.parametrize(
     "doc", [{"cjv": 1.0, "bids_meta": "abc"}, {"cjv": 1.0, "provenance": [1, 2]}, None]
 )

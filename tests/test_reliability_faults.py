@@ -17,14 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import reliability as R  # noqa: E402
 
-STALE_TEMP_BUG = (
-    "neuroharmony_bids/atomic.py atomic_path (and workflows/participant.py run_participant): a "
-    "participant run SIGKILLed inside an atomic write leaves its .nhtmp-* temporary file in "
-    "sub-X/anat/; the re-run completes the scan but never removes the stale temporary file, so "
-    "it stays in the derivatives forever (and group.discover_outputs flags the folder as "
-    "'being written')"
-)
-
 
 @pytest.mark.parametrize("mode,seed", [("mid-write", 1), ("first-output", 2), ("delay", 3)])
 def test_sigkill_then_rerun_completes(mode, seed, abide_table, tmp_path):
@@ -35,7 +27,6 @@ def test_sigkill_then_rerun_completes(mode, seed, abide_table, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_TEMP_BUG)
 def test_sigkill_mid_write_leaves_no_temporary_file(abide_table, tmp_path):
     ds = R.make_dataset(tmp_path / "ds", abide_table, n=2, seed=5)
     problems, left = R.kill_and_rerun(ds, tmp_path / "out", "mid-write", random.Random(5))
@@ -100,13 +91,6 @@ def test_disk_full_leaves_nothing_corrupt(disk_full_run):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="neuroharmony_bids/cli/run.py run(): an OSError while writing outputs (EFBIG/ENOSPC) "
-    "is reported as 'unexpected error ... This is a bug' without naming the file being written, "
-    "and _close_logging()'s handler.flush() in the finally block raises a second OSError whose "
-    "raw traceback is printed",
-)
 def test_disk_full_message_is_clear(disk_full_run):
     res, _ = disk_full_run
     assert "This is a bug" not in res.stderr

@@ -16,14 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import reliability as R  # noqa: E402
 
-KNOWN_BUGS = {
-    "unexpected FreeSurfer version header": (
-        "neuroharmony_bids/interfaces/freesurfer.py read_subject_volumes/freesurfer_version and "
-        "workflows/participant.py parse_scan: an aseg.stats whose cvs_version is neither a "
-        "FreeSurfer 6 $Id string nor 6.x/7.x (here 9.9.9-beta) is read silently and only recorded "
-        "in the JSON; no warning naming the file and version is printed"
-    ),
-}
+# Bugs found by these cases (fixed in d994e04) would be listed here as strict xfails.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _param(case: R.BadInput):
