@@ -198,7 +198,7 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     bids = tmp_path / "bids"
     shutil.copytree(main_run["bids"], bids)
     rows = main_run["rows"]
-    s_age, s_aseg, s_iqm = (f"sub-{s}" for s in rows["SUB_ID"].iloc[[0, 5, 9]])
+    s_age, s_aseg, s_iqm, s_zero = (f"sub-{s}" for s in rows["SUB_ID"].iloc[[0, 5, 9, 12]])
     ptsv = bids / "participants.tsv"
     ptable = pd.read_csv(ptsv, sep="\t", dtype=str)
     ptable.loc[ptable["participant_id"] == s_age, "age"] = "n/a"
@@ -210,6 +210,11 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     data = json.loads(iqm.read_text())
     data["cjv"] = None
     iqm.write_text(json.dumps(data, indent=2))
+    lh = bids / "derivatives" / "freesurfer" / s_zero / "stats" / "lh.aparc.stats"
+    lines = lh.read_text().splitlines(keepends=True)
+    pos = next(i for i, ln in enumerate(lines) if ln.startswith("cuneus "))
+    lines[pos] = lines[pos][:54] + "    0" + lines[pos][59:]  # GrayVol column: 0 mm^3
+    lh.write_text("".join(lines))
     out = tmp_path / "out"
     argv = [
         str(bids),
@@ -220,24 +225,25 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     ]
     assert run(argv) == 1
     err = capsys.readouterr().err
-    assert "3 of 16 scans failed" in err
+    assert "4 of 16 scans failed" in err
+    assert f"{s_zero}_T1w: lh_cuneus_volume is 0 mm^3" in err and "failed FreeSurfer" in err
     assert f"{s_age}_T1w: age is n/a" in err
     assert f"{aseg}, line " in err and "truncated" in err
     assert f"{iqm}: IQM 'cjv' is empty/NaN" in err
     done = sorted(p.name for p in out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))
-    assert len(done) == 13
+    assert len(done) == 12
     assert not (out / s_age).exists()
     assert run([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
     failed = pd.read_csv(out / "group_failed.tsv", sep="\t")
-    assert sorted(failed["participant_id"]) == sorted([s_age, s_aseg, s_iqm])
+    assert sorted(failed["participant_id"]) == sorted([s_age, s_aseg, s_iqm, s_zero])
     assert failed["reason"].str.len().min() > 20
     # fixing the input and re-running processes only the failed scans, then clears them
     ptable.loc[ptable["participant_id"] == s_age, "age"] = "30"
     ptable.to_csv(ptsv, sep="\t", index=False)
-    assert run(argv) == 1  # the two broken files still fail
-    assert "2 of 16 scans failed" in capsys.readouterr().err
+    assert run(argv) == 1  # the three broken files still fail
+    assert "3 of 16 scans failed" in capsys.readouterr().err
     assert (out / s_age / "anat" / f"{s_age}_desc-harmonized_morph.tsv").is_file()
-    assert sorted(D.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm])
+    assert sorted(D.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
 
 
 def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
