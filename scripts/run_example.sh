@@ -25,6 +25,9 @@ python "$repo/run.py" "$bids" "$out" participant
 echo "==> Group level: group tables and report"
 python "$repo/run.py" "$bids" "$out" group
 
+echo "==> Citation boilerplate with the versions used"
+python -m neuroharmony_bids.reports.citation "$out"
+
 out_abs="$(cd "$out" && pwd)"
 echo
 echo "Done in $((SECONDS - start)) s. Results in $out_abs:"
@@ -34,4 +37,4 @@ if [ -n "$first_report" ]; then
   echo "  participant reports: $out_abs/sub-*/anat/*_report.html (e.g. $first_report)"
 fi
 echo "  group tables:        $out_abs/group_desc-raw_morph.tsv, group_desc-harmonized_morph.tsv"
-echo "  logs and citation:   $out_abs/logs/"
+echo "  logs and citation:   $out_abs/logs/ (CITATION.md, CITATION.bib)"

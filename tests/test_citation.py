@@ -63,3 +63,39 @@ def test_unknown_versions_are_said_not_guessed(tmp_path):
     md = (tmp_path / "CITATION.md").read_text()
     assert "FreeSurfer version not recorded" in md
     assert "| MRIQC | version not recorded |" in md
+
+
+def test_versions_read_from_an_output_folder(tmp_path):
+    import json
+
+    from neuroharmony_bids.reports.citation import main, versions_from_outputs
+
+    out = tmp_path / "out"
+    (out / "sub-01" / "anat").mkdir(parents=True)
+    (out / "sub-02" / "ses-1" / "anat").mkdir(parents=True)
+    (out / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "GeneratedBy": [{"Name": "neuroharmony-bids", "Version": "9.9.9"}],
+                "NeuroharmonyModel": {"name": "my-model", "sha256": "ab" * 32},
+            }
+        )
+    )
+    fs6 = "$Id: mri_segstats.c,v 1.121 2016/05/31 17:27:11 greve Exp $"
+    for sidecar, fs, mq in (
+        (out / "sub-01" / "anat" / "sub-01_desc-raw_morph.json", "7.4.1", "24.0.2"),
+        (out / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_desc-raw_morph.json", fs6, "0.16.1"),
+    ):
+        sidecar.write_text(
+            json.dumps({"FreeSurfer": {"Version": fs}, "ImageQualityMetrics": {"Version": mq}})
+        )
+    versions = versions_from_outputs(out)
+    assert versions["model"] == "my-model" and versions["model_sha256"] == "ab" * 32
+    assert versions["neuroharmony-bids"] == "9.9.9"
+    assert versions["freesurfer"] == "6.x or earlier (mri_segstats.c v1.121), 7.4.1"
+    assert versions["mriqc"] == "0.16.1, 24.0.2"
+    assert main([str(out)]) == 0
+    md = (out / "logs" / "CITATION.md").read_text()
+    assert "neuroharmony-bids 9.9.9" in md and "`my-model`" in md
+    assert "MRIQC 0.16.1, 24.0.2" in md
+    assert main([str(tmp_path / "missing")]) == 64

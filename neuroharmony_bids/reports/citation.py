@@ -6,8 +6,12 @@ versions actually used, avoids both omissions and mismatched version numbers.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -331,3 +335,71 @@ def write_citation(logs_dir: str | os.PathLike, versions: Mapping[str, str]) -> 
     logs = Path(logs_dir)
     write_text(logs / "CITATION.md", citation_markdown(versions))
     write_text(logs / "CITATION.bib", citation_bibtex())
+
+
+def _freesurfer_label(version: str) -> str:
+    """FreeSurfer 7 writes its version; 5.x/6.x write a CVS ``$Id`` line of mri_segstats."""
+    if "$Id" not in version:
+        return version
+    m = re.search(r",v ([0-9.]+)", version)
+    return "6.x or earlier" + (f" (mri_segstats.c v{m.group(1)})" if m else "")
+
+
+def versions_from_outputs(output_dir: str | os.PathLike) -> dict[str, str]:
+    """The versions a finished output folder records: model, FreeSurfer, MRIQC.
+
+    Read from ``dataset_description.json`` and the per-scan ``*_desc-raw_morph.json`` sidecars,
+    so the citation names what was actually used, including several FreeSurfer or MRIQC
+    versions in one dataset.
+    """
+    out_dir = Path(output_dir)
+    versions: dict[str, str] = {}
+    try:
+        desc = json.loads((out_dir / "dataset_description.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        desc = {}
+    model = desc.get("NeuroharmonyModel") or {}
+    if model.get("name") or model.get("path"):
+        versions["model"] = str(model.get("name") or Path(str(model["path"])).name)
+    if model.get("sha256"):
+        versions["model_sha256"] = str(model["sha256"])
+    for entry in desc.get("GeneratedBy") or []:
+        if entry.get("Name") == "neuroharmony-bids" and entry.get("Version"):
+            versions["neuroharmony-bids"] = str(entry["Version"])
+    fs, mq = set(), set()
+    for path in sorted(out_dir.glob("sub-*/**/*_desc-raw_morph.json")):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (meta.get("FreeSurfer") or {}).get("Version"):
+            fs.add(_freesurfer_label(str(meta["FreeSurfer"]["Version"])))
+        if (meta.get("ImageQualityMetrics") or {}).get("Version"):
+            mq.add(str(meta["ImageQualityMetrics"]["Version"]))
+    if fs:
+        versions["freesurfer"] = ", ".join(sorted(fs))
+    if mq:
+        versions["mriqc"] = ", ".join(sorted(mq))
+    return versions
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m neuroharmony_bids.reports.citation OUTPUT_DIR``: write logs/CITATION.*."""
+    parser = argparse.ArgumentParser(
+        prog="python -m neuroharmony_bids.reports.citation",
+        description="Write OUTPUT_DIR/logs/CITATION.md and CITATION.bib for a finished "
+        "neuroharmony-bids output folder (versions read from its files).",
+    )
+    parser.add_argument("output_dir", type=Path, help="a neuroharmony-bids output folder")
+    args = parser.parse_args(argv)
+    if not (args.output_dir / "dataset_description.json").is_file():
+        print(f"error: {args.output_dir} is not a neuroharmony-bids output folder", file=sys.stderr)
+        return 64
+    logs = args.output_dir / "logs"
+    write_citation(logs, versions_from_outputs(args.output_dir))
+    print(f"wrote {logs / 'CITATION.md'} and {logs / 'CITATION.bib'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
