@@ -149,7 +149,7 @@ def test_missing_tools_and_derivatives_exit_66(no_derivatives, tmp_path, capsys,
 
 def test_run_is_logged(abide_table, tmp_path, capsys):
     bids = tmp_path / "bids"
-    build_bids_dataset(bids, abide_rows(abide_table, 2, seed=9))
+    build_bids_dataset(bids, abide_rows(abide_table, 2, seed=9, drop_failed=True))
     out = tmp_path / "out"
     argv = [str(bids), str(out), "participant", "--no-participant-reports", "--nprocs", "1"]
     assert run(argv) == 0
@@ -169,3 +169,15 @@ def test_run_is_logged(abide_table, tmp_path, capsys):
 def test_parse_settings_rejects_missing_folders(tmp_path):
     with pytest.raises(UsageError, match="--mriqc-dir"):
         parse_settings(["/d", "/o", "participant", "--mriqc-dir", str(tmp_path / "none")])
+
+
+def test_output_under_input_derivatives_is_allowed(abide_table, tmp_path):
+    bids = tmp_path / "bids"
+    build_bids_dataset(bids, abide_rows(abide_table, 2, seed=12, drop_failed=True))
+    out = bids / "derivatives" / "neuroharmony"
+    argv = [str(bids), str(out), "participant", "--no-participant-reports"]
+    assert run(argv) == 0
+    assert len(list(out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))) == 2
+    # the input still validates, and re-indexing does not pick up our outputs as scans
+    assert run([*argv, "--overwrite"]) == 0
+    assert len(list(out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))) == 2

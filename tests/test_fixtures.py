@@ -93,3 +93,15 @@ def test_duplicate_scans_are_refused(abide_table, tmp_path):
 def test_resampling_gives_unique_subjects(abide_table):
     rows = abide_rows(abide_table, 1000, seed=1, replace=True)
     assert len(rows) == 1000 and rows["SUB_ID"].is_unique
+
+
+def test_failed_parcellations_can_be_left_out(abide_table):
+    from neuroharmony_bids.testing import failed_parcellation
+
+    bad = failed_parcellation(abide_table)
+    assert bad.any()  # ABIDE has a few failed FreeSurfer runs (0 mm^3 regions)
+    dk = [c for c in abide_table.columns if c.endswith("_volume")]
+    assert ((abide_table.loc[bad, dk] <= 0).any(axis=1)).all()
+    kept = abide_rows(abide_table, drop_failed=True)
+    assert len(kept) == len(abide_table) - bad.sum()
+    assert not failed_parcellation(kept).any()

@@ -306,10 +306,32 @@ def _derivative_description(path: Path, name: str, version: str) -> None:
     )
 
 
+def failed_parcellation(rows: pd.DataFrame) -> pd.Series:
+    """Rows with a zero/negative or missing Desikan-Killiany or aseg volume of the Neuroharmony
+    set (failed FreeSurfer runs: ABIDE has a few; the app reports them as failed scans)."""
+    from neuroharmony_bids.harmonize.features import NEUROHARMONY_REGIONS
+
+    cols = [c for c in rows.columns if canonical_region(c) in set(NEUROHARMONY_REGIONS)]
+    zero_ok = ("Inf-Lat-Vent", "vessel", "hypointensities", "5th-Ventricle", "choroid-plexus")
+    bad = pd.Series(False, index=rows.index)
+    for c in cols:
+        vals = pd.to_numeric(rows[c], errors="coerce")
+        limit = vals < 0 if any(z in c for z in zero_ok) else vals <= 0
+        bad |= vals.isna() | limit
+    return bad
+
+
 def abide_rows(
-    table: pd.DataFrame, n: int | None = None, seed: int = 0, replace: bool = False
+    table: pd.DataFrame,
+    n: int | None = None,
+    seed: int = 0,
+    replace: bool = False,
+    drop_failed: bool = False,
 ) -> pd.DataFrame:
-    """Rows of the ABIDE table (resampled with new unique ``SUB_ID`` when ``replace``)."""
+    """Rows of the ABIDE table (resampled with new unique ``SUB_ID`` when ``replace``);
+    ``drop_failed`` leaves out failed parcellations first."""
+    if drop_failed:
+        table = table[~failed_parcellation(table)]
     if n is None:
         return table.copy()
     picked = table.sample(n=n, replace=replace, random_state=seed).reset_index(drop=True)
@@ -338,6 +360,7 @@ __all__ = [
     "abide_rows",
     "build_bids_dataset",
     "copy_rows_with",
+    "failed_parcellation",
     "iqm_columns",
     "tiny_t1w_bytes",
     "volume_columns",
