@@ -175,3 +175,13 @@ def test_estimator_conventions(table):
     assert est.get_params()["covariates"] == ("notes",)
     with pytest.raises(Exception, match="not fitted"):
         est.transform(table)
+
+
+def test_constant_training_iqm_is_kept_and_usable():
+    table = synth_table(n_sites=4, per_site=20, seed=11).assign(spacing_x=1.0, fber=5.0)
+    model = NeuroHarmonizer().fit(table, "site")
+    assert "spacing_x" in model.iqms_ and "fber" in model.iqms_
+    new = table.head(3).assign(spacing_x=[1.0, 1.2, 1.0])
+    out = model.transform(new)
+    assert out.loc[1, "nh_out_of_range_features"] == "spacing_x"
+    assert out.loc[0, "nh_out_of_range"] == 0

@@ -150,8 +150,8 @@ def format_info(info: dict) -> str:
     ]
     for name, cv in info["iqm_prior_cv"].items():
         lines.append(
-            f"IQM prior {name:5}:  ridge alpha {cv['alpha']}, LOSO MSE gain vs no prior "
-            f"{cv['gain_vs_zero']:+.3f}"
+            f"IQM prior {name:5}:  {cv['chosen']}, LOSO MSE gain vs no prior "
+            f"{cv['gain_vs_zero']:+.3f} ({cv['calibrated_gain_vs_zero']:+.3f} after calibration)"
         )
     summary = info["cv_metrics"].get("summary") if info["cv_metrics"] else None
     if summary:

@@ -58,6 +58,24 @@ def _ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, 
     return coef, ym - xm @ coef
 
 
+def _prior_fit(
+    X: np.ndarray, Y: np.ndarray, codes: np.ndarray, cand: tuple[str, int, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit one IQM-prior candidate; return (coef, intercept) of the linear map x → location."""
+    kind, ncomp, alpha = cand
+    if kind == "scan_ridge":
+        return _ridge_fit(X, Y, alpha)
+    labels, inv = np.unique(codes, return_inverse=True)
+    site_x = np.stack([np.median(X[inv == j], axis=0) for j in range(len(labels))])
+    site_y = np.stack([Y[inv == j].mean(axis=0) for j in range(len(labels))])
+    centre = site_y.mean(axis=0)
+    _, sv, vt = np.linalg.svd(site_y - centre, full_matrices=False)
+    comps = vt[:ncomp]
+    scores = (site_y - centre) @ comps.T
+    w, b = _ridge_fit(site_x, scores, alpha)
+    return w @ comps, b @ comps + centre
+
+
 def _posterior_gain(T: np.ndarray, S: np.ndarray, n: float) -> np.ndarray:
     """``T (T + S/n)^-1``: how much of a site-mean deviation is attributed to the scanner."""
     return np.linalg.solve((T + S / n).T, T.T).T
@@ -166,7 +184,9 @@ class NeuroHarmonizer(BaseEstimator):
         self.regions_ = [
             r
             for r in F.NEUROHARMONY_REGIONS + F.EXTRA_REGIONS
-            if r in prep.volumes and (prep.volumes[r] <= 0).mean() <= 0.01
+            if r in prep.volumes
+            and (prep.volumes[r] <= 0).mean() <= 0.01
+            and prep.volumes[r].std() > 0
         ]
         vols = prep.volumes[self.regions_].to_numpy()
         cfit, harmonized = fit_combat(vols, codes, list(sites), design, self.design_names_)
@@ -181,11 +201,7 @@ class NeuroHarmonizer(BaseEstimator):
         self.profile_limit_ = float(self._profile_pvalue(z, self.regions_).min())
 
         # IQM prior: one ridge per feature set (core; every IQM present at training)
-        full = [
-            c
-            for c in F.ALL_IQMS
-            if c in prep.iqms and prep.iqms[c].notna().all() and prep.iqms[c].std() > 0
-        ]
+        full = [c for c in F.ALL_IQMS if c in prep.iqms and prep.iqms[c].notna().all()]
         self.iqm_sets_ = {"core": list(F.CORE_IQMS), "full": full}
         self.iqms_ = full
         raw_iqm = prep.iqms[full].to_numpy()
@@ -194,7 +210,11 @@ class NeuroHarmonizer(BaseEstimator):
         Xall = iqm_transform(raw_iqm)
         self.iqm_center_ = np.median(Xall, axis=0)
         q75, q25 = np.percentile(Xall, [75, 25], axis=0)
-        self.iqm_scale_ = np.maximum((q75 - q25) / 1.349, 1e-6)
+        # robust scale; IQMs constant in most scans (voxel spacing) fall back to the SD
+        iqr = (q75 - q25) / 1.349
+        # (an IQM constant in training, e.g. one voxel size, is measured in raw log units)
+        sd = Xall.std(axis=0)
+        self.iqm_scale_ = np.where(iqr > 1e-9, iqr, np.where(sd > 1e-9, sd, 1.0))
         target = cfit.gamma[codes]
         self.prior_ = {}
         self.cv_prior_ = {}
@@ -230,21 +250,31 @@ class NeuroHarmonizer(BaseEstimator):
         return values.astype(str).to_numpy()
 
     def _fit_prior(self, X: np.ndarray, Y: np.ndarray, codes: np.ndarray):
-        """Choose the ridge penalty by LOSO and calibrate confidence vs IQM distance."""
+        """Choose the IQM prior by LOSO and calibrate its confidence against IQM distance.
+
+        Candidates: a per-scan ridge (IQMs → each scan's site location, the original idea) and
+        a site-level reduced-rank ridge (site-median IQMs → the leading principal components
+        of the sites' locations: the level where the effect lives, few parameters). Both are
+        linear maps ``x @ coef + intercept``; the one with the lowest LOSO error wins.
+        """
         n_sites = codes.max() + 1
         zero_mse = float(np.mean(Y**2))
+        candidates = [("scan_ridge", 0, a) for a in self.ridge_alphas]
+        candidates += [("site_pca_ridge", k, a) for k in (1, 2, 3) for a in self.ridge_alphas]
         scores = {}
         preds = {}
-        for alpha in self.ridge_alphas:
+        for cand in candidates:
             pred = np.zeros_like(Y)
             for k in range(n_sites):
                 te = codes == k
-                coef, icpt = _ridge_fit(X[~te], Y[~te], alpha)
+                coef, icpt = _prior_fit(X[~te], Y[~te], codes[~te], cand)
                 pred[te] = X[te] @ coef + icpt
-            scores[alpha] = float(np.mean((pred - Y) ** 2))
-            preds[alpha] = pred
+            key = f"{cand[0]}(k={cand[1]},alpha={cand[2]:g})"
+            scores[key] = float(np.mean((pred - Y) ** 2))
+            preds[key] = (cand, pred)
         best = min(scores, key=scores.get)
-        coef, icpt = _ridge_fit(X, Y, best)
+        cand, p = preds[best]
+        coef, icpt = _prior_fit(X, Y, codes, cand)
         # per-scan LOSO distance from the *other* sites' IQMs, and the scaling of the LOSO
         # prediction that would have been optimal for that scan
         dist = np.zeros(len(Y))
@@ -252,20 +282,20 @@ class NeuroHarmonizer(BaseEstimator):
             te = codes == k
             ctr = np.median(X[~te], axis=0)
             dist[te] = np.sqrt(np.mean((X[te] - ctr) ** 2, axis=1))
-        p = preds[best]
         opt = np.einsum("ij,ij->i", p, Y) / np.maximum(np.einsum("ij,ij->i", p, p), 1e-12)
         iso = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
         iso.fit(dist, np.clip(opt, 0.0, 1.0))
+        # beyond the largest distance seen in LOSO the prior is not trusted at all (interp right=0)
         grid = np.quantile(dist, np.linspace(0, 1, 21))
         conf = iso.predict(grid)
-        # beyond anything seen in LOSO the prior is not trusted at all
-        grid = np.append(grid, grid[-1] * 1.5)
-        conf = np.append(conf, 0.0)
+        shrunk = p * np.interp(dist, grid, conf, right=0.0)[:, None]
         cv = {
-            "alpha": best,
+            "chosen": best,
             "loso_mse": scores,
             "zero_mse": zero_mse,
             "gain_vs_zero": 1.0 - scores[best] / zero_mse,
+            "calibrated_mse": float(np.mean((shrunk - Y) ** 2)),
+            "calibrated_gain_vs_zero": 1.0 - float(np.mean((shrunk - Y) ** 2)) / zero_mse,
         }
         return {"coef": coef, "intercept": icpt, "dist_grid": grid, "confidence": conf}, cv
 
