@@ -42,7 +42,7 @@ class Settings:
     participant_reports: bool = True
     verbosity: int = 0
     argv: tuple[str, ...] = ()
-    environ: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    environ: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def command_line(self) -> str:

@@ -277,7 +277,7 @@ def test_train_then_use_the_trained_model(main_run, tmp_path):
     bids = main_run["bids"]
     assert run([str(bids), str(out), "group", "--skip-bids-validation", "--train",
                 "--site-column", "site"]) == 0  # fmt: skip
-    models = sorted((out / "models").glob("*.nhmodel"))
+    models = sorted(p for p in (out / "models").glob("*.json"))
     assert len(models) == 1
     trained = load_model(models[0])
     assert trained.training_summary_["n_scans"] == len(main_run["rows"])
@@ -290,6 +290,8 @@ def test_train_then_use_the_trained_model(main_run, tmp_path):
     assert code == 0
     desc = json.loads((new_out / "dataset_description.json").read_text())
     assert desc["NeuroharmonyModel"]["sha256"] == model_info(models[0])["sha256"]
+    assert desc["NeuroharmonyModel"]["name"].startswith("neuroharmony-")
+    assert model_info(models[0])["sha256"] in card.read_text()
 
 
 @pytest.fixture(scope="module")

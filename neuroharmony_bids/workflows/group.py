@@ -287,8 +287,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "", text)[:40] or "dataset"
 
 
-def train_model(settings: Settings, raw: pd.DataFrame, log: logging.Logger) -> dict[str, Path]:
-    """Fit a dataset-specific harmonizer on the raw group table; save it with a model card."""
+def train_model(
+    settings: Settings, raw: pd.DataFrame, log: logging.Logger, site_source: str = "site"
+) -> dict[str, Path]:
+    """Fit a dataset-specific harmonizer on the raw group table; save it with a model card.
+
+    Leave-one-site-out quality figures are computed (``cv=True``): they are what the card
+    reports, and what tells a user whether the model is worth using on new scanners.
+    """
     try:
         from neuroharmony_bids.harmonize.io import save_model
         from neuroharmony_bids.harmonize.model import NeuroHarmonizer
@@ -314,70 +320,78 @@ def train_model(settings: Settings, raw: pd.DataFrame, log: logging.Logger) -> d
         raise
     except ValueError as exc:
         raise UsageError(f"--train: cannot fit a model on this dataset: {exc}") from exc
-    models_dir = settings.output_dir / "models"
     try:
         name = json.loads((settings.bids_dir / "dataset_description.json").read_text())["Name"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         name = settings.bids_dir.name
-    base = models_dir / f"neuroharmony_{_slug(str(name))}"
-    saved = save_model(model, base.with_suffix(".nhmodel"))
-    paths = {"model": _saved_path(saved, base.with_suffix(".nhmodel"))}
-    card = _write_model_card(base, model, paths["model"], table, settings)
-    paths["model_card"] = card
-    log.info("trained model saved to %s (model card %s)", paths["model"], card)
-    return paths
-
-
-def _saved_path(saved: Any, default: Path) -> Path:
-    if isinstance(saved, (str, Path)) and Path(saved).exists():
-        return Path(saved)
-    return default
+    slug = _slug(str(name))
+    path = settings.output_dir / "models" / f"neuroharmony_{slug}.json"
+    metadata = {
+        "name": f"neuroharmony-{slug}",
+        "description": f"Dataset-specific model trained by neuroharmony-bids group --train on "
+        f"{name!s}",
+        "training_dataset": str(name),
+        "site_from": site_source,
+    }
+    try:
+        sha = save_model(model, path, metadata=metadata)
+    except OSError as exc:
+        raise NeuroharmonyError(f"cannot write {path}: {exc.strerror or exc}") from None
+    card = _write_model_card(path, sha, model, table, settings, site_source)
+    log.info("trained model saved to %s (model card %s)", path, card)
+    return {"model": path, "model_card": card}
 
 
 def _write_model_card(
-    base: Path, model: Any, model_path: Path, table: pd.DataFrame, settings: Settings
+    path: Path, sha: str, model: Any, table: pd.DataFrame, settings: Settings, site_source: str
 ) -> Path:
     """A short Markdown model card: data, sites, ranges, quality figures, how to use it."""
-    try:
-        from neuroharmony_bids.harmonize.io import write_model_card  # type: ignore[attr-defined]
-
-        card = write_model_card(model, base.with_name(base.name + "_card.md"))
-        if card:
-            return Path(card)
-    except (ImportError, TypeError):
-        pass
     summary = getattr(model, "training_summary_", {}) or {}
     cv = getattr(model, "cv_metrics_", {}) or {}
+    sites = table["site"].value_counts().sort_index()
     lines = [
-        f"# Model card: {model_path.name}",
+        f"# Model card: {path.name}",
         "",
-        f"Dataset-specific Neuroharmony model trained by `neuroharmony-bids ... group --train` "
-        f"on `{settings.bids_dir}`.",
+        f"- File: `{path.name}` (sha256 `{sha}`)",
+        f"- Trained by `neuroharmony-bids` group level `--train` on `{settings.bids_dir}`",
+        f"- Site of each scan: {site_source}",
         "",
         "## Training data",
-        f"- scans: {len(table)}; sites: {table['site'].nunique()}",
-        f"- age: {table['age'].min():.1f} to {table['age'].max():.1f} years",
-        f"- sex: {dict(table['sex'].value_counts().sort_index())}",
-        f"- regions: {len(getattr(model, 'regions_', []) or [])}; IQMs: "
-        f"{', '.join(getattr(model, 'iqms_', []) or [])}",
         "",
-        "## Summary",
+        f"{len(table)} scans from {len(sites)} sites; age {table['age'].min():.1f} to "
+        f"{table['age'].max():.1f} years; sex "
+        + ", ".join(f"{k}: {v}" for k, v in table["sex"].value_counts().sort_index().items())
+        + ".",
+        "",
+        "| site | scans |",
+        "|---|---|",
+        *[f"| {site} | {count} |" for site, count in sites.items()],
+        "",
+        f"Regions harmonized: {len(getattr(model, 'regions_', []) or [])}. IQMs: "
+        + ", ".join(getattr(model, "iqms_", []) or []),
+        "",
+        "## Training summary",
+        "",
         "```json",
         json.dumps(summary, indent=2, sort_keys=True, default=str),
         "```",
         "",
-        "## Leave-one-site-out figures",
+        "## Leave-one-site-out quality",
+        "",
         "```json",
         json.dumps(cv, indent=2, sort_keys=True, default=str),
         "```",
         "",
         "## Use",
-        f"`neuroharmony-bids BIDS_DIR OUT_DIR participant --model {model_path}` harmonizes new "
-        "scans (also from scanners not in the training data) to this model's reference.",
-        "Scans outside the training ranges are flagged (`nh_out_of_range`).",
+        "",
+        f"`neuroharmony-bids BIDS_DIR OUT_DIR participant --model {path}` harmonizes new scans "
+        "(also from scanners not in the training data) to this model's reference. Scans outside "
+        "the training ranges are flagged (`nh_out_of_range`) and, when far outside, left "
+        "unharmonized. A model trained on few sites generalizes less well to new scanners than "
+        "the shipped one: check the leave-one-site-out figures above.",
         "",
     ]
-    return D.write_output(base.with_name(base.name + "_card.md"), "\n".join(lines))
+    return D.write_output(path.with_name(path.stem + "_card.md"), "\n".join(lines))
 
 
 def _write_report(
@@ -482,7 +496,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
     )
     _write_report(settings, raw, harmonized, model, failed_for_report, info, result, log)
     if settings.train:
-        trained = train_model(settings, raw, log)
+        trained = train_model(settings, raw, log, site_source)
         result.outputs.update({k: str(v) for k, v in trained.items()})
     return result
 
