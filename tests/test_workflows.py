@@ -277,7 +277,7 @@ def test_train_then_use_the_trained_model(main_run, tmp_path):
     bids = main_run["bids"]
     assert run([str(bids), str(out), "group", "--skip-bids-validation", "--train",
                 "--site-column", "site"]) == 0  # fmt: skip
-    models = sorted(p for p in (out / "models").glob("*.json"))
+    models = sorted((out / "models").glob("*.nhmodel"))
     assert len(models) == 1
     trained = load_model(models[0])
     assert trained.training_summary_["n_scans"] == len(main_run["rows"])

@@ -325,7 +325,7 @@ def train_model(
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         name = settings.bids_dir.name
     slug = _slug(str(name))
-    path = settings.output_dir / "models" / f"neuroharmony_{slug}.json"
+    path = settings.output_dir / "models" / f"neuroharmony_{slug}.nhmodel"
     metadata = {
         "name": f"neuroharmony-{slug}",
         "description": f"Dataset-specific model trained by neuroharmony-bids group --train on "
