@@ -50,6 +50,9 @@ DESCRIPTIONS: dict[str, str] = {
     "read from aseg.stats and lh/rh.aparc.stats",
     "harmonized": "FreeSurfer regional volumes (mm^3) after Neuroharmony single-scan "
     "harmonization from MRIQC image-quality metrics, with nh_* quality flags",
+    "jointharmonized": "Group level only: FreeSurfer regional volumes (mm^3) harmonized jointly "
+    "per site (empirical Bayes on each site's location and scale against the model's "
+    "reference), with nh_* quality flags",
 }
 
 #: Region columns written, in this order (those present in the FreeSurfer outputs).

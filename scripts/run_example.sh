@@ -25,9 +25,6 @@ python "$repo/run.py" "$bids" "$out" participant
 echo "==> Group level: group tables and report"
 python "$repo/run.py" "$bids" "$out" group
 
-echo "==> Citation boilerplate with the versions used"
-python -m neuroharmony_bids.reports.citation "$out"
-
 out_abs="$(cd "$out" && pwd)"
 echo
 echo "Done in $((SECONDS - start)) s. Results in $out_abs:"

@@ -158,6 +158,18 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _write_citation(settings, logger: logging.Logger) -> None:
+    """logs/CITATION.md and .bib: the group level names every FreeSurfer/MRIQC version found;
+    a participant job writes them only when missing (no scan of the whole output folder)."""
+    from neuroharmony_bids.reports.citation import versions_from_outputs, write_citation
+
+    logs = settings.output_dir / "logs"
+    group = settings.analysis_level == "group"
+    if group or not (logs / "CITATION.md").exists():
+        write_citation(logs, versions_from_outputs(settings.output_dir, scan_sidecars=group))
+        logger.info("citation boilerplate: %s", logs / "CITATION.md")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the app on ``argv`` (without the program name); return the exit code."""
     from neuroharmony_bids.cli.parser import PROG, build_parser, settings_from_args
@@ -199,6 +211,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             from neuroharmony_bids.workflows.group import run_group
 
             result = run_group(settings, logger=logger)
+        _write_citation(settings, logger)
         elapsed = _fmt_seconds(time.monotonic() - started)
         logger.info("%s", result.summary())
         logger.info("finished in %s", elapsed)

@@ -22,3 +22,13 @@ def harmonize_table(
     harmonized jointly.
     """
     return model.transform(table, site_column=site_column, sex_mapping=sex_mapping)
+
+
+def invalid_rows(
+    table: pd.DataFrame, model: NeuroHarmonizer, sex_mapping: Mapping[str, str] | None = None
+) -> dict[int, str]:
+    """Rows :func:`harmonize_table` would refuse, all at once: {0-based row: reason}.
+
+    Lets a batch caller set bad scans aside and harmonize the rest in one call.
+    """
+    return model.invalid_rows(table, sex_mapping=sex_mapping)

@@ -313,11 +313,23 @@ def site_auc(
     if arr.dtype == bool:
         return _binary_auc(resid, arr.astype(int), cv, seed, c)
     labels = arr.astype(str)
-    aucs = [
-        _binary_auc(resid, (labels == lev).astype(int), cv, seed, c) for lev in np.unique(labels)
-    ]
-    aucs = [a for a in aucs if np.isfinite(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+    levels, counts = np.unique(labels, return_counts=True)
+    keep = np.isin(labels, levels[counts >= 2])
+    if len(levels[counts >= 2]) < 2:
+        return float("nan")
+    if len(levels[counts >= 2]) == 2:
+        return _binary_auc(resid[keep], (labels[keep] == levels[counts >= 2][0]).astype(int),
+                           cv, seed, c)  # fmt: skip
+    # one multinomial classifier, scored one-vs-rest per site (macro mean): k sites cost one
+    # fit per fold instead of k
+    folds = min(cv, int(counts[counts >= 2].min()))
+    clf = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=c, class_weight="balanced", max_iter=2000),
+    )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    proba = cross_val_predict(clf, resid[keep], labels[keep], cv=splitter, method="predict_proba")
+    return float(roc_auc_score(labels[keep], proba, multi_class="ovr", average="macro"))
 
 
 # --------------------------------------------------------------------------- agreement with oracle

@@ -29,7 +29,13 @@ from sklearn.utils.validation import check_is_fitted
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
 from neuroharmony_bids.harmonize.combat import check_design, fit_combat
-from neuroharmony_bids.harmonize.table import PreparedTable, prepare, row_label
+from neuroharmony_bids.harmonize.table import (
+    PreparedTable,
+    iqm_columns,
+    prepare,
+    row_label,
+    row_problems,
+)
 
 AGE_CENTER = 20.0
 ETIV_SCALE = 1e6
@@ -91,6 +97,8 @@ class NeuroHarmonizer(BaseEstimator):
         Missing at apply time, they are set to the training mean.
     ridge_alphas
         Candidate ridge penalties for the IQM prior, chosen by leave-one-site-out.
+    iqm_prior
+        Use the IQM prior (False: the scan's regional profile alone; for comparisons).
     cv
         Also compute leave-one-site-out quality figures into ``cv_metrics_`` (slower).
     """
@@ -99,10 +107,12 @@ class NeuroHarmonizer(BaseEstimator):
         self,
         covariates: Sequence[str] = (),
         ridge_alphas: Sequence[float] = (1.0, 10.0, 100.0, 1000.0, 10000.0),
+        iqm_prior: bool = True,
         cv: bool = False,
     ) -> None:
         self.covariates = covariates
         self.ridge_alphas = ridge_alphas
+        self.iqm_prior = iqm_prior
         self.cv = cv
 
     # ------------------------------------------------------------------ design
@@ -354,6 +364,33 @@ class NeuroHarmonizer(BaseEstimator):
             ood.append([self.iqms_[j] for j in np.flatnonzero(out[i])])
         return mu, conf * 1.0, used, ood
 
+    def invalid_rows(
+        self, table: pd.DataFrame, sex_mapping: Mapping[str, str] | None = None
+    ) -> dict[int, str]:
+        """Every row :meth:`transform` would refuse, in one pass: {0-based row: reason}."""
+        check_is_fitted(self, "combat_")
+        table = table.reset_index(drop=True)
+        problems = row_problems(table, regions=self.regions_, sex_mapping=sex_mapping)
+        cols = iqm_columns(list(table.columns))
+        core = self.iqm_sets_["core"]
+        have = np.column_stack(
+            [
+                pd.to_numeric(table[cols[c]], errors="coerce").notna().to_numpy()
+                if c in cols
+                else np.zeros(len(table), dtype=bool)
+                for c in core
+            ]
+        )
+        for pos in np.flatnonzero(~have.all(axis=1)):
+            missing = [c for c, ok in zip(core, have[pos], strict=True) if not ok]
+            text = (
+                f"{row_label(table, pos)}: missing MRIQC IQM(s) {', '.join(missing)}; the model "
+                "needs at least the core set. Rerun MRIQC or point at its T1w JSON / "
+                "group_T1w.tsv"
+            )
+            problems[int(pos)] = f"{problems[pos]}; {text}" if pos in problems else text
+        return dict(sorted(problems.items()))
+
     def transform(
         self,
         table: pd.DataFrame,
@@ -376,6 +413,8 @@ class NeuroHarmonizer(BaseEstimator):
         sigma = c.sigma[ridx]
         z = (prep.volumes[regions].to_numpy() - mean) / sigma
         mu_all, conf, used, ood = self._iqm_prior(prep, table)
+        if not self.iqm_prior:
+            conf = np.zeros_like(conf)
         mu = mu_all[:, ridx] * conf[:, None]
         T = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]

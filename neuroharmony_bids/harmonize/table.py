@@ -43,27 +43,41 @@ class PreparedTable:
     covariates: pd.DataFrame  # user covariates, raw values
 
 
-def _numeric(table: pd.DataFrame, col: str, *, allow_missing: bool = False) -> np.ndarray:
+def _cell_problems(
+    table: pd.DataFrame, col: str, *, allow_missing: bool = False
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Parse one column as numbers; return the values and {row: problem} for every bad cell."""
+    text = table[col].astype(str).str.strip()
     values = pd.to_numeric(table[col], errors="coerce")
-    bad_text = values.isna() & table[col].notna() & (table[col].astype(str).str.strip() != "")
-    bad_text &= ~table[col].astype(str).str.strip().str.lower().isin(["n/a", "nan", "na"])
-    if bad_text.any():
-        pos = int(np.flatnonzero(bad_text.to_numpy())[0])
-        raise DataError(
-            f"column {col!r}, {row_label(table, pos)}: {table[col].iloc[pos]!r} is not a number; "
-            "fix or remove that cell"
-        )
     arr = values.to_numpy(dtype=float)
-    if np.isinf(arr).any():
-        pos = int(np.flatnonzero(np.isinf(arr))[0])
-        raise DataError(f"column {col!r}, {row_label(table, pos)}: infinite value; fix that cell")
-    if not allow_missing and np.isnan(arr).any():
-        pos = int(np.flatnonzero(np.isnan(arr))[0])
-        raise DataError(
-            f"column {col!r}, {row_label(table, pos)}: missing value (empty, n/a or NaN); "
-            "every scan needs it"
+    not_number = values.isna() & table[col].notna() & (text != "")
+    not_number &= ~text.str.lower().isin(["n/a", "nan", "na"])
+    problems: dict[int, str] = {}
+    for pos in np.flatnonzero(not_number.to_numpy()):
+        problems[int(pos)] = (
+            f"column {col!r}, {row_label(table, pos)}: {table[col].iloc[pos]!r} is not a "
+            "number; fix or remove that cell"
         )
-    return arr
+    for pos in np.flatnonzero(np.isinf(arr)):
+        problems.setdefault(
+            int(pos), f"column {col!r}, {row_label(table, pos)}: infinite value; fix that cell"
+        )
+    if not allow_missing:
+        for pos in np.flatnonzero(np.isnan(arr)):
+            problems.setdefault(
+                int(pos),
+                f"column {col!r}, {row_label(table, pos)}: missing value (empty, n/a or NaN); "
+                "every scan needs it",
+            )
+    return arr, problems
+
+
+def _range_problems(
+    table: pd.DataFrame, col: str, arr: np.ndarray, bad: np.ndarray, what: str
+) -> dict[int, str]:
+    with np.errstate(invalid="ignore"):
+        rows = np.flatnonzero(bad & np.isfinite(arr))
+    return {int(p): f"column {col!r}, {row_label(table, p)}: {arr[p]:g} {what}" for p in rows}
 
 
 def region_columns(columns: Sequence[str]) -> dict[str, str]:
@@ -94,19 +108,8 @@ def check_duplicates(table: pd.DataFrame) -> None:
         )
 
 
-def prepare(
-    table: pd.DataFrame,
-    *,
-    regions: Sequence[str] | None = None,
-    covariates: Sequence[str] = (),
-    sex_mapping: Mapping[str, str] | None = None,
-    require_regions: bool = True,
-) -> PreparedTable:
-    """Validate ``table`` and return canonical numeric views.
-
-    ``regions`` restricts the volumes to a model's regions (any present subset is used).
-    """
-    table = table.reset_index(drop=True)
+def _check_columns(table: pd.DataFrame, rmap: dict, require_regions: bool, covariates) -> None:
+    """Problems of the whole table (not of single rows)."""
     if len(table) == 0:
         raise DataError("the input table has no rows; it needs one row per scan")
     check_duplicates(table)
@@ -116,55 +119,115 @@ def prepare(
             f"missing required column(s) {', '.join(missing)}; the table needs 'age' (years) and "
             "'sex' (M/F) for every scan (rename your columns or use --age-column/--sex-column)"
         )
-    rmap = region_columns(list(table.columns))
-    if regions is not None:
-        rmap = {k: v for k, v in rmap.items() if k in set(regions)}
     if require_regions and not rmap:
         raise DataError(
             "no FreeSurfer regional volume columns found; expected asegstats2table / "
             "aparcstats2table names such as 'Left-Hippocampus' or 'lh_superiorfrontal_volume'"
         )
-    vols = {}
-    for canon, col in rmap.items():
-        arr = _numeric(table, col)
-        bad = arr < 0 if any(z in canon for z in ZERO_ALLOWED) else arr <= 0
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            raise DataError(
-                f"column {col!r}, {row_label(table, pos)}: volume {arr[pos]:g} is not positive; "
-                "a zero or negative volume means a failed segmentation — rerun FreeSurfer or drop "
-                "the scan"
-            )
-        vols[canon] = arr
-    imap = iqm_columns(list(table.columns))
-    iqms = pd.DataFrame(
-        {name: _numeric(table, col, allow_missing=True) for name, col in imap.items()}
-    )
-    age = _numeric(table, "age")
-    if (age <= 0).any() or (age > 120).any():
-        pos = int(np.flatnonzero((age <= 0) | (age > 120))[0])
-        raise DataError(
-            f"column 'age', {row_label(table, pos)}: {age[pos]:g} is not an age in years"
-        )
-    sex = F.parse_sex(table["sex"], sex_mapping)
-    etiv_col = next((c for c in table.columns if F.canonical_region(str(c)) == F.ETIV), None)
-    etiv = _numeric(table, etiv_col) if etiv_col is not None else None
-    if etiv is not None and (etiv <= 0).any():
-        pos = int(np.flatnonzero(etiv <= 0)[0])
-        raise DataError(f"column {etiv_col!r}, {row_label(table, pos)}: eTIV must be positive")
     missing_cov = [c for c in covariates if c not in table.columns]
     if missing_cov:
         raise DataError(
             f"covariate column(s) {', '.join(missing_cov)} not found in the table; columns are: "
             f"{', '.join(map(str, table.columns[:20]))}..."
         )
+
+
+def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
+    """Parse every per-row field; return the parsed values and {row: [problems]}."""
+    problems: dict[int, list[str]] = {}
+
+    def add(found: dict[int, str]) -> None:
+        for pos, text in found.items():
+            problems.setdefault(pos, []).append(text)
+
+    vols = {}
+    for canon, col in rmap.items():
+        arr, found = _cell_problems(table, col)
+        add(found)
+        zero_ok = any(z in canon for z in ZERO_ALLOWED)
+        with np.errstate(invalid="ignore"):
+            bad = arr < 0 if zero_ok else arr <= 0
+        add(
+            _range_problems(
+                table, col, arr, bad, "mm³: volume is not positive; a zero or negative volume "
+                "means a failed FreeSurfer segmentation — rerun FreeSurfer for this scan or "
+                "leave it out",
+            )
+        )  # fmt: skip
+        vols[canon] = arr
+    iqms = {}
+    for name, col in iqm_columns(list(table.columns)).items():
+        iqms[name], found = _cell_problems(table, col, allow_missing=True)
+        add(found)
+    age, found = _cell_problems(table, "age")
+    add(found)
+    with np.errstate(invalid="ignore"):
+        add(_range_problems(table, "age", age, (age <= 0) | (age > 120), "is not an age in years"))
+    sex = []
+    for pos, raw in enumerate(table["sex"].tolist()):
+        try:
+            sex.append(F.parse_sex(pd.Series([raw]), sex_mapping).iloc[0])
+        except DataError as exc:
+            add({pos: str(exc).replace("row 1", row_label(table, pos), 1)})
+            sex.append("")
+    etiv_col = next((c for c in table.columns if F.canonical_region(str(c)) == F.ETIV), None)
+    etiv = None
+    if etiv_col is not None:
+        etiv, found = _cell_problems(table, etiv_col)
+        add(found)
+        with np.errstate(invalid="ignore"):
+            add(_range_problems(table, etiv_col, etiv, etiv <= 0, "is not a positive eTIV"))
+    return vols, iqms, age, pd.Series(sex, name="sex"), etiv, problems
+
+
+def row_problems(
+    table: pd.DataFrame,
+    *,
+    regions: Sequence[str] | None = None,
+    sex_mapping: Mapping[str, str] | None = None,
+) -> dict[int, str]:
+    """Every row :func:`prepare` would refuse, found in one pass: {0-based row: reason}.
+
+    Lets a caller (the BIDS App) set bad scans aside and harmonize the rest.
+    """
+    table = table.reset_index(drop=True)
+    rmap = _restrict(region_columns(list(table.columns)), regions)
+    _check_columns(table, rmap, require_regions=False, covariates=())
+    *_, problems = _parse_rows(table, rmap, sex_mapping)
+    return {pos: "; ".join(items) for pos, items in sorted(problems.items())}
+
+
+def _restrict(rmap: dict[str, str], regions: Sequence[str] | None) -> dict[str, str]:
+    return rmap if regions is None else {k: v for k, v in rmap.items() if k in set(regions)}
+
+
+def prepare(
+    table: pd.DataFrame,
+    *,
+    regions: Sequence[str] | None = None,
+    covariates: Sequence[str] = (),
+    sex_mapping: Mapping[str, str] | None = None,
+    require_regions: bool = True,
+) -> PreparedTable:
+    """Validate ``table`` and return canonical numeric views; refuse it at the first bad row.
+
+    ``regions`` restricts the volumes to a model's regions (any present subset is used).
+    """
+    table = table.reset_index(drop=True)
+    rmap = _restrict(region_columns(list(table.columns)), regions)
+    _check_columns(table, rmap, require_regions, covariates)
+    vols, iqms, age, sex, etiv, problems = _parse_rows(table, rmap, sex_mapping)
+    if problems:
+        first = min(problems)
+        more = f" ({len(problems) - 1} more row(s) have problems)" if len(problems) > 1 else ""
+        raise DataError(problems[first][0] + more)
     return PreparedTable(
         volumes=pd.DataFrame(vols),
         region_columns=rmap,
-        iqms=iqms,
-        iqm_columns=imap,
+        iqms=pd.DataFrame(iqms, index=range(len(table))),
+        iqm_columns=iqm_columns(list(table.columns)),
         age=age,
-        sex=sex.reset_index(drop=True),
+        sex=sex,
         etiv=etiv,
         covariates=table[list(covariates)].copy(),
     )

@@ -345,12 +345,15 @@ def _freesurfer_label(version: str) -> str:
     return "6.x or earlier" + (f" (mri_segstats.c v{m.group(1)})" if m else "")
 
 
-def versions_from_outputs(output_dir: str | os.PathLike) -> dict[str, str]:
+def versions_from_outputs(
+    output_dir: str | os.PathLike, scan_sidecars: bool = True
+) -> dict[str, str]:
     """The versions a finished output folder records: model, FreeSurfer, MRIQC.
 
     Read from ``dataset_description.json`` and the per-scan ``*_desc-raw_morph.json`` sidecars,
     so the citation names what was actually used, including several FreeSurfer or MRIQC
-    versions in one dataset.
+    versions in one dataset. ``scan_sidecars=False`` skips the per-scan files (cheap enough
+    for every job of a 10,000-scan SLURM array).
     """
     out_dir = Path(output_dir)
     versions: dict[str, str] = {}
@@ -367,7 +370,8 @@ def versions_from_outputs(output_dir: str | os.PathLike) -> dict[str, str]:
         if entry.get("Name") == "neuroharmony-bids" and entry.get("Version"):
             versions["neuroharmony-bids"] = str(entry["Version"])
     fs, mq = set(), set()
-    for path in sorted(out_dir.glob("sub-*/**/*_desc-raw_morph.json")):
+    sidecars = sorted(out_dir.glob("sub-*/**/*_desc-raw_morph.json")) if scan_sidecars else []
+    for path in sidecars:
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -240,6 +240,34 @@ def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str
     )
 
 
+def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.DataFrame | None:
+    """Harmonize scans that share a site together (the several-scans-per-scanner path).
+
+    One scan of a site gets the single-scan answer; more scans move each site's estimated
+    location and scale toward what ComBat fitted with that site would give, without touching
+    the model's training data. Scans without a site label, or that the model refuses, are left
+    out (they are listed in group_failed.tsv by the participant level).
+    """
+    from neuroharmony_bids.harmonize.apply import harmonize_table, invalid_rows
+
+    if "site" not in raw or raw["site"].isna().all():
+        log.info("joint harmonization skipped: no site labels (use --site-column)")
+        return None
+    table = raw[raw["site"].notna()].reset_index(drop=True)
+    bad = invalid_rows(table, model)
+    if bad:
+        table = table.drop(index=list(bad)).reset_index(drop=True)
+    if table.empty:
+        return None
+    joint = harmonize_table(table, model, site_column="site")
+    counts = table["site"].value_counts()
+    log.info(
+        "joint harmonization: %d scans from %d site(s) (%d with a single scan)",
+        len(joint), len(counts), int((counts == 1).sum()),
+    )  # fmt: skip
+    return joint
+
+
 def _write_table(path: Path, table: pd.DataFrame) -> Path:
     try:
         return write_table(path, table)
@@ -491,6 +519,15 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
         "group tables: %d scans, %d failed or incomplete (%s)",
         len(raw), len(problem_table), paths["failed_tsv"],
     )  # fmt: skip
+    joint = harmonize_jointly(raw, model, log)
+    if joint is not None:
+        path = out / "group_desc-jointharmonized_morph.tsv"
+        _write_table(path, _order(joint))
+        dictionary = D.column_dictionary(list(joint.columns))
+        if "site" in dictionary:
+            dictionary["site"] = {"Description": f"Site, from {site_source}"}
+        D.write_output(path.with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
+        result.outputs["jointharmonized_tsv"] = str(path)
     failed_for_report = problem_table.reindex(
         columns=["bids_name", "participant_id", "session_id", "reason"]
     )
@@ -504,6 +541,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
 __all__ = [
     "FoundScan",
     "collect_tables",
+    "harmonize_jointly",
     "discover_outputs",
     "read_one_row_tsv",
     "run_group",

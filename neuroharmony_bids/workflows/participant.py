@@ -39,7 +39,7 @@ from neuroharmony_bids.bids import (
     scans_per_subject,
 )
 from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError, UsageError
-from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS, ETIV, canonical_region
+from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.interfaces import mriqc as mq
 from neuroharmony_bids.settings import Settings
@@ -361,44 +361,16 @@ def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.Da
     return pd.DataFrame.from_records(records, columns=cols)
 
 
-#: aseg structures that may legitimately measure 0 mm^3 (as the core accepts them).
-_ZERO_ALLOWED = ("Inf-Lat-Vent", "vessel", "hypointensities", "5th-Ventricle", "choroid-plexus")
-
-
 def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
     """Rows the core would refuse, found in one vectorized pass (bids_name → reason).
 
     The core validates a whole table and stops at the first bad row; one call costs ~0.3 s
-    whatever its size, so finding bad rows by trial would cost minutes on 1,000 scans.
+    whatever its size, so the core's own one-pass check sets bad scans aside first.
     """
-    reasons: dict[str, list[str]] = {}
+    from neuroharmony_bids.harmonize.apply import invalid_rows
+
     names = table["bids_name"].astype(str).to_numpy()
-    regions = set(getattr(model, "regions_", None) or D.REGION_ORDER)
-
-    def flag(mask: np.ndarray, text: Callable[[int], str]) -> None:
-        for pos in np.flatnonzero(mask):
-            reasons.setdefault(names[pos], []).append(text(pos))
-
-    for col in table.columns:
-        canon = canonical_region(str(col))
-        if canon not in regions and canon != ETIV:
-            continue
-        vals = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
-        zero_ok = canon != ETIV and any(z in canon for z in _ZERO_ALLOWED)
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(vals) | ((vals < 0) if zero_ok else (vals <= 0))
-        flag(bad, lambda pos, c=col, v=vals: f"{c} is {v[pos]:g} mm^3")
-    age = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=float)
-    with np.errstate(invalid="ignore"):
-        flag(~((age > 0) & (age <= 120)), lambda pos: f"age {age[pos]:g} is not an age in years")
-    return {
-        name: "; ".join(items)
-        + " (a missing, zero or negative volume means a failed FreeSurfer segmentation: re-run "
-        "FreeSurfer for this scan or leave it out)"
-        if "mm^3" in items[0]
-        else "; ".join(items)
-        for name, items in reasons.items()
-    }
+    return {names[pos]: reason for pos, reason in invalid_rows(table, model).items()}
 
 
 def harmonize_rows(
