@@ -80,8 +80,12 @@ class Scan:
         return f"sub-{self.subject}/" + (f"ses-{ses}/" if ses else "") + "anat"
 
     def relpath(self, bids_dir: str | os.PathLike) -> str:
-        """Path of the image relative to the dataset root (POSIX)."""
-        return Path(self.path).relative_to(Path(bids_dir)).as_posix()
+        """Path of the image relative to the dataset root (POSIX), symlinked roots included."""
+        path, root = Path(self.path), Path(bids_dir)
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:  # pybids resolves symlinks; the user may have passed a link
+            return path.resolve().relative_to(root.resolve()).as_posix()
 
 
 def clean_labels(labels: Iterable[str] | None, entity: str = "sub") -> tuple[str, ...]:
