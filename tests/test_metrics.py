@@ -36,7 +36,7 @@ def cohort(
     sex = rng.choice(["M", "F"], n, p=[0.7, 0.3])
     dx = rng.choice(["ASD", "TDC"], n)
     etiv = rng.normal(1.5e6, 1.2e5, n) + (sex == "M") * 1e5
-    base = rng.uniform(1e3, 2e4, N_REGIONS)
+    base = np.random.default_rng(1234).uniform(1e3, 2e4, N_REGIONS)  # same regions always
     noise_sd = 0.05 * base
     age_c = (age - 25) / 10
     vol = (
@@ -202,3 +202,28 @@ def test_bad_input_is_refused():
     bad_cov.loc[3, "age"] = np.nan
     with pytest.raises(DataError, match="age"):
         metrics.site_auc(vol, site == "s0", bad_cov)
+
+
+def test_site_auc_groups_remove_anti_learning():
+    """Batches whose mean was equalized in-sample: plain CV anti-learns, group CV does not."""
+    vol, cov, site = cohort(seed=15, shift_sd=2.0)
+    is_site = site == "s0"
+    idx = np.flatnonzero(is_site)
+    batch = np.array([f"ref{i}" for i in range(len(vol))], dtype=object)
+    batch[idx] = [f"b{k // 10}" for k in range(len(idx))]  # batches of 10 site scans
+    # an over-fitted joint harmonizer: every batch's mean set exactly to the reference
+    # population's mean (estimated on an independent large cohort, not on these scans)
+    harmonized = vol.copy()
+    ref_mean = cohort(seed=99, n_per_site=2000, n_sites=1)[0].mean()
+    for b in np.unique(batch[idx]):
+        rows = batch == b
+        harmonized[rows] = vol[rows] - vol[rows].mean() + ref_mean
+    plain = metrics.site_auc(harmonized, is_site, None)
+    grouped = metrics.site_auc(harmonized, is_site, None, groups=batch)
+    assert plain < 0.42
+    assert abs(grouped - 0.5) < 0.1
+    # with the site effect left in, group CV still detects it
+    assert metrics.site_auc(vol, is_site, None, groups=batch) > 0.85
+    # one batch = no honest split
+    one = np.where(is_site, "all", batch)
+    assert np.isnan(metrics.site_auc(harmonized, is_site, None, groups=one))

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -270,9 +270,20 @@ def residualize(
     return pd.DataFrame(out, index=volumes.index, columns=volumes.columns)
 
 
-def _binary_auc(x: np.ndarray, target: np.ndarray, cv: int, seed: int, c: float) -> float:
-    n_pos = int(target.sum())
-    n_neg = len(target) - n_pos
+def _binary_auc(
+    x: np.ndarray,
+    target: np.ndarray,
+    cv: int,
+    seed: int,
+    c: float,
+    groups: np.ndarray | None = None,
+) -> float:
+    if groups is None:
+        n_pos = int(target.sum())
+        n_neg = len(target) - n_pos
+    else:
+        n_pos = len(np.unique(groups[target == 1]))
+        n_neg = len(np.unique(groups[target == 0]))
     folds = min(cv, n_pos, n_neg)
     if folds < 2:
         return float("nan")
@@ -280,8 +291,13 @@ def _binary_auc(x: np.ndarray, target: np.ndarray, cv: int, seed: int, c: float)
         StandardScaler(),
         LogisticRegression(C=c, class_weight="balanced", max_iter=2000),
     )
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(clf, x, target, cv=splitter, method="decision_function")
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = cross_val_predict(
+        clf, x, target, groups=groups, cv=splitter, method="decision_function"
+    )
     return float(roc_auc_score(target, scores))
 
 
@@ -292,6 +308,7 @@ def site_auc(
     cv: int = 5,
     seed: int = 0,
     c: float = 1.0,
+    groups: Sequence | np.ndarray | None = None,
 ) -> float:
     """Cross-validated ROC AUC of a site-vs-rest classifier on residualized volumes (0.5 = chance).
 
@@ -303,6 +320,14 @@ def site_auc(
     univariate test can miss a site effect spread thinly over many regions; the classifier
     sees the whole regional profile.
 
+    ``groups`` (boolean ``site`` only): scans harmonized together (one label per harmonization
+    batch; give every reference scan its own label) are kept in one fold. Use it when the
+    harmonizer saw the site's scans jointly: a harmonizer that equalizes a batch's mean
+    in-sample makes every training fold's mean difference the mirror of the left-out fold's,
+    and plain CV then *anti-learns* (AUC far below 0.5). With groups, each fold holds whole
+    batches, so that artefact is gone (NaN if there are fewer than 2 batches). A weaker one
+    remains if the batches were matched to the mean of these very reference scans.
+
     Floor: when a site's covariates barely overlap the reference's (e.g. only adults against
     children), the estimation error of the covariate curve leaves a structured residual the
     classifier can use, so even perfectly harmonized data score somewhat above 0.5. Compare
@@ -311,7 +336,10 @@ def site_auc(
     arr = np.asarray(site)
     resid = residualize(volumes, arr, covariates).to_numpy()
     if arr.dtype == bool:
-        return _binary_auc(resid, arr.astype(int), cv, seed, c)
+        g = None if groups is None else np.asarray(groups).astype(str)
+        return _binary_auc(resid, arr.astype(int), cv, seed, c, g)
+    if groups is not None:
+        raise ValueError("groups is only supported with a boolean site (site vs reference)")
     labels = arr.astype(str)
     levels, counts = np.unique(labels, return_counts=True)
     keep = np.isin(labels, levels[counts >= 2])
