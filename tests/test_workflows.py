@@ -226,7 +226,8 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     assert run(argv) == 1
     err = capsys.readouterr().err
     assert "4 of 16 scans failed" in err
-    assert f"{s_zero}_T1w: column 'lh_cuneus_volume'" in err and "failed FreeSurfer" in err
+    assert f"{s_zero}_T1w: " in err and "'lh_cuneus_volume' = 0 mm³" in err
+    assert "failed FreeSurfer" in err
     assert f"{s_age}_T1w: age is n/a" in err
     assert f"{aseg}, line " in err and "truncated" in err
     assert f"{iqm}: IQM 'cjv' is empty/NaN" in err

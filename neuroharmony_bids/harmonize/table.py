@@ -141,20 +141,24 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
             problems.setdefault(pos, []).append(text)
 
     vols = {}
+    nonpositive: dict[int, list[str]] = {}
     for canon, col in rmap.items():
         arr, found = _cell_problems(table, col)
         add(found)
         zero_ok = any(z in canon for z in ZERO_ALLOWED)
         with np.errstate(invalid="ignore"):
-            bad = arr < 0 if zero_ok else arr <= 0
-        add(
-            _range_problems(
-                table, col, arr, bad, "mm³: volume is not positive; a zero or negative volume "
-                "means a failed FreeSurfer segmentation — rerun FreeSurfer for this scan or "
-                "leave it out",
-            )
-        )  # fmt: skip
+            bad = (arr < 0 if zero_ok else arr <= 0) & np.isfinite(arr)
+        for pos in np.flatnonzero(bad):
+            nonpositive.setdefault(int(pos), []).append(f"{col!r} = {arr[pos]:g} mm³")
         vols[canon] = arr
+    for pos, cells in nonpositive.items():
+        add(
+            {
+                pos: f"{row_label(table, pos)}: volume is not positive in column(s) "
+                f"{', '.join(cells)}; a zero or negative volume means a failed FreeSurfer "
+                "segmentation — rerun FreeSurfer for this scan or leave it out"
+            }
+        )
     iqms = {}
     for name, col in iqm_columns(list(table.columns)).items():
         iqms[name], found = _cell_problems(table, col, allow_missing=True)
