@@ -154,6 +154,9 @@ RUN test -n "${VERSION}" || { echo "pass --build-arg VERSION=\$(cat version)" >&
         mriqc antsRegistration N4BiasFieldCorrection 3dFWHMx \
         bids-validator-deno neuroharmony-bids neuroharmony
 
+# Recorded as GeneratedBy.Container in every output's dataset_description.json.
+ENV NEUROHARMONY_CONTAINER="docker://ghcr.io/neuroharmony-bids/neuroharmony-bids:${VERSION}"
+
 USER 2000:100
 WORKDIR /tmp
 ENTRYPOINT ["/opt/neuroharmony/run.py"]
