@@ -48,3 +48,17 @@ def test_every_run_writes_the_citation(abide_table, tmp_path):
     assert "Garcia-Dias" in md.read_text() and (out / "logs" / "CITATION.bib").is_file()
     assert run([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
     assert "6.x or earlier" in md.read_text() or "FreeSurfer 6" in md.read_text()
+
+
+def test_group_reports_iqm_drift(abide_table, tmp_path):
+    rows = pick_rows(abide_table, 2, offset=4)
+    rows = rows.assign(**{c: rows[c] * 20 for c in rows.columns if c.startswith("iqm_snrd_")})
+    bids = tmp_path / "bids"
+    build_bids_dataset(bids, rows)
+    out = tmp_path / "out"
+    assert run([str(bids), str(out), "participant", "--skip-bids-validation"]) == 0
+    assert run([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
+    drift = pd.read_csv(out / "group_iqm_drift.tsv", sep="\t").set_index("iqm")
+    assert drift.loc["snrd_total", "shifted"]
+    assert not drift.loc["cjv", "shifted"]
+    assert "IQM drift" in (out / "group_report.html").read_text()

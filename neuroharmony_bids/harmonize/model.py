@@ -225,6 +225,12 @@ class NeuroHarmonizer(BaseEstimator):
         # (an IQM constant in training, e.g. one voxel size, is measured in raw log units)
         sd = Xall.std(axis=0)
         self.iqm_scale_ = np.where(iqr > 1e-9, iqr, np.where(sd > 1e-9, sd, 1.0))
+        # how far a training site's median IQM sits from the pooled centre (robust-z units):
+        # a new dataset shifted further than every training site has drifted (harmonize.drift)
+        zs = (Xall - self.iqm_center_) / self.iqm_scale_
+        self.iqm_site_shift_ = np.max(
+            np.abs([np.median(zs[codes == k], axis=0) for k in range(len(sites))]), axis=0
+        )
         target = cfit.gamma[codes]
         self.prior_ = {}
         self.cv_prior_ = {}

@@ -305,9 +305,17 @@ def _biology_section(
 
 
 def _quality_section(
-    raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any, failed: pd.DataFrame | None
+    raw: pd.DataFrame,
+    harmonized: pd.DataFrame,
+    model: Any,
+    failed: pd.DataFrame | None,
+    drift: Any = None,
 ) -> Section:
     parts: list[str] = []
+    if drift is not None:
+        parts.append("<h3>IQM drift</h3>")
+        css = "bad" if drift.shifted else "ok"
+        parts.append(f'<p class="{css}">{esc(drift.message())}</p>')
     iqm_range = dict(getattr(model, "iqm_range_", None) or {})
     iqms = [n for n in (getattr(model, "iqms_", None) or list(iqm_range)) if n in iqm_range]
     prefixed = {n: f"iqm_{n}" for n in iqms if n not in raw and f"iqm_{n}" in raw}
@@ -378,8 +386,12 @@ def build_group_report(
     model: Any,
     failed: pd.DataFrame | None = None,
     model_info: Mapping[str, Any] | None = None,
+    drift: Any = None,
 ) -> str:
-    """The group report as one self-contained HTML string."""
+    """The group report as one self-contained HTML string.
+
+    ``drift``: a :class:`~neuroharmony_bids.harmonize.drift.DriftReport` for this dataset.
+    """
     raw, harmonized = _align(raw, harmonized)
     regions = region_columns(raw, harmonized, model)
     sites, site_source = site_labels(raw)
@@ -401,7 +413,7 @@ def build_group_report(
         _summary_section(raw, harmonized, failed, sites, site_source, regions),
         _site_section(raw, harmonized, regions, sites, site_source, raw_keys, harm_keys),
         _biology_section(raw, sites, raw_keys, harm_keys),
-        _quality_section(raw, harmonized, model, failed),
+        _quality_section(raw, harmonized, model, failed, drift),
         model_section(model, model_info),
     ]
     return render(
@@ -418,9 +430,10 @@ def write_group_report(
     model: Any,
     failed: pd.DataFrame | None = None,
     model_info: Mapping[str, Any] | None = None,
+    drift: Any = None,
 ) -> Path:
     """Write the group report HTML atomically (a reader never sees a half-written report)."""
-    return write_text(path, build_group_report(raw, harmonized, model, failed, model_info))
+    return write_text(path, build_group_report(raw, harmonized, model, failed, model_info, drift))
 
 
 __all__ = ["build_group_report", "esc", "site_labels", "write_group_report"]

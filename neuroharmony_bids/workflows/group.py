@@ -18,7 +18,6 @@ Outputs at the root of the output folder::
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -429,23 +428,32 @@ def _write_report(
     model: Any,
     failed: pd.DataFrame,
     info: Mapping[str, Any],
+    drift: Any,
     result: RunResult,
     log: logging.Logger,
 ) -> None:
-    try:
-        from neuroharmony_bids.reports.group import write_group_report
-    except ImportError as exc:
-        msg = f"group report skipped: the reports package is not available ({exc})"
-        result.warnings.append(msg)
-        log.warning("%s", msg)
-        return
+    from neuroharmony_bids.reports.group import write_group_report
+
     path = settings.output_dir / "group_report.html"
-    kwargs = {}
-    if "model_info" in inspect.signature(write_group_report).parameters:
-        kwargs["model_info"] = dict(info)
-    write_group_report(path, raw, harmonized, model, failed, **kwargs)
+    write_group_report(path, raw, harmonized, model, failed, model_info=dict(info), drift=drift)
     result.outputs["report"] = str(path)
     log.info("group report: %s", path)
+
+
+def check_drift(raw: pd.DataFrame, model: Any, out: Path, result: RunResult, log) -> Any:
+    """Dataset-level IQM drift (another MRIQC version, another protocol): say so plainly."""
+    from neuroharmony_bids.harmonize.drift import detect_drift
+
+    drift = detect_drift(raw, model, site_column="site")
+    path = out / "group_iqm_drift.tsv"
+    _write_table(path, drift.table.reset_index())
+    result.outputs["iqm_drift_tsv"] = str(path)
+    if drift.shifted:
+        result.warnings.append(drift.message())
+        log.warning("%s", drift.message())
+    else:
+        log.info("%s", drift.message())
+    return drift
 
 
 def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
@@ -531,7 +539,8 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
     failed_for_report = problem_table.reindex(
         columns=["bids_name", "participant_id", "session_id", "reason"]
     )
-    _write_report(settings, raw, harmonized, model, failed_for_report, info, result, log)
+    drift = check_drift(raw, model, out, result, log)
+    _write_report(settings, raw, harmonized, model, failed_for_report, info, drift, result, log)
     if settings.train:
         trained = train_model(settings, raw, log, site_source)
         result.outputs.update({k: str(v) for k, v in trained.items()})
