@@ -284,20 +284,23 @@ class NeuroHarmonizer(BaseEstimator):
             for k in range(n_sites):
                 te = codes == k
                 coef, icpt = _prior_fit(X[~te], Y[~te], codes[~te], cand)
-                pred[te] = X[te] @ coef + icpt
+                # as at apply time: never extrapolate beyond the training IQM range
+                held = np.clip(X[te], X[~te].min(axis=0), X[~te].max(axis=0))
+                pred[te] = held @ coef + icpt
             key = f"{cand[0]}(k={cand[1]},alpha={cand[2]:g})"
             scores[key] = float(np.mean((pred - Y) ** 2))
             preds[key] = (cand, pred)
         best = min(scores, key=scores.get)
         cand, p = preds[best]
         coef, icpt = _prior_fit(X, Y, codes, cand)
-        # per-scan LOSO distance from the *other* sites' IQMs, and the scaling of the LOSO
-        # prediction that would have been optimal for that scan
+        # per-scan LOSO distance from the *other* sites' IQMs (the worst single IQM, so one
+        # rescaled IQM cannot hide among many), and the scaling of the LOSO prediction that
+        # would have been optimal for that scan
         dist = np.zeros(len(Y))
         for k in range(n_sites):
             te = codes == k
             ctr = np.median(X[~te], axis=0)
-            dist[te] = np.sqrt(np.mean((X[te] - ctr) ** 2, axis=1))
+            dist[te] = np.max(np.abs(X[te] - ctr), axis=1)
         opt = np.einsum("ij,ij->i", p, Y) / np.maximum(np.einsum("ij,ij->i", p, p), 1e-12)
         iso = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
         iso.fit(dist, np.clip(opt, 0.0, 1.0))
@@ -322,6 +325,14 @@ class NeuroHarmonizer(BaseEstimator):
         S = self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
         sol = np.linalg.solve(S, z.T).T
         return chi2.sf(np.einsum("ij,ij->i", z, sol), df=len(idx))
+
+    def _iqm_zrange(self, cols: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Training range of the IQMs ``cols`` in the prior's robust-z units."""
+        idx = [self.iqms_.index(c) for c in cols]
+        lo = np.array([self.iqm_range_[c][0] for c in cols])
+        hi = np.array([self.iqm_range_[c][1] for c in cols])
+        centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
+        return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
 
     def _iqm_prior(self, prep: PreparedTable, table: pd.DataFrame):
         """Per scan: prior location (all regions), confidence, feature set used, OOD names."""
@@ -354,9 +365,10 @@ class NeuroHarmonizer(BaseEstimator):
             idx = [self.iqms_.index(c) for c in cols]
             X = iqm_transform(have.loc[rows, cols].to_numpy())
             Xs = (X - self.iqm_center_[idx]) / self.iqm_scale_[idx]
+            lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
-            mu[rows] = Xs @ prior["coef"] + prior["intercept"]
-            dist = np.sqrt(np.mean(Xs**2, axis=1))
+            mu[rows] = np.clip(Xs, lo, hi) @ prior["coef"] + prior["intercept"]
+            dist = np.max(np.abs(Xs), axis=1)
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0)
             used[rows] = ";".join(cols)
         ood = []
