@@ -185,3 +185,38 @@ def test_constant_training_iqm_is_kept_and_usable():
     out = model.transform(new)
     assert out.loc[1, "nh_out_of_range_features"] == "spacing_x"
     assert out.loc[0, "nh_out_of_range"] == 0
+
+
+def test_calibration_switches_off_an_uninformative_iqm_prior(table):
+    # the synthetic IQMs carry no information on the site effects: LOSO calibration must learn
+    # confidence 0, so the model equals the profile-only one, drifted IQMs or not
+    model = NeuroHarmonizer().fit(table, "site")
+    profile_only = NeuroHarmonizer(iqm_prior=False).fit(table, "site")
+    scans = table.head(5).copy()
+    drifted = scans.assign(snrd_total=scans["snrd_total"] * 20, efc=scans["efc"] * 0.7)
+    for t in (scans, drifted):
+        out = model.transform(t)
+        assert (out["nh_confidence"] == 0).all()
+        np.testing.assert_allclose(
+            out[REGIONS].to_numpy(), profile_only.transform(t)[REGIONS].to_numpy()
+        )
+
+
+def test_shipped_model_bounds_the_prior_under_iqm_drift(abide_table):
+    from neuroharmony_bids.harmonize.io import load_model
+
+    model = load_model()
+    scans = abide_table[abide_table["SITE_ID"] == "NYU"].head(20)
+    scans = scans.rename(columns={"AGE_AT_SCAN": "age"})
+    regions = [c for c in scans.columns if c.endswith("_volume")]
+    base = model.transform(scans)
+    assert (base["nh_confidence"] > 0).all()
+    drifted = scans.assign(
+        iqm_snrd_total=scans["iqm_snrd_total"] * 20, iqm_efc=scans["iqm_efc"] * 0.7
+    )
+    out = model.transform(drifted)
+    assert out["nh_out_of_range_features"].str.contains("snrd_total").all()
+    # the prior never extrapolates: drift moves the answer far less than harmonization does
+    moved = np.abs(out[regions].to_numpy() - base[regions].to_numpy()).mean()
+    harmonization = np.abs(base[regions].to_numpy() - scans[regions].to_numpy()).mean()
+    assert moved < 0.5 * harmonization
