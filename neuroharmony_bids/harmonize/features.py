@@ -127,8 +127,10 @@ def strip_iqm_prefix(columns: Iterable[str], prefix: str = "iqm_") -> dict[str, 
     return out
 
 
-def parse_sex(values: pd.Series, mapping: Mapping[str, str] | None = None) -> pd.Series:
-    """Parse BIDS ``sex`` spellings to 'M'/'F'.
+def sex_problems(
+    values: pd.Series, mapping: Mapping[str, str] | None = None
+) -> tuple[pd.Series, dict[int, str]]:
+    """Parse BIDS ``sex`` spellings to 'M'/'F' (vectorized); {0-based row: problem} for the rest.
 
     Numeric codes are ambiguous across datasets (1=M in ABIDE, 1=F elsewhere), so they are
     only accepted through an explicit ``mapping`` such as ``{"1": "M", "2": "F"}``.
@@ -137,23 +139,27 @@ def parse_sex(values: pd.Series, mapping: Mapping[str, str] | None = None) -> pd
     for v in mapping.values():
         if v not in ("M", "F"):
             raise UsageError(f"sex mapping values must be M or F, got {v!r}")
-    out = []
-    for pos, raw in enumerate(values.tolist()):
-        key = "" if pd.isna(raw) else str(raw).strip().lower()
-        if key.endswith(".0") and key[:-2].isdigit():
-            key = key[:-2]
-        if key in mapping:
-            out.append(mapping[key])
-        elif key in _SEX_SPELLINGS:
-            out.append(_SEX_SPELLINGS[key])
-        else:
-            hint = (
-                " Numeric codes need an explicit mapping, e.g. --sex-mapping 1=M 2=F."
-                if key.isdigit()
-                else " Use M/F or male/female (BIDS participants.tsv convention)."
-            )
-            raise DataError(f"column 'sex', row {pos + 1}: cannot read {raw!r} as a sex.{hint}")
-    return pd.Series(out, index=values.index, name=values.name)
+    keys = values.astype(object).where(values.notna(), "").astype(str).str.strip().str.lower()
+    keys = keys.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
+    parsed = keys.map({**_SEX_SPELLINGS, **mapping})
+    problems = {}
+    for pos in np.flatnonzero(parsed.isna().to_numpy()):
+        key, raw = keys.iloc[pos], values.iloc[pos]
+        hint = (
+            " Numeric codes need an explicit mapping, e.g. --sex-mapping 1=M 2=F."
+            if key.isdigit()
+            else " Use M/F or male/female (BIDS participants.tsv convention)."
+        )
+        problems[int(pos)] = f"column 'sex', row {pos + 1}: cannot read {raw!r} as a sex.{hint}"
+    return parsed.rename(values.name), problems
+
+
+def parse_sex(values: pd.Series, mapping: Mapping[str, str] | None = None) -> pd.Series:
+    """Parse BIDS ``sex`` spellings to 'M'/'F'; refuse the first unreadable value."""
+    parsed, problems = sex_problems(values, mapping)
+    if problems:
+        raise DataError(problems[min(problems)])
+    return parsed
 
 
 def sex_to_float(sex: pd.Series) -> np.ndarray:

@@ -334,6 +334,27 @@ class NeuroHarmonizer(BaseEstimator):
         centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
         return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
 
+    def _core_missing(self, have: pd.DataFrame) -> np.ndarray:
+        """(n scans × core IQMs): True where a core IQM is missing."""
+        return np.column_stack(
+            [
+                have[c].isna().to_numpy() if c in have else np.ones(len(have), dtype=bool)
+                for c in self.iqm_sets_["core"]
+            ]
+        )
+
+    def _core_problems(self, table: pd.DataFrame, have: pd.DataFrame) -> dict[int, str]:
+        """{row: message} for scans below the minimum IQM set."""
+        core = self.iqm_sets_["core"]
+        missing = self._core_missing(have)
+        return {
+            int(pos): f"{row_label(table, pos)}: missing MRIQC IQM(s) "
+            f"{', '.join(c for c, m in zip(core, missing[pos], strict=True) if m)}; the model "
+            f"needs at least the core set ({' '.join(core)}). Rerun MRIQC or point at its T1w "
+            "JSON / group_T1w.tsv"
+            for pos in np.flatnonzero(missing.any(axis=1))
+        }
+
     def _iqm_prior(self, prep: PreparedTable, table: pd.DataFrame):
         """Per scan: prior location (all regions), confidence, feature set used, OOD names."""
         n = len(table)
@@ -341,20 +362,11 @@ class NeuroHarmonizer(BaseEstimator):
         use_full = np.ones(n, dtype=bool)
         for c in self.iqm_sets_["full"]:
             use_full &= have[c].notna().to_numpy() if c in have else False
-        use_core = np.ones(n, dtype=bool)
-        for c in self.iqm_sets_["core"]:
-            use_core &= have[c].notna().to_numpy() if c in have else False
+        use_core = ~self._core_missing(have).any(axis=1)
         bad = ~(use_full | use_core)
         if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            missing = [
-                c for c in self.iqm_sets_["core"] if c not in have or pd.isna(have[c].iloc[pos])
-            ]
-            raise DataError(
-                f"{row_label(table, pos)}: missing MRIQC IQM(s) {', '.join(missing)}; the model "
-                f"needs at least the core set ({' '.join(self.iqm_sets_['core'])}). Rerun MRIQC "
-                "or point at its T1w JSON / group_T1w.tsv"
-            )
+            problems = self._core_problems(table, have)
+            raise DataError(problems[min(problems)])
         mu = np.zeros((n, len(self.regions_)))
         conf = np.zeros(n)
         used = np.empty(n, dtype=object)
@@ -371,16 +383,12 @@ class NeuroHarmonizer(BaseEstimator):
             dist = np.max(np.abs(Xs), axis=1)
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0)
             used[rows] = ";".join(cols)
-        ood = []
         lo = np.array([self.iqm_range_[c][0] for c in self.iqms_])
         hi = np.array([self.iqm_range_[c][1] for c in self.iqms_])
         vals = np.column_stack(
             [have[c].to_numpy() if c in have else np.full(n, np.nan) for c in self.iqms_]
         )
-        out = (vals < lo) | (vals > hi)
-        for i in range(n):
-            ood.append([self.iqms_[j] for j in np.flatnonzero(out[i])])
-        return mu, conf * 1.0, used, ood
+        return mu, conf, used, (vals < lo) | (vals > hi)
 
     def invalid_rows(
         self, table: pd.DataFrame, sex_mapping: Mapping[str, str] | None = None
@@ -389,24 +397,15 @@ class NeuroHarmonizer(BaseEstimator):
         check_is_fitted(self, "combat_")
         table = table.reset_index(drop=True)
         problems = row_problems(table, regions=self.regions_, sex_mapping=sex_mapping)
-        cols = iqm_columns(list(table.columns))
-        core = self.iqm_sets_["core"]
-        have = np.column_stack(
-            [
-                pd.to_numeric(table[cols[c]], errors="coerce").notna().to_numpy()
-                if c in cols
-                else np.zeros(len(table), dtype=bool)
-                for c in core
-            ]
+        have = pd.DataFrame(
+            {
+                name: pd.to_numeric(table[col], errors="coerce")
+                for name, col in iqm_columns(list(table.columns)).items()
+            },
+            index=table.index,
         )
-        for pos in np.flatnonzero(~have.all(axis=1)):
-            missing = [c for c, ok in zip(core, have[pos], strict=True) if not ok]
-            text = (
-                f"{row_label(table, pos)}: missing MRIQC IQM(s) {', '.join(missing)}; the model "
-                "needs at least the core set. Rerun MRIQC or point at its T1w JSON / "
-                "group_T1w.tsv"
-            )
-            problems[int(pos)] = f"{problems[pos]}; {text}" if pos in problems else text
+        for pos, text in self._core_problems(table, have).items():
+            problems[pos] = f"{problems[pos]}; {text}" if pos in problems else text
         return dict(sorted(problems.items()))
 
     def transform(
@@ -458,23 +457,23 @@ class NeuroHarmonizer(BaseEstimator):
         harmonized[far] = prep.volumes[regions].to_numpy()[far]
         out = table.copy()
         out[[prep.region_columns[r] for r in regions]] = harmonized
-        flags = []
-        for i in range(len(table)):
-            names = list(ood[i])
-            if prep.age[i] < self.age_range_[0] or prep.age[i] > self.age_range_[1]:
-                names.append("age")
-            if self.etiv_range_ is not None and prep.etiv is not None:
-                if not (self.etiv_range_[0] <= prep.etiv[i] <= self.etiv_range_[1]):
-                    names.append("eTIV")
-            if far[i]:
-                names.append("regional_profile")
-            flags.append(names)
+        # out-of-range flags, vectorized over scans: one boolean column per feature
+        names = [*self.iqms_, "age", "eTIV", "regional_profile"]
+        etiv_out = np.zeros(len(table), dtype=bool)
+        if self.etiv_range_ is not None and prep.etiv is not None:
+            etiv_out = (prep.etiv < self.etiv_range_[0]) | (prep.etiv > self.etiv_range_[1])
+        age_out = (prep.age < self.age_range_[0]) | (prep.age > self.age_range_[1])
+        flagged = np.column_stack([ood, age_out, etiv_out, far])
+        text = np.full(len(table), "", dtype=object)
+        for j, name in enumerate(names):
+            text = np.where(flagged[:, j], text + (name + ";"), text)
+        text = pd.Series(text, dtype=object).str.rstrip(";").to_numpy()
         new = pd.DataFrame(
             {
                 "nh_status": np.where(far, "unharmonized", "harmonized"),
                 "nh_confidence": np.where(far, 0.0, np.round(conf, 4)),
-                "nh_out_of_range": [int(bool(f)) for f in flags],
-                "nh_out_of_range_features": [";".join(f) for f in flags],
+                "nh_out_of_range": flagged.any(axis=1).astype(int),
+                "nh_out_of_range_features": text,
                 "nh_features_used": used,
                 "nh_n_regions": np.where(far, 0, len(regions)),
             }

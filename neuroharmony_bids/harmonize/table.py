@@ -47,13 +47,18 @@ def _cell_problems(
     table: pd.DataFrame, col: str, *, allow_missing: bool = False
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Parse one column as numbers; return the values and {row: problem} for every bad cell."""
-    text = table[col].astype(str).str.strip()
-    values = pd.to_numeric(table[col], errors="coerce")
-    arr = values.to_numpy(dtype=float)
-    not_number = values.isna() & table[col].notna() & (text != "")
-    not_number &= ~text.str.lower().isin(["n/a", "nan", "na"])
+    column = table[col]
     problems: dict[int, str] = {}
-    for pos in np.flatnonzero(not_number.to_numpy()):
+    if pd.api.types.is_numeric_dtype(column):
+        arr = column.to_numpy(dtype=float)
+        bad_text = np.zeros(0, dtype=int)
+    else:  # text: only the cells that do not parse need string work
+        values = pd.to_numeric(column, errors="coerce")
+        arr = values.to_numpy(dtype=float)
+        suspect = np.flatnonzero((values.isna() & column.notna()).to_numpy())
+        text = column.iloc[suspect].astype(str).str.strip().str.lower()
+        bad_text = suspect[~text.isin(["", "n/a", "nan", "na"]).to_numpy()]
+    for pos in bad_text:
         problems[int(pos)] = (
             f"column {col!r}, {row_label(table, pos)}: {table[col].iloc[pos]!r} is not a "
             "number; fix or remove that cell"
@@ -167,13 +172,14 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
     add(found)
     with np.errstate(invalid="ignore"):
         add(_range_problems(table, "age", age, (age <= 0) | (age > 120), "is not an age in years"))
-    sex = []
-    for pos, raw in enumerate(table["sex"].tolist()):
-        try:
-            sex.append(F.parse_sex(pd.Series([raw]), sex_mapping).iloc[0])
-        except DataError as exc:
-            add({pos: str(exc).replace("row 1", row_label(table, pos), 1)})
-            sex.append("")
+    sex, found = F.sex_problems(table["sex"].reset_index(drop=True), sex_mapping)
+    add(
+        {
+            pos: text.replace(f"row {pos + 1}", row_label(table, pos), 1)
+            for pos, text in found.items()
+        }
+    )
+    sex = sex.fillna("").rename("sex")
     etiv_col = next((c for c in table.columns if F.canonical_region(str(c)) == F.ETIV), None)
     etiv = None
     if etiv_col is not None:
@@ -181,7 +187,7 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
         add(found)
         with np.errstate(invalid="ignore"):
             add(_range_problems(table, etiv_col, etiv, etiv <= 0, "is not a positive eTIV"))
-    return vols, iqms, age, pd.Series(sex, name="sex"), etiv, problems
+    return vols, iqms, age, sex, etiv, problems
 
 
 def row_problems(
