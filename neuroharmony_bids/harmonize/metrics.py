@@ -316,8 +316,8 @@ def site_auc(
     sites on all scans), then a standardized, class-balanced L2 logistic regression is
     evaluated with stratified ``cv``-fold CV; the AUC is computed on the pooled out-of-fold
     scores. With boolean ``site`` this is the held-out-site-vs-reference AUC; with labels it
-    is the mean one-vs-rest AUC over sites (sites with fewer than 2 scans are skipped). A
-    univariate test can miss a site effect spread thinly over many regions; the classifier
+    is the macro one-vs-rest AUC of one multinomial classifier (sites with fewer than 2 scans
+    are dropped; two sites fall back to the binary case). A univariate test can miss a site effect spread thinly over many regions; the classifier
     sees the whole regional profile.
 
     ``groups`` (boolean ``site`` only): scans harmonized together (one label per harmonization
