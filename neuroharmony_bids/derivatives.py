@@ -37,6 +37,7 @@ from neuroharmony_bids.harmonize.features import (
     DK_REGIONS,
     ETIV,
     EXTRA_REGIONS,
+    FLAG_COLUMNS,
     canonical_region,
 )
 
@@ -58,14 +59,8 @@ DESCRIPTIONS: dict[str, str] = {
 #: Region columns written, in this order (those present in the FreeSurfer outputs).
 REGION_ORDER: list[str] = ASEG_REGIONS + DK_REGIONS + EXTRA_REGIONS + [ETIV]
 
-NH_COLUMNS = [
-    "nh_status",
-    "nh_confidence",
-    "nh_out_of_range",
-    "nh_out_of_range_features",
-    "nh_features_used",
-    "nh_n_regions",
-]
+#: The harmonizer's per-scan flag columns (defined once, by the core).
+NH_COLUMNS: list[str] = list(FLAG_COLUMNS)
 
 _NH_DICTIONARY: dict[str, dict[str, Any]] = {
     "nh_status": {

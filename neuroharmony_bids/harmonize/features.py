@@ -62,6 +62,16 @@ EXTRA_REGIONS: list[str] = [
 
 ETIV = "EstimatedTotalIntraCranialVol"
 
+#: Per-scan flag columns the harmonizer appends to every output table.
+FLAG_COLUMNS: tuple[str, ...] = (
+    "nh_status",
+    "nh_confidence",
+    "nh_out_of_range",
+    "nh_out_of_range_features",
+    "nh_features_used",
+    "nh_n_regions",
+)
+
 #: FreeSurfer 6 (and asegstats2table) spellings → canonical FreeSurfer 7 spelling.
 FS_ALIASES: dict[str, str] = {
     "Left-Thalamus-Proper": "Left-Thalamus",

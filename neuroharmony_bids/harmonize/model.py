@@ -42,14 +42,7 @@ ETIV_SCALE = 1e6
 #: A regional profile is implausible (left raw) only if less likely than every training scan
 #: and than this outlier level (chi-square, Bonferroni-style for ~1e5 scans × regions).
 PROFILE_ALPHA = 1e-9
-FLAG_COLUMNS = (
-    "nh_status",
-    "nh_confidence",
-    "nh_out_of_range",
-    "nh_out_of_range_features",
-    "nh_features_used",
-    "nh_n_regions",
-)
+FLAG_COLUMNS = F.FLAG_COLUMNS
 
 
 def iqm_transform(x: np.ndarray) -> np.ndarray:
