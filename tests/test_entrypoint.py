@@ -165,27 +165,14 @@ def test_participant_and_group_levels_from_read_only_copy(ro_repo, tmp_path):
         pytest.skip(
             f"participant/group run from a read-only copy waits for the workflows: {reason}"
         )
-    from neuroharmony_bids.example import simulate_table
+    from neuroharmony_bids.example import write_example_dataset
     from neuroharmony_bids.harmonize.io import load_model
-    from neuroharmony_bids.testing.fixtures import build_bids_dataset
 
     copy, before = ro_repo
-    # simulated scans with every IQM and region the shipped model uses (the default model)
-    table = simulate_table(n_per_site=2, model=load_model(None))
-    rows = table.assign(subject_label=table["participant_id"].str.replace("sub-", "", n=1))
-    bids = tmp_path / "bids"
-    built = build_bids_dataset(
-        bids,
-        rows,
-        id_column="subject_label",
-        site_column="site",
-        age_column="age",
-        sex_column="sex",
-        manufacturer_column="Manufacturer",
-        model_column="ManufacturersModelName",
-        mriqc_layout="bids",
-    )
-    assert built.participants
+    # the simulated example: every IQM and region the shipped (default) model uses
+    bids = write_example_dataset(tmp_path / "bids", n_per_site=2, model=load_model(None))
+    participants = sorted(p.name for p in bids.glob("sub-*") if p.is_dir())
+    assert participants
     _make_read_only(bids)
     bids_before = _snapshot(bids)
     out = tmp_path / "out"
@@ -203,6 +190,5 @@ def test_participant_and_group_levels_from_read_only_copy(ro_repo, tmp_path):
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert any(g.get("Version") == VERSION for g in description["GeneratedBy"])
-    for label in built.participants:
-        sub = label if label.startswith("sub-") else f"sub-{label}"
+    for sub in participants:
         assert list((out / sub).rglob("*.tsv")), f"no tabular derivative for {sub}"
