@@ -206,15 +206,26 @@ def vol_sum(vols: Mapping[str, float], *names: str) -> float:
 
 
 def _iqm_table(model: Any | None) -> dict[str, tuple[float, float, float]]:
-    """(centre, between-site SD, within-site SD) per IQM: from the model's range, else built-in."""
+    """(centre, between-site SD, within-site SD) per IQM.
+
+    From the model's training distribution when available (its median and robust scale, so the
+    example's IQMs look like the training data's and trigger no drift warning), else built-in.
+    """
     table = dict(_IQM_PLAUSIBLE)
-    iqm_range = getattr(model, "iqm_range_", None) or {}
-    for name, bounds in iqm_range.items():
-        low, high = (float(b) for b in list(bounds)[:2])
-        width = high - low
-        if not np.isfinite(width) or width <= 0:
-            continue
-        table[name] = (low + 0.4 * width, 0.08 * width, 0.03 * width)
+    names = getattr(model, "iqms_", None) or []
+    centre = getattr(model, "iqm_center_", None)
+    scale = getattr(model, "iqm_scale_", None)
+    if centre is None or scale is None:
+        return table
+
+    def raw(t: float) -> float:  # inverse of harmonize.model.iqm_transform
+        return float(np.sign(t) * np.expm1(abs(t)))
+
+    for name, c, sc in zip(names, centre, scale, strict=True):
+        mid = raw(c)
+        spread = abs(raw(c + sc) - mid)
+        if np.isfinite(spread) and spread > 0:
+            table[name] = (mid, 0.3 * spread, 0.3 * spread)
     return table
 
 
