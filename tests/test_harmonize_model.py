@@ -220,3 +220,13 @@ def test_shipped_model_bounds_the_prior_under_iqm_drift(abide_table):
     moved = np.abs(out[regions].to_numpy() - base[regions].to_numpy()).mean()
     harmonization = np.abs(base[regions].to_numpy() - scans[regions].to_numpy()).mean()
     assert moved < 0.5 * harmonization
+
+
+def test_missing_user_covariate_uses_training_proportion():
+    table = synth_table(n_sites=4, per_site=30, seed=13)
+    table["dx"] = np.where(np.arange(len(table)) % 3 == 0, "ASD", "TD")
+    model = NeuroHarmonizer(covariates=("dx",)).fit(table, "site")
+    scans = table.head(6)
+    without = model.transform(scans.drop(columns=["dx"]))
+    unknown = model.transform(scans.assign(dx=np.nan))
+    np.testing.assert_allclose(without[REGIONS].to_numpy(), unknown[REGIONS].to_numpy())

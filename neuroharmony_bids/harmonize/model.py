@@ -5,8 +5,10 @@ to learn a per-subject map from IQMs to corrections. This model works where the 
 
 1. ComBat (neuroCombat) on the training sites, age, age², sex, eTIV and user covariates
    protected, gives a reference space and each site's standardized location ``gamma`` and scale.
-2. A ridge prior maps a scan's IQMs to its site's location. Its weight falls with the scan's IQM
-   distance from the training data; the fall-off is calibrated by leave-one-site-out (LOSO).
+2. An IQM prior maps a scan's IQMs (clipped to the training range: no extrapolation) to its
+   site's location: a per-scan or a site-level ridge, whichever wins leave-one-site-out (LOSO).
+   Its weight falls with the scan's worst single IQM distance from the training data; the
+   fall-off is calibrated by LOSO.
 3. The scan's own regional profile updates that prior with the Gaussian posterior
    ``gamma = mu + T (T + S/n)^-1 (mean z - mu)``, where ``T`` is the between-site covariance of
    site effects and ``S`` the within-site covariance of regional residuals. One scan gives the
@@ -146,10 +148,12 @@ class NeuroHarmonizer(BaseEstimator):
                 names.append(cov)
             else:
                 for lev, fr in zip(enc["levels"][1:], enc["freq"][1:], strict=True):
+                    # unknown at apply time (column or cell missing): the training proportion
                     if values is None:
                         cols.append(np.full(len(age), fr))
                     else:
-                        cols.append((values.astype(str) == lev).to_numpy(dtype=float))
+                        dummy = (values.astype(str) == lev).to_numpy(dtype=float)
+                        cols.append(np.where(values.isna().to_numpy(), fr, dummy))
                     names.append(f"{cov}[{lev}]")
         if fitting:
             self.design_names_ = names
