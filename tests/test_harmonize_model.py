@@ -230,3 +230,7 @@ def test_missing_user_covariate_uses_training_proportion():
     without = model.transform(scans.drop(columns=["dx"]))
     unknown = model.transform(scans.assign(dx=np.nan))
     np.testing.assert_allclose(without[REGIONS].to_numpy(), unknown[REGIONS].to_numpy())
+    # a known value is used: an all-ASD table differs from the unknown one
+    known = model.transform(scans.assign(dx="ASD"), site_column="site")
+    unknown_joint = model.transform(scans.assign(dx=np.nan), site_column="site")
+    assert not np.allclose(known[REGIONS].to_numpy(), unknown_joint[REGIONS].to_numpy())

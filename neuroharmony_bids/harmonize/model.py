@@ -418,7 +418,8 @@ class NeuroHarmonizer(BaseEstimator):
         """
         check_is_fitted(self, "combat_")
         table = table.reset_index(drop=True)
-        prep = prepare(table, regions=self.regions_, sex_mapping=sex_mapping)
+        present = [c for c in self.covariates if c in table.columns]
+        prep = prepare(table, regions=self.regions_, covariates=present, sex_mapping=sex_mapping)
         regions = [r for r in self.regions_ if r in prep.volumes]
         ridx = [self.regions_.index(r) for r in regions]
         design = self._design(prep, fitting=False)
