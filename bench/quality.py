@@ -49,18 +49,19 @@ Apply = Callable[[pd.DataFrame, "str | None"], pd.DataFrame]
 # ----------------------------------------------------------------------------- methods
 
 
-def fit_ours(train_df: pd.DataFrame) -> Apply:
+def fit_ours(train_df: pd.DataFrame, **params) -> Apply:
     """Fit NeuroHarmonizer on the training pool; return apply(test_df, site_column) → volumes.
 
     ``site_column=None`` is the single-scan path; ``"site"`` is the joint path in which scans
-    sharing a site value are harmonized together.
+    sharing a site value are harmonized together. ``params`` go to NeuroHarmonizer (the
+    variants in bench/_variants.py use them).
     """
     import inspect
 
     from neuroharmony_bids.harmonize.model import NeuroHarmonizer
 
     # dx is protected like in the oracle, so both aim at the same target
-    model = NeuroHarmonizer(covariates=("dx",))
+    model = NeuroHarmonizer(covariates=("dx",), **params)
     site_kw = "site_column" if "site_column" in inspect.signature(model.fit).parameters else "site"
     model.fit(C.for_model(train_df), **{site_kw: C.SITE})
 

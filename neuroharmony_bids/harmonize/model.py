@@ -94,6 +94,9 @@ class NeuroHarmonizer(BaseEstimator):
         Candidate ridge penalties for the IQM prior, chosen by leave-one-site-out.
     iqm_prior
         Use the IQM prior (False: the scan's regional profile alone; for comparisons).
+    robust_iqms
+        Clip IQMs to the training range and measure distance by the worst single IQM (False:
+        no clipping, root-mean-square distance; kept for the drift comparison in bench/).
     cv
         Also compute leave-one-site-out quality figures into ``cv_metrics_`` (slower).
     """
@@ -103,11 +106,13 @@ class NeuroHarmonizer(BaseEstimator):
         covariates: Sequence[str] = (),
         ridge_alphas: Sequence[float] = (1.0, 10.0, 100.0, 1000.0, 10000.0),
         iqm_prior: bool = True,
+        robust_iqms: bool = True,
         cv: bool = False,
     ) -> None:
         self.covariates = covariates
         self.ridge_alphas = ridge_alphas
         self.iqm_prior = iqm_prior
+        self.robust_iqms = robust_iqms
         self.cv = cv
 
     # ------------------------------------------------------------------ design
@@ -282,7 +287,9 @@ class NeuroHarmonizer(BaseEstimator):
                 te = codes == k
                 coef, icpt = _prior_fit(X[~te], Y[~te], codes[~te], cand)
                 # as at apply time: never extrapolate beyond the training IQM range
-                held = np.clip(X[te], X[~te].min(axis=0), X[~te].max(axis=0))
+                held = X[te]
+                if self.robust_iqms:
+                    held = np.clip(held, X[~te].min(axis=0), X[~te].max(axis=0))
                 pred[te] = held @ coef + icpt
             key = f"{cand[0]}(k={cand[1]},alpha={cand[2]:g})"
             scores[key] = float(np.mean((pred - Y) ** 2))
@@ -297,7 +304,7 @@ class NeuroHarmonizer(BaseEstimator):
         for k in range(n_sites):
             te = codes == k
             ctr = np.median(X[~te], axis=0)
-            dist[te] = np.max(np.abs(X[te] - ctr), axis=1)
+            dist[te] = self._iqm_distance(X[te] - ctr)
         opt = np.einsum("ij,ij->i", p, Y) / np.maximum(np.einsum("ij,ij->i", p, p), 1e-12)
         iso = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
         iso.fit(dist, np.clip(opt, 0.0, 1.0))
@@ -322,6 +329,12 @@ class NeuroHarmonizer(BaseEstimator):
         S = self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
         sol = np.linalg.solve(S, z.T).T
         return chi2.sf(np.einsum("ij,ij->i", z, sol), df=len(idx))
+
+    def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
+        """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
+        if self.robust_iqms:
+            return np.max(np.abs(xs), axis=1)
+        return np.sqrt(np.mean(xs**2, axis=1))
 
     def _iqm_zrange(self, cols: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Training range of the IQMs ``cols`` in the prior's robust-z units."""
@@ -376,8 +389,9 @@ class NeuroHarmonizer(BaseEstimator):
             Xs = (X - self.iqm_center_[idx]) / self.iqm_scale_[idx]
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
-            mu[rows] = np.clip(Xs, lo, hi) @ prior["coef"] + prior["intercept"]
-            dist = np.max(np.abs(Xs), axis=1)
+            held = np.clip(Xs, lo, hi) if self.robust_iqms else Xs
+            mu[rows] = held @ prior["coef"] + prior["intercept"]
+            dist = self._iqm_distance(Xs)
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0)
             used[rows] = ";".join(cols)
         lo = np.array([self.iqm_range_[c][0] for c in self.iqms_])
