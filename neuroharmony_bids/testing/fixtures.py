@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from neuroharmony_bids.atomic import write_bytes, write_table, write_text
-from neuroharmony_bids.harmonize.features import ALL_IQMS, canonical_region
+from neuroharmony_bids.harmonize.features import canonical_region
+from neuroharmony_bids.harmonize.table import iqm_columns as _core_iqm_columns
 from neuroharmony_bids.interfaces.freesurfer import ASEG_TABLE, write_subject_stats
 from neuroharmony_bids.interfaces.mriqc import write_iqm_json
 
@@ -73,13 +74,8 @@ def volume_columns(columns: Sequence[str]) -> list[str]:
 
 
 def iqm_columns(columns: Sequence[str]) -> dict[str, str]:
-    """{column: MRIQC IQM name} for ``iqm_``-prefixed or plain MRIQC IQM columns."""
-    out = {}
-    for c in columns:
-        name = c[4:] if c.startswith("iqm_") else c
-        if name in ALL_IQMS:
-            out[c] = name
-    return out
+    """{column: MRIQC IQM name}, recognised by the harmonizer's own rule (plain or ``iqm_``)."""
+    return {col: name for name, col in _core_iqm_columns(list(columns)).items()}
 
 
 def _label(value: object) -> str:
