@@ -31,7 +31,7 @@ def loso_figures(model, table: pd.DataFrame, site_values: np.ndarray, sex_mappin
     regions = model.regions_
     cols = [prep.region_columns[r] for r in regions]
     sites, codes = np.unique(site_values, return_inverse=True)
-    design = model._design(prep, fitting=False)
+    design = model._design(prep)
     _, oracle = fit_combat(prep.volumes[regions].to_numpy(), codes, list(sites), design)
     oracle = pd.DataFrame(oracle, columns=regions)
     raw = prep.volumes[regions]
@@ -47,7 +47,7 @@ def loso_figures(model, table: pd.DataFrame, site_values: np.ndarray, sex_mappin
                 np.unique(codes[~held], return_inverse=True)[1],
                 [s for s in sites if s != site],
                 sub._design(prepare(table[~held], covariates=model.covariates,
-                                    sex_mapping=sex_mapping), fitting=False),
+                                    sex_mapping=sex_mapping)),
             )[1],
             columns=regions,
         )  # fmt: skip
