@@ -14,6 +14,17 @@ from neuroharmony_bids.atomic import write_table
 from neuroharmony_bids.errors import DataError, NeuroharmonyError, UsageError
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type of ``--profile-weight``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0 (e.g. 1)")
+    return value
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read CSV or TSV by extension, keeping identifiers as text."""
     path = Path(path)
@@ -72,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="harmonize scans sharing this column's value together (several scans per scanner)",
     )
     h.add_argument("--sex-mapping", nargs="+", metavar="CODE=M|F", help="e.g. 1=M 2=F")
+    h.add_argument(
+        "--profile-weight",
+        type=non_negative_float,
+        default=None,
+        metavar="W",
+        help="How far a scan's own regional profile may move its scanner estimate (default: the model's, 1). 0: IQM prior only, keeps all of a person's anatomy, removes least site effect; 2: removes more site effect and keeps about 95 %% of a 10 %% atrophy (worst region about 85 %%); the shipped default keeps about 97 %% (worst region 90 %%). See docs/faq.md.",
+    )
 
     t = sub.add_parser("train", help="train a dataset-specific model")
     t.add_argument("input", help="CSV/TSV with a site column, age, sex, IQMs and volumes")
@@ -98,7 +116,11 @@ def _harmonize(args) -> None:
     table = read_table(args.input)
     model = load_model(args.model)
     result = harmonize_table(
-        table, model, site_column=args.site_column, sex_mapping=_parse_mapping(args.sex_mapping)
+        table,
+        model,
+        site_column=args.site_column,
+        sex_mapping=_parse_mapping(args.sex_mapping),
+        profile_weight=args.profile_weight,
     )
     write_table(out, result)
     n_ood = int(result["nh_out_of_range"].sum())
@@ -160,6 +182,11 @@ def format_info(info: dict) -> str:
             lines.append(
                 f"  {method:12} sig={m['n_significant']:.0f} auc={m['auc']:.3f} r2={m['r2']:.3f} "
                 f"mae%={m['mae_pct']:.2f} dage_r={m['age_r_change']:.3f}"
+                + (
+                    f" retention={m['retention']:.3f} (worst region {m['retention_worst']:.3f})"
+                    if "retention" in m
+                    else ""
+                )
             )
     return "\n".join(lines)
 
