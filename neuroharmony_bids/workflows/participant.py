@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuroharmony_bids import derivatives as D
-from neuroharmony_bids.bids import (
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures
+from neuroharmony_bids.bids.covariates import read_covariates
+from neuroharmony_bids.bids.layout import (
     Scan,
     find_scans,
     freesurfer_subject_candidates,
     load_layout,
-    read_covariates,
     scans_per_subject,
 )
 from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError, UsageError
@@ -45,7 +46,7 @@ from neuroharmony_bids.interfaces import mriqc as mq
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.workflows import Progress, RunResult
+from neuroharmony_bids.workflows.results import Progress, RunResult
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -543,7 +544,7 @@ def write_outputs(
     def job(args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]) -> str:
         scan, volumes, hrow, provenance = args
         D.write_scan_outputs(out, scan, volumes, hrow, provenance)
-        D.clear_failure(out, scan)
+        failures.clear_failure(out, scan)
         return scan.bids_name
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -556,7 +557,7 @@ def _fail(
     result: RunResult, out: Path, scan: Scan, reason: str, code: int, log: logging.Logger
 ) -> None:
     result.failed[scan.bids_name] = reason
-    D.write_failure(out, scan, reason, code)
+    failures.write_failure(out, scan, reason, code)
     log.warning("%s failed: %s", scan.bids_name, reason)
 
 
