@@ -87,8 +87,8 @@ def test_every_real_stats_file_is_read_with_the_numbers_it_holds(path):
 @pytest.mark.parametrize("subject", SUBJECTS, ids=_rel)
 def test_every_real_subject_is_read(subject):
     result = fs_stats.read_subject(subject)
-    assert fs_stats.read_subject_volumes(subject) == result.volumes
     if result.cortical_atlas == "DK":
+        assert fs_stats.read_subject_volumes(subject) == result.volumes
         assert set(DK_REGIONS) <= set(result.volumes)
         assert not result.dkt_volumes
     else:  # FastSurfer: aseg only, DKT kept apart
@@ -96,6 +96,9 @@ def test_every_real_subject_is_read(subject):
         assert not set(DK_REGIONS) & set(result.volumes)
         assert len(result.dkt_volumes) == 62
         assert any("not the 68 Desikan-Killiany regions" in n for n in result.notes)
+        # a caller that needs DK regions is told why and how to get them
+        with pytest.raises(MissingInputError, match=r"FastSurfer subject .* --fsaparc"):
+            fs_stats.read_subject_volumes(subject)
     assert result.volumes[ETIV] > 0
 
 

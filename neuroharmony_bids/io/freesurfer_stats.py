@@ -456,9 +456,22 @@ def read_subject(subject_dir: str | os.PathLike) -> SubjectStats:
 
 
 def read_subject_volumes(subject_dir: str | os.PathLike) -> dict[str, float]:
-    """The volumes a Desikan model can use: aseg measures and structures, lh and rh DK (none
-    for a FastSurfer subject, whose DKT regions are not Desikan regions)."""
-    return read_subject(subject_dir).volumes
+    """The volumes a Desikan model uses: aseg measures and structures, lh and rh DK.
+
+    A FastSurfer subject (DKT only) is refused with the reason and the fix: callers that can
+    harmonize its aseg volumes alone use :func:`read_subject` instead.
+    """
+    subject = read_subject(subject_dir)
+    if subject.cortical_atlas != "DK":
+        dkt = fastsurfer_dkt_paths(subject_dir)
+        raise MissingInputError(
+            f"{subject.subject_dir}: a FastSurfer subject ({dkt['lh'].name}, "
+            f"{dkt['rh'].name}: DKT atlas, 31 regions per hemisphere) without the "
+            f"Desikan-Killiany lh.aparc.stats/rh.aparc.stats (34 per hemisphere) the model "
+            f"needs. Re-run FastSurfer with --fsaparc (it then writes ?h.aparc.stats), or run "
+            f"recon-all."
+        )
+    return subject.volumes
 
 
 def read_stats_table(path: str | os.PathLike) -> pd.DataFrame:

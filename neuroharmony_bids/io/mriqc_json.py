@@ -108,9 +108,8 @@ def _require(reading: IQMReading, required: Iterable[str]) -> dict[str, float]:
             )
         if name in reading.unavailable:
             raise DataError(
-                f"{reading.where}: IQM {name!r} is empty/NaN ({reading.unavailable[name]}); "
-                f"MRIQC could not compute it for this scan. Check the scan (e.g. MRIQC's report) "
-                f"or re-run MRIQC. {_FIX_HINT}"
+                f"{reading.where}: IQM {name!r} is empty/NaN ({reading.unavailable[name]}): "
+                f"MRIQC could not compute it for this scan (its report shows why). {_FIX_HINT}"
             )
     return reading.values
 
