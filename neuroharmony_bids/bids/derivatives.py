@@ -30,7 +30,7 @@ import pandas as pd
 
 from neuroharmony_bids._version import __version__
 from neuroharmony_bids.atomic import TMP_PREFIX, write_text
-from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan
+from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan, entity_keys
 from neuroharmony_bids.errors import NeuroharmonyError, UsageError
 from neuroharmony_bids.harmonize.features import (
     ASEG_REGIONS,
@@ -146,9 +146,21 @@ def report_path(output_dir: str | os.PathLike, scan: Scan) -> Path:
     return scan_dir(output_dir, scan) / f"{scan.prefix}_report.html"
 
 
-def is_done(output_dir: str | os.PathLike, scan: Scan) -> bool:
-    """All four per-scan files exist (they are written atomically, so existing = complete)."""
-    return all(p.is_file() for p in scan_outputs(output_dir, scan).values())
+def missing_outputs(output_dir: str | os.PathLike, scan: Scan, report: bool = False) -> list[str]:
+    """Which of the scan's outputs do not exist yet (``report``: the HTML report counts too).
+
+    Files are written atomically, so an existing file is complete; a run stopped between a
+    scan's data files and its report leaves only the report missing.
+    """
+    paths = dict(scan_outputs(output_dir, scan))
+    if report:
+        paths["report"] = report_path(output_dir, scan)
+    return [name for name, path in paths.items() if not path.is_file()]
+
+
+def is_done(output_dir: str | os.PathLike, scan: Scan, report: bool = False) -> bool:
+    """All the scan's outputs exist (the four files, and the report when ``report``)."""
+    return not missing_outputs(output_dir, scan, report)
 
 
 # --------------------------------------------------------------------------- dataset level
@@ -317,11 +329,24 @@ def canonical_volumes(volumes: Mapping[str, float]) -> dict[str, float]:
 
 
 def id_columns(scan: Scan) -> dict[str, str]:
-    """``participant_id`` (and ``session_id`` when the scan has a session)."""
+    """``participant_id``, then one column per entity the scan has, in BIDS order
+    (``session_id`` = ``ses-1``, ``acq_id`` = ``acq-mprage``, ``run_id`` = ``run-2``, ...).
+
+    Rows are identified by the full entities, so several T1w of one person stay apart.
+    """
     out = {"participant_id": scan.participant_id}
-    if scan.session_id:
-        out["session_id"] = scan.session_id
+    for key, value in scan.entities:
+        out[entity_column(key)] = f"{key}-{value}"
     return out
+
+
+def entity_column(key: str) -> str:
+    """Table column of a BIDS entity key: ``ses`` → ``session_id``, ``acq`` → ``acq_id``."""
+    return "session_id" if key == "ses" else f"{key}_id"
+
+
+#: Identifier columns of every table, in order (participant, then BIDS entities).
+ID_COLUMNS: list[str] = ["participant_id"] + [entity_column(k) for _, k in entity_keys()]
 
 
 def _region_description(name: str) -> str:
@@ -345,8 +370,9 @@ def column_dictionary(columns: Sequence[str]) -> dict[str, dict[str, Any]]:
     for col in columns:
         if col == "participant_id":
             out[col] = {"Description": "BIDS participant label (sub-<label>)"}
-        elif col == "session_id":
-            out[col] = {"Description": "BIDS session label (ses-<label>)"}
+        elif col in ID_COLUMNS:
+            key = col[: -len("_id")] if col != "session_id" else "ses"
+            out[col] = {"Description": f"BIDS {key} entity of the T1w image ({key}-<label>)"}
         elif col == "bids_name":
             out[col] = {"Description": "The scan's BIDS name (MRIQC's bids_name)"}
         elif col == "age":
@@ -482,12 +508,15 @@ __all__ = [
     "PIPELINE_NAME",
     "REGION_ORDER",
     "canonical_volumes",
+    "ID_COLUMNS",
     "column_dictionary",
+    "entity_column",
     "dataset_description",
     "format_cell",
     "format_tsv",
     "id_columns",
     "is_done",
+    "missing_outputs",
     "logs_dir",
     "model_identity",
     "morph_path",
