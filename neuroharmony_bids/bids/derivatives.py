@@ -281,25 +281,7 @@ def write_dataset_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "dataset_description.json"
     text = json.dumps(description, indent=2, sort_keys=True) + "\n"
-    if path.is_file() and not overwrite:
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            existing = None
-        if existing is not None and existing != json.loads(text):
-            old = existing.get("NeuroharmonyModel", {}) if isinstance(existing, dict) else {}
-            old_v = (
-                (existing.get("GeneratedBy") or [{}])[0].get("Version")
-                if isinstance(existing, dict)
-                else None
-            )
-            raise UsageError(
-                f"{output_dir} already holds results of {PIPELINE_NAME} {old_v} with model "
-                f"{old.get('name')} (sha256 {str(old.get('sha256'))[:12]}...); this run uses "
-                f"{__version__} with model {description['NeuroharmonyModel'].get('name')} "
-                f"(sha256 {str(description['NeuroharmonyModel'].get('sha256'))[:12]}...) or "
-                f"another input dataset. Use a new output folder, or --overwrite to replace them"
-            )
+    _check_existing_description(path, json.loads(text), overwrite)
     _write_if_changed(path, text)
     desc = pd.DataFrame(
         {"desc_id": [f"desc-{k}" for k in DESCRIPTIONS], "description": list(DESCRIPTIONS.values())}
@@ -309,6 +291,40 @@ def write_dataset_files(
     _write_if_changed(output_dir / "README.md", README)
     _write_if_changed(output_dir / ".bidsignore", BIDSIGNORE)
     return path
+
+
+def _check_existing_description(path: Path, new: dict[str, Any], overwrite: bool) -> None:
+    """Refuse (64) a folder of another dataset always, and our results of another model or
+    version unless ``overwrite``."""
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return
+    if existing == new:
+        return
+    if not isinstance(existing, dict):
+        existing = {}
+    generated = existing.get("GeneratedBy")
+    first = generated[0] if isinstance(generated, list) and generated else {}
+    first = first if isinstance(first, dict) else {}
+    if first.get("Name") != PIPELINE_NAME:
+        raise UsageError(
+            f"{path.parent} holds another dataset ({path} names "
+            f"{first.get('Name') or existing.get('Name') or 'no pipeline'}, not "
+            f"{PIPELINE_NAME}); it is never written into, whatever the flags. Use a new output "
+            f"folder"
+        )
+    if overwrite:
+        return
+    old = existing.get("NeuroharmonyModel") or {}
+    model = new.get("NeuroharmonyModel") or {}
+    raise UsageError(
+        f"{path.parent} already holds results of {PIPELINE_NAME} {first.get('Version')} with "
+        f"model {old.get('name')} (sha256 {str(old.get('sha256'))[:12]}...); this run uses "
+        f"{__version__} with model {model.get('name')} (sha256 "
+        f"{str(model.get('sha256'))[:12]}...) or another input dataset. Use a new output "
+        f"folder, or --overwrite to replace them"
+    )
 
 
 def read_dataset_description(output_dir: str | os.PathLike) -> dict[str, Any] | None:
