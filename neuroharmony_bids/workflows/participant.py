@@ -99,6 +99,8 @@ def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
     """The model (``--model`` or the shipped one) and its identity (name, version, sha256)."""
     _, load_model, model_info = harmonization_core()
     model = load_model(settings.model)
+    if settings.profile_weight is not None:
+        model.set_params(profile_weight=settings.profile_weight)
     info = dict(model_info(settings.model))
     return model, info
 
