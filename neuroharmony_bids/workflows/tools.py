@@ -394,7 +394,10 @@ def _failure_message(node: Any, result: Any) -> str:
     tool = {"MRIQC": "MRIQC", "ReconAll": "recon-all"}.get(tool, tool)
     runtime = getattr(result, "runtime", None)
     code = getattr(runtime, "returncode", None)
-    lines = _tail(getattr(runtime, "stderr", "")) or _tail(getattr(runtime, "stdout", ""))
+    # recon-all reports on stdout (its stderr holds the odd shell warning), MRIQC on stderr:
+    # quote the stream that says more about errors
+    streams = [_tail(getattr(runtime, "stderr", "")), _tail(getattr(runtime, "stdout", ""))]
+    lines = max(streams, key=lambda ls: (sum("error" in ln.lower() for ln in ls), bool(ls)))
     if not lines:
         lines = _tail(getattr(runtime, "traceback", "") or getattr(node, "_traceback", ""), 2)
     where = f"exit code {code}" if isinstance(code, int) else "no exit code"
