@@ -465,3 +465,31 @@ def test_real_recon_all_accepts_the_node_command_line(tmp_path):
     stamp = (home / "build-stamp.txt").read_text()
     assert (subject / "scripts" / "build-stamp.txt").read_text() == stamp
     assert fs.subject_state(subject).status == "failed"
+
+
+@pytest.mark.slow
+def test_slurmgraph_two_pass_flow(dataset, tmp_path):
+    """--use-plugin scripts/slurm_graph_plugin.yml: pass 1 queues one job per node (an sbatch
+    stand-in runs each at submission, in SLURMGraph's dependency order) and reports the scans
+    as waiting for them; pass 2, as scripts/slurm_nipype_plugin.sbatch runs it, harmonizes
+    from what the jobs wrote without running any tool again."""
+    out, work = tmp_path / "out", tmp_path / "shared_work"
+    log = tmp_path / "calls.jsonl"
+    env = standin_env(dataset["data"], log)
+    env["NEUROHARMONY_RUN_TAG"] = "neuroharmony-test"  # as slurm_nipype_plugin.sbatch sets it
+    first = run_app(dataset["bids"], out, env, "-w", str(work), "--use-plugin",
+                    str(REPO / "scripts" / "slurm_graph_plugin.yml"),
+                    "--fs-license-file", str(dataset["license"]))  # fmt: skip
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "submitted as cluster jobs (SLURMGraph)" in first.stderr
+    made = calls(log)
+    jobs = [c["argv"] for c in made if c["tool"] == "sbatch"]
+    assert any("--comment=neuroharmony-test" in a for a in jobs)
+    assert sum(c["tool"] == "recon-all" for c in made) == len(dataset["names"])
+    second = run_app(dataset["bids"], out, standin_env(dataset["data"], tmp_path / "pass2.jsonl"),
+                     "-w", str(work), "--fs-license-file", str(dataset["license"]))  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert calls(tmp_path / "pass2.jsonl") == []
+    for name in dataset["names"]:
+        assert_numbers_equal_standin_files(out, dataset["data"], name)
+    assert not list((out / "logs" / "failed").glob("*.json"))
