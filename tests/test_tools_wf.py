@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from neuroharmony_bids import derivatives as D
-from neuroharmony_bids.bids import Scan
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids.layout import Scan
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.io import freesurfer_stats, mriqc_json
 from neuroharmony_bids.settings import Settings

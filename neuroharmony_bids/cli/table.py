@@ -11,6 +11,7 @@ import pandas as pd
 
 from neuroharmony_bids import __version__
 from neuroharmony_bids.atomic import write_table
+from neuroharmony_bids.cli.labels import parse_sex_mapping
 from neuroharmony_bids.errors import DataError, NeuroharmonyError, UsageError
 
 
@@ -35,15 +36,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _parse_mapping(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--sex-mapping expects CODE=M|F pairs such as 1=M 2=F, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return parse_sex_mapping(items) or None
 
 
 class _Parser(argparse.ArgumentParser):

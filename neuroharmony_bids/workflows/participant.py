@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuroharmony_bids import derivatives as D
-from neuroharmony_bids.bids import (
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures
+from neuroharmony_bids.bids.covariates import read_covariates
+from neuroharmony_bids.bids.layout import (
     Scan,
     find_scans,
     load_layout,
-    read_covariates,
     scans_per_subject,
 )
 from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError
@@ -42,7 +43,7 @@ from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.workflows import Progress, RunResult
+from neuroharmony_bids.workflows.results import Progress, RunResult
 from neuroharmony_bids.workflows.tools import ScanPlan, check_tools, locate_inputs, run_tools
 
 LOGGER = logging.getLogger("neuroharmony_bids")
@@ -344,7 +345,7 @@ def write_outputs(
     def job(args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]) -> str:
         scan, volumes, hrow, provenance = args
         D.write_scan_outputs(out, scan, volumes, hrow, provenance)
-        D.clear_failure(out, scan)
+        failures.clear_failure(out, scan)
         return scan.bids_name
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -357,7 +358,7 @@ def _fail(
     result: RunResult, out: Path, scan: Scan, reason: str, code: int, log: logging.Logger
 ) -> None:
     result.failed[scan.bids_name] = reason
-    D.write_failure(out, scan, reason, code)
+    failures.write_failure(out, scan, reason, code)
     log.warning("%s failed: %s", scan.bids_name, reason)
 
 

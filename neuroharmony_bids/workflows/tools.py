@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neuroharmony_bids import derivatives as D
-from neuroharmony_bids.bids import Scan, freesurfer_subject_candidates
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids.layout import Scan, freesurfer_subject_candidates
 from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError, UsageError
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.io import mriqc_json
