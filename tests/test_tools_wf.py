@@ -27,7 +27,9 @@ from neuroharmony_bids.bids.layout import Scan
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.io import freesurfer_stats, mriqc_json
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.testing import build_bids_dataset, tiny_t1w_bytes
+from neuroharmony_bids.testing import tiny_t1w_bytes
+from neuroharmony_bids.testing.standins import build_standin_dataset
+from neuroharmony_bids.testing.standins import standin_env as _standin_env
 from neuroharmony_bids.workflows import tools as T
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,29 +62,13 @@ def pick(abide_table: pd.DataFrame, n_per_site: int = 2) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def dataset(abide_table, tmp_path_factory):
     """A BIDS dataset without derivatives, and the stand-ins' content in ``data/``."""
-    root = tmp_path_factory.mktemp("tools")
-    fixture = build_bids_dataset(root / "bids", pick(abide_table), fs_version="7.3.2")
-    data = root / "data"
-    data.mkdir()
-    shutil.move(fixture.freesurfer_dir, data / "freesurfer")
-    shutil.move(fixture.mriqc_dir, data / "mriqc")
-    shutil.rmtree(root / "bids" / "derivatives")
-    license_file = root / "license.txt"
-    license_file.write_text("placeholder for the recon-all stand-in; not a FreeSurfer license\n")
-    return {"root": root, "bids": root / "bids", "data": data, "license": license_file,
-            "names": fixture.bids_names}  # fmt: skip
+    built = build_standin_dataset(tmp_path_factory.mktemp("tools"), pick(abide_table))
+    return {"bids": built.bids, "data": built.data, "license": built.license,
+            "names": built.bids_names}  # fmt: skip
 
 
 def standin_env(data: Path, log: Path, **switches: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{STANDINS}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(REPO)
-    env["NEUROHARMONY_STANDIN_DATA"] = str(data)
-    env["NEUROHARMONY_STANDIN_LOG"] = str(log)
-    env.pop("FREESURFER_HOME", None)
-    for key, value in switches.items():
-        env[f"NEUROHARMONY_STANDIN_{key.upper()}"] = value
-    return env
+    return dict(_standin_env(STANDINS, data, log, **switches), PYTHONPATH=str(REPO))
 
 
 def run_app(bids: Path, out: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
