@@ -225,6 +225,21 @@ def test_real_failed_recon_all_is_not_complete(tmp_path):
     assert fs.subject_state(subject).status == "incomplete"  # a logged run never finished
 
 
+def test_done_files_of_finished_runs_old_and_new(tmp_path):
+    """FreeSurfer 5's done file (no END_TIME) and the stand-in's 7.3.2 one both mean finished."""
+    subject = tmp_path / "fsaverage"
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "recon_all_5.x_done", subject)
+    (subject / "scripts" / "recon-all.log").write_text("log\n")
+    (subject / "stats").mkdir()
+    for name in fs.STATS_FILES:
+        (subject / "stats" / name).write_text("# stats\n")
+    assert fs.subject_state(subject).complete
+    (subject / "scripts" / "recon-all.done").write_text("1\n")
+    assert fs.subject_state(subject).status == "failed"
+    shutil.rmtree(subject / "scripts")  # stats copied without scripts/: nothing says otherwise
+    assert fs.subject_state(subject).complete
+
+
 def test_isrunning_of_a_live_and_of_a_dead_process(tmp_path):
     import socket
 

@@ -150,7 +150,9 @@ def subject_state(subject_dir: str | os.PathLike, now: float | None = None) -> S
         return _running_state(subject_dir, flags, time.time() if now is None else now)
     error, done = scripts / "recon-all.error", scripts / "recon-all.done"
     done_info = _key_values(done) if done.is_file() else {}
-    if error.is_file() or (done.is_file() and "END_TIME" not in done_info):
+    # a finished run's done file is "SUBJECT ..." key lines (END_TIME since FreeSurfer 6, DATE
+    # before); recon-all's error exit writes just "1" in it
+    if error.is_file() or (done.is_file() and "SUBJECT" not in done_info):
         cmd = _key_values(error).get("CMD", "") if error.is_file() else ""
         return SubjectState(
             subject_dir, "failed", "recon-all exited with errors" + (f" in: {cmd}" if cmd else "")
