@@ -5,9 +5,10 @@ Steps, with why:
 1. Query the dataset (pybids) and skip scans whose four outputs already exist (re-runs are
    no-ops unless ``--overwrite``).
 2. Locate each scan's MRIQC IQMs and FreeSurfer subject among existing derivatives. Only for
-   the scans lacking them, build a Nipype workflow of MRIQC / recon-all nodes
-   (:func:`init_tools_wf`) and run it with the chosen plugin; if a tool is not installed, stop
-   with exit 66 naming the tool, the flag pointing at existing outputs, and the container.
+   the scans lacking them, run the tools workflow (:mod:`neuroharmony_bids.workflows.tools`),
+   which hands back their outputs, or per-scan failures quoting the tool; if a tool is not
+   installed, stop with exit 66 naming the tool, the flag pointing at existing outputs, and
+   the container.
 3. Parse everything in one pass and harmonize all scans in one vectorized call: one Nipype node
    per scan would cost far more than the work itself.
 4. Write the per-scan derivatives atomically. A scan that fails (missing age, truncated stats
@@ -18,7 +19,6 @@ Steps, with why:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,37 +35,18 @@ from neuroharmony_bids.bids.covariates import read_covariates
 from neuroharmony_bids.bids.layout import (
     Scan,
     find_scans,
-    freesurfer_subject_candidates,
     load_layout,
     scans_per_subject,
 )
-from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError, UsageError
+from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
-from neuroharmony_bids.interfaces import freesurfer as fs
-from neuroharmony_bids.interfaces import mriqc as mq
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.workflows.results import Progress, RunResult
+from neuroharmony_bids.workflows.tools import ScanPlan, _few, check_tools, locate_inputs, run_tools
 
 LOGGER = logging.getLogger("neuroharmony_bids")
-
-
-@dataclass
-class ScanPlan:
-    """Where one scan's inputs are (or will be, once a tool ran)."""
-
-    scan: Scan
-    iqm_source: mriqc_json.IQMSource | None = None
-    fs_subject_dir: Path | None = None
-
-    @property
-    def needs_mriqc(self) -> bool:
-        return self.iqm_source is None
-
-    @property
-    def needs_recon_all(self) -> bool:
-        return self.fs_subject_dir is None
 
 
 @dataclass
@@ -111,186 +92,6 @@ def required_iqms(model: Any) -> list[str]:
     if isinstance(sets, Mapping) and sets.get("core"):
         return list(sets["core"])
     return list(CORE_IQMS)
-
-
-# --------------------------------------------------------------------------- locating inputs
-
-
-def locate_inputs(
-    settings: Settings, scans: Sequence[Scan], subject_counts: Mapping[str, int]
-) -> list[ScanPlan]:
-    """Find each scan's MRIQC IQMs and FreeSurfer subject among existing outputs."""
-    mriqc_dirs = settings.mriqc_dirs()
-    fs_dirs = settings.freesurfer_dirs()
-    group_tables: dict[Path, pd.DataFrame] = {}
-    plans = []
-    for scan in scans:
-        plan = ScanPlan(scan)
-        plan.iqm_source = mriqc_json.find_iqm_source(
-            mriqc_dirs, scan.bids_name, scan.rel_dir, group_tables
-        )
-        names = freesurfer_subject_candidates(scan, subject_counts.get(scan.subject, 0) == 1)
-        for fdir in fs_dirs:
-            for name in names:
-                if (fdir / name / "stats" / "aseg.stats").is_file():
-                    plan.fs_subject_dir = fdir / name
-                    break
-            if plan.fs_subject_dir is not None:
-                break
-        plans.append(plan)
-    return plans
-
-
-def _searched(dirs: Sequence[Path], defaults: Sequence[Path]) -> str:
-    shown = [str(d) for d in dirs] or [str(d) + " (absent)" for d in defaults]
-    return ", ".join(shown)
-
-
-def check_tools(settings: Settings, plans: Sequence[ScanPlan]) -> Path | None:
-    """Raise MissingInputError (66) when a needed tool cannot run; return the FS license."""
-    need_mq = [p.scan.bids_name for p in plans if p.needs_mriqc]
-    need_fs = [p.scan.bids_name for p in plans if p.needs_recon_all]
-    problems = []
-    license_file = None
-    if need_mq:
-        why = mq.mriqc_status()
-        if why:
-            problems.append(
-                f"MRIQC IQMs are missing for {len(need_mq)} scan(s) ({_few(need_mq)}); searched "
-                f"{_searched(settings.mriqc_dirs(), [settings.bids_dir / 'derivatives' / 'mriqc'])}"
-                f", and MRIQC cannot run here: {why}. Point --mriqc-dir at existing MRIQC "
-                f"outputs (sub-X_T1w.json or group_T1w.tsv)"
-            )
-    if need_fs:
-        example_fs = next(p.scan.prefix for p in plans if p.needs_recon_all)
-        license_file = fs.find_fs_license(settings.fs_license_file, settings.environ or os.environ)
-        why = fs.recon_all_status(license_file)
-        if why:
-            problems.append(
-                f"FreeSurfer stats are missing for {len(need_fs)} scan(s) ({_few(need_fs)}); "
-                f"searched "
-                f"{_searched(settings.freesurfer_dirs(), [settings.bids_dir / 'derivatives' / 'freesurfer'])}"
-                f" for subjects named like {example_fs}"
-                f", and recon-all cannot run here: {why}. Point --freesurfer-dir at an existing "
-                f"FreeSurfer SUBJECTS_DIR"
-            )
-    if problems:
-        raise MissingInputError(
-            "; ".join(problems)
-            + f", or run the container {fs.CONTAINER_IMAGE}, which has MRIQC and FreeSurfer "
-            "(FreeSurfer still needs --fs-license-file)"
-        )
-    return license_file
-
-
-def _few(names: Sequence[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-# --------------------------------------------------------------------------- running tools
-
-
-def plugin_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """Nipype plugin and its arguments: ``--use-plugin`` YAML, with --nprocs/--mem-gb filled in."""
-    plugin, args = ("MultiProc" if settings.nprocs > 1 else "Linear"), {}
-    if settings.use_plugin is not None:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(settings.use_plugin).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(
-                f"--use-plugin {settings.use_plugin}: cannot read YAML ({exc})"
-            ) from None
-        if not isinstance(data, dict) or "plugin" not in data:
-            raise UsageError(
-                f"--use-plugin {settings.use_plugin}: expected a mapping with 'plugin' (e.g. "
-                f"MultiProc, SLURMGraph) and optional 'plugin_args'"
-            )
-        plugin = str(data["plugin"])
-        args = dict(data.get("plugin_args") or {})
-    if plugin == "MultiProc":
-        args.setdefault("n_procs", settings.nprocs)
-        if settings.mem_gb:
-            args.setdefault("memory_gb", settings.mem_gb)
-        args.setdefault("raise_insufficient", False)
-    return plugin, args
-
-
-def init_tools_wf(
-    settings: Settings,
-    plans: Sequence[ScanPlan],
-    license_file: Path | None,
-    name: str = "neuroharmony_tools_wf",
-):
-    """Nipype workflow running MRIQC (per participant) and recon-all (per scan) where needed.
-
-    Outputs land in ``output_dir/sourcedata/{mriqc,freesurfer}`` where :func:`locate_inputs`
-    finds them afterwards.
-    """
-    from nipype.pipeline import engine as pe
-
-    work = settings.effective_work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    wf = pe.Workflow(name=name, base_dir=str(work))
-    wf.config["execution"] = {
-        "crashdump_dir": str(D.logs_dir(settings.output_dir) / "crash"),
-        "crashfile_format": "txt",
-        "stop_on_first_crash": "false",
-        "remove_unnecessary_outputs": "false",
-    }
-    mriqc_subjects = sorted({p.scan.subject for p in plans if p.needs_mriqc})
-    for sub in mriqc_subjects:
-        wf.add_nodes(
-            [
-                mq.init_mriqc_node(
-                    name=f"mriqc_sub_{sub}",
-                    bids_dir=settings.bids_dir,
-                    output_dir=settings.output_dir / "sourcedata" / "mriqc",
-                    participant_label=sub,
-                    work_dir=work / "mriqc",
-                    session_ids=list(settings.session_label),
-                    nprocs=settings.nprocs,
-                    omp_nthreads=settings.omp_nthreads,
-                    mem_gb=settings.mem_gb,
-                )
-            ]
-        )
-    for plan in plans:
-        if plan.needs_recon_all:
-            wf.add_nodes(
-                [
-                    fs.init_recon_all_node(
-                        name=f"recon_all_{plan.scan.prefix.replace('-', '_')}",
-                        t1w_file=plan.scan.path,
-                        subject_id=plan.scan.prefix,
-                        subjects_dir=settings.output_dir / "sourcedata" / "freesurfer",
-                        license_file=license_file,  # type: ignore[arg-type]
-                        omp_nthreads=settings.omp_nthreads,
-                        mem_gb=settings.mem_gb,
-                    )
-                ]
-            )
-    return wf
-
-
-def run_tools(
-    settings: Settings, plans: list[ScanPlan], license_file: Path | None, log: logging.Logger
-) -> None:
-    """Run the tools workflow; scans whose outputs still miss afterwards fail individually."""
-    wf = init_tools_wf(settings, plans, license_file)
-    plugin, args = plugin_settings(settings)
-    n_mq = len({p.scan.subject for p in plans if p.needs_mriqc})
-    n_fs = sum(p.needs_recon_all for p in plans)
-    log.info(
-        "running %d MRIQC and %d recon-all job(s) through Nipype (%s plugin); this takes hours "
-        "per recon-all", n_mq, n_fs, plugin,
-    )  # fmt: skip
-    try:
-        wf.run(plugin=plugin, plugin_args=args)
-    except RuntimeError as exc:  # some nodes crashed; the others finished
-        log.warning("some MRIQC/recon-all jobs failed (%s); crash files in %s", exc,
-                    D.logs_dir(settings.output_dir) / "crash")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- parsing
@@ -504,10 +305,7 @@ def locate_and_run_tools(
     counts = scans_per_subject(layout)
     plans = locate_inputs(settings, pending, counts)
     if any(p.needs_mriqc or p.needs_recon_all for p in plans):
-        license_file = check_tools(settings, plans)
-        run_tools(settings, [p for p in plans if p.needs_mriqc or p.needs_recon_all],
-                  license_file, log)  # fmt: skip
-        plans = locate_inputs(settings, [p.scan for p in plans], counts)
+        run_tools(settings, plans, check_tools(settings, plans), log)
     return plans
 
 
@@ -554,6 +352,10 @@ def collect_inputs(
     group_tables: dict[Path, pd.DataFrame] = {}
     for plan in plans:
         name = plan.scan.bids_name
+        if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
+            _fail(result, settings.output_dir, plan.scan, plan.failure, 1, log)
+            progress.update()
+            continue
         if name in covs.errors:
             _fail(result, settings.output_dir, plan.scan, covs.errors[name], 65, log)
             progress.update()
@@ -733,26 +535,20 @@ def write_reports(
 __all__ = [
     "Harmonized",
     "ScanInputs",
-    "ScanPlan",
     "build_table",
-    "check_tools",
     "collect_inputs",
     "harmonization_core",
     "harmonize_rows",
     "harmonize_scans",
-    "init_tools_wf",
     "load_model_and_info",
     "locate_and_run_tools",
-    "locate_inputs",
     "parse_scan",
     "pending_scans",
     "plan_scans",
-    "plugin_settings",
     "precheck_rows",
     "prepare_output",
     "required_iqms",
     "run_participant",
-    "run_tools",
     "write_reports",
     "write_scans",
 ]
