@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neuroharmony_bids._version import __version__
-from neuroharmony_bids.bids import clean_labels, parse_sex_mapping
+from neuroharmony_bids.cli.labels import clean_labels, parse_sex_mapping
 from neuroharmony_bids.cli.table import non_negative_float
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.settings import Settings
