@@ -274,7 +274,7 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
     for plan in plans:
         name = plan.scan.bids_name
         if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
-            _fail(result, out, plan.scan, plan.failure, 1, log)
+            _fail(result, out, plan.scan, plan.failure, plan.failure_code, log)
             progress.update()
             continue
         if name in covs.errors:
