@@ -38,13 +38,13 @@ from neuroharmony_bids.bids.layout import (
     load_layout,
     scans_per_subject,
 )
-from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError
+from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.workflows.results import Progress, RunResult
-from neuroharmony_bids.workflows.tools import ScanPlan, check_tools, locate_inputs, run_tools
+from neuroharmony_bids.workflows.tools import ScanPlan, _few, check_tools, locate_inputs, run_tools
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -80,6 +80,8 @@ def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
     """The model (``--model`` or the shipped one) and its identity (name, version, sha256)."""
     _, load_model, model_info = harmonization_core()
     model = load_model(settings.model)
+    if settings.profile_weight is not None:
+        model.set_params(profile_weight=settings.profile_weight)
     info = dict(model_info(settings.model))
     return model, info
 
@@ -112,17 +114,22 @@ def parse_scan(
             f"no FreeSurfer stats for {scan.bids_name} (recon-all did not produce them; see "
             f"logs/crash)"
         )
-    if src.kind == "json":
-        iqms = mriqc_json.read_iqm_json(src.path, required)
-        meta = mriqc_json.read_iqm_metadata(src.path)
-        mriqc_version = meta.get("provenance", {}).get("version")
-    else:
-        if src.path not in group_tables:
-            group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
-        iqms = mriqc_json.iqms_from_group_row(
-            group_tables[src.path], scan.bids_name, src.path, required
-        )
-        mriqc_version = None
+    try:
+        if src.kind == "json":
+            iqms = mriqc_json.read_iqm_json(src.path, required)
+            meta = mriqc_json.read_iqm_metadata(src.path)
+            mriqc_version = meta.get("provenance", {}).get("version")
+        else:
+            if src.path not in group_tables:
+                group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
+            table = group_tables[src.path]
+            iqms = mriqc_json.iqms_from_group_row(table, scan.bids_name, src.path, required)
+            mriqc_version = None
+    except RecursionError:  # json's recursion limit: a crafted or corrupt file
+        raise DataError(
+            f"{src.path}: JSON nested too deeply to be an MRIQC IQM file; re-run MRIQC for "
+            f"{scan.bids_name} or remove the file"
+        ) from None
     iqms = {k: v for k, v in iqms.items() if k in ALL_IQMS}
     raw_volumes = fs_stats.read_subject_volumes(plan.fs_subject_dir)
     warnings = [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
@@ -150,23 +157,23 @@ def parse_scan(
 
 
 def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.DataFrame:
-    """One row per scan: ids, age, sex, IQMs (MRIQC names), volumes (FreeSurfer 7 names)."""
-    has_ses = any(i.scan.session for i in inputs)
+    """One row per scan: ids and entities, age, sex, IQMs (MRIQC names), volumes (FS 7 names)."""
     iqm_names = [n for n in ALL_IQMS if any(n in i.iqms for i in inputs)]
     regions = [r for r in D.REGION_ORDER if any(r in i.volumes for i in inputs)]
+    ids = [{"bids_name": i.scan.bids_name, **D.id_columns(i.scan)} for i in inputs]
+    present = {k for row in ids for k in row}
+    id_cols = ["bids_name"] + [c for c in D.ID_COLUMNS if c in present]
     records = []
-    for item in inputs:
-        rec: dict[str, Any] = {"bids_name": item.scan.bids_name, **D.id_columns(item.scan)}
-        if has_ses and "session_id" not in rec:
-            rec["session_id"] = np.nan
+    for item, rec in zip(inputs, ids, strict=True):
+        rec = {c: rec.get(c, np.nan) for c in id_cols}
         rec["age"] = covariates.at[item.scan.bids_name, "age"]
         rec["sex"] = covariates.at[item.scan.bids_name, "sex"]
         rec.update({n: item.iqms.get(n, np.nan) for n in iqm_names})
         rec.update({r: item.volumes.get(r, np.nan) for r in regions})
         records.append(rec)
-    cols = ["bids_name", "participant_id"] + (["session_id"] if has_ses else [])
-    cols += ["age", "sex", *iqm_names, *regions]
-    return pd.DataFrame.from_records(records, columns=cols)
+    return pd.DataFrame.from_records(
+        records, columns=[*id_cols, "age", "sex", *iqm_names, *regions]
+    )
 
 
 def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
@@ -186,6 +193,7 @@ def harmonize_rows(
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Harmonize all rows at once; if the batch is refused, bisect to isolate the bad rows.
 
+    Rows are validated once (:func:`precheck_rows`); the bisection is only a safety net.
     Without a site column every scan is harmonized on its own, so splitting the batch does not
     change any result; k bad rows cost O(k log n) calls instead of n.
     """
@@ -211,23 +219,32 @@ def harmonize_rows(
     return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
 
 
-# --------------------------------------------------------------------------- main entry
+# --------------------------------------------------------------------------- the driver's steps
 
 
-def run_participant(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
-    """The participant level (see the module docstring). Returns what happened per scan."""
-    log = logger or LOGGER
-    out = settings.output_dir
+@dataclass
+class Harmonized:
+    """What the harmonize step returns: the input table, its harmonized rows (by bids_name)."""
+
+    table: pd.DataFrame
+    harmonized: pd.DataFrame
+    inputs: list[ScanInputs]
+    covariates: pd.DataFrame
+
+
+def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
+    """Step 1: the selected T1w scans (pybids) and the layout."""
     t0 = time.monotonic()
-    started = time.time()
     layout = load_layout(settings.bids_dir)
     scans = find_scans(
         settings.bids_dir, settings.participant_label, settings.session_label, layout=layout
     )
     log.info("%d T1w scan(s) selected (indexing took %.1f s)", len(scans), time.monotonic() - t0)
-    result = RunResult("participant", total=len(scans))
-    harmonize_table, _, _ = harmonization_core()
-    model, info = load_model_and_info(settings)
+    return scans, layout
+
+
+def prepare_output(settings: Settings, info: Mapping[str, Any], log: logging.Logger) -> dict:
+    """Step 2: the output folder's dataset-level files; returns the model's identity."""
     ident = D.model_identity(info)
     log.info(
         "model: %s (version %s, sha256 %s)",
@@ -235,90 +252,200 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
     )  # fmt: skip
     description = D.dataset_description(
         settings.bids_dir,
-        out,
+        settings.output_dir,
         info,
         container=(settings.environ or {}).get("NEUROHARMONY_CONTAINER"),
     )
-    D.write_dataset_files(out, description, overwrite=settings.overwrite)
+    D.write_dataset_files(settings.output_dir, description, overwrite=settings.overwrite)
+    return ident
 
-    pending = []
+
+def pending_scans(
+    settings: Settings, scans: Sequence[Scan], result: RunResult, log: logging.Logger
+) -> list[Scan]:
+    """Step 3: scans to (re)compute: refused names fail, finished scans are skipped.
+
+    A scan is finished when all its outputs exist, its report included (unless
+    ``--no-participant-reports``): a run stopped while writing reports is completed.
+    """
+    out = settings.output_dir
+    pending, completing = [], []
     for scan in scans:
-        if not settings.overwrite and D.is_done(out, scan):
-            result.skipped.append(scan.bids_name)
-        else:
+        if scan.problem is not None:
+            _fail(result, out, scan, scan.problem, 65, log)
+            continue
+        if settings.overwrite:
             pending.append(scan)
+            continue
+        missing = D.missing_outputs(out, scan, report=settings.participant_reports)
+        if not missing:
+            result.skipped.append(scan.bids_name)
+            continue
+        pending.append(scan)
+        if missing == ["report"]:
+            completing.append(scan.bids_name)
     if result.skipped:
         log.info(
             "%d scan(s) already have outputs and are skipped (--overwrite recomputes them)",
             len(result.skipped),
         )
-    if not pending:
-        _remove_stale_temps(out, scans, started, log)
-        return result
+    if completing:
+        log.info(
+            "%d scan(s) have their data files but no report (an interrupted run); completing "
+            "them: %s",
+            len(completing), _few(completing),
+        )  # fmt: skip
+    return pending
 
-    plans = locate_inputs(settings, pending, scans_per_subject(layout))
+
+def locate_and_run_tools(
+    settings: Settings, pending: Sequence[Scan], layout: Any, log: logging.Logger
+) -> list[ScanPlan]:
+    """Step 4: each scan's MRIQC and FreeSurfer outputs, running the tools where missing."""
+    counts = scans_per_subject(layout)
+    plans = locate_inputs(settings, pending, counts)
     if any(p.needs_mriqc or p.needs_recon_all for p in plans):
         run_tools(settings, plans, check_tools(settings, plans), log)
+    return plans
 
+
+def shared_subjects(plans: Sequence[ScanPlan], log: logging.Logger) -> dict[str, list[str]]:
+    """FreeSurfer subject folders that stand for several T1w scans: {bids_name: all of them}.
+
+    A SUBJECTS_DIR named per session (``sub-X_ses-Y``) has one folder for all runs and
+    acquisitions of that session; each such scan's sidecar and the log say so.
+    """
+    by_dir: dict[Path, list[str]] = {}
+    for plan in plans:
+        if plan.fs_subject_dir is not None:
+            by_dir.setdefault(plan.fs_subject_dir, []).append(plan.scan.bids_name)
+    out = {}
+    for folder, names in sorted(by_dir.items()):
+        if len(names) > 1:
+            log.warning(
+                "FreeSurfer subject %s stands for %d T1w scans (%s): their volumes are the same",
+                folder, len(names), ", ".join(names),
+            )  # fmt: skip
+            out.update({name: names for name in names})
+    return out
+
+
+def collect_inputs(
+    settings: Settings,
+    plans: Sequence[ScanPlan],
+    model: Any,
+    result: RunResult,
+    progress: Progress,
+    log: logging.Logger,
+) -> tuple[list[ScanInputs], pd.DataFrame]:
+    """Step 5: covariates and parsed tool outputs of every scan; bad scans fail one by one."""
     covs = read_covariates(
         settings.bids_dir,
-        pending,
+        [p.scan for p in plans],
         age_column=settings.age_column,
         sex_column=settings.sex_column,
         sex_mapping=settings.sex_mapping_dict,
     )
     required = required_iqms(model)
-    progress = Progress("participant", len(pending), log)
+    shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
     group_tables: dict[Path, pd.DataFrame] = {}
     for plan in plans:
         name = plan.scan.bids_name
         if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
-            _fail(result, out, plan.scan, plan.failure, plan.failure_code, log)
+            _fail(result, settings.output_dir, plan.scan, plan.failure, plan.failure_code, log)
             progress.update()
             continue
         if name in covs.errors:
-            _fail(result, out, plan.scan, covs.errors[name], 65, log)
+            _fail(result, settings.output_dir, plan.scan, covs.errors[name], 65, log)
             progress.update()
             continue
         try:
             item = parse_scan(plan, required, group_tables)
-            inputs.append(item)
-            for warning in item.warnings:
-                result.warnings.append(warning)
-                log.warning("%s: %s", name, warning)
         except NeuroharmonyError as exc:
-            _fail(result, out, plan.scan, str(exc), exc.exit_code, log)
+            _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
-    if inputs:
-        table = build_table(inputs, covs.table)
-        t1 = time.monotonic()
-        harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
-        log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
-        by_name = {str(b): i for i, b in enumerate(harmonized["bids_name"])}
-        model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
-        jobs = []
-        for item in inputs:
-            scan = item.scan
-            if scan.bids_name in row_failures:
-                _fail(result, out, scan, row_failures[scan.bids_name], 65, log)
-                progress.update()
-                continue
-            provenance = dict(item.provenance)
-            provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
-            provenance["Scanner"] = dict(scan.metadata)
-            provenance["Covariates"] = {
-                "age": float(covs.table.at[scan.bids_name, "age"]),
-                "sex": covs.table.at[scan.bids_name, "sex"],
-            }
-            provenance["Model"] = model_meta
-            hrow = harmonized.iloc[by_name[scan.bids_name]].to_dict()
-            jobs.append((scan, item.volumes, hrow, provenance))
-        write_outputs(out, jobs, result, progress)
-        if settings.participant_reports and result.succeeded:
-            _participant_reports(settings, table, harmonized, model, inputs, result, log)
-    _remove_stale_temps(out, scans, started, log)
-    result.outputs["output_dir"] = str(out)
+            continue
+        if name in shared:
+            item.provenance["FreeSurfer"]["StandsForScans"] = shared[name]
+        inputs.append(item)
+        for warning in item.warnings:
+            result.warnings.append(warning)
+            log.warning("%s: %s", name, warning)
+    return inputs, covs.table
+
+
+def harmonize_scans(
+    inputs: list[ScanInputs],
+    covariates: pd.DataFrame,
+    model: Any,
+    log: logging.Logger,
+) -> tuple[Harmonized, dict[str, str]]:
+    """Step 6: one vectorized harmonization of every parsed scan; returns row failures."""
+    harmonize_table, _, _ = harmonization_core()
+    table = build_table(inputs, covariates)
+    t1 = time.monotonic()
+    harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
+    log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
+    return Harmonized(table, harmonized, inputs, covariates), row_failures
+
+
+def write_scans(
+    settings: Settings,
+    done: Harmonized,
+    row_failures: Mapping[str, str],
+    ident: Mapping[str, Any],
+    result: RunResult,
+    progress: Progress,
+    log: logging.Logger,
+) -> None:
+    """Step 7: the per-scan derivatives (atomic; failed rows recorded)."""
+    out = settings.output_dir
+    by_name = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
+    model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
+    jobs = []
+    for item in done.inputs:
+        scan = item.scan
+        if scan.bids_name in row_failures:
+            _fail(result, out, scan, row_failures[scan.bids_name], 65, log)
+            progress.update()
+            continue
+        provenance = dict(item.provenance)
+        provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
+        provenance["Scanner"] = dict(scan.metadata)
+        provenance["Covariates"] = {
+            "age": float(done.covariates.at[scan.bids_name, "age"]),
+            "sex": done.covariates.at[scan.bids_name, "sex"],
+        }
+        provenance["Model"] = model_meta
+        hrow = done.harmonized.iloc[by_name[scan.bids_name]].to_dict()
+        jobs.append((scan, item.volumes, hrow, provenance))
+    write_outputs(out, jobs, result, progress)
+
+
+def run_participant(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
+    """The participant level: plan scans, collect inputs, harmonize, write outputs, report.
+
+    The model file is loaded once; rows are validated once (see the module docstring).
+    """
+    log = logger or LOGGER
+    started = time.time()
+    scans, layout = plan_scans(settings, log)
+    model, info = load_model_and_info(settings)
+    ident = prepare_output(settings, info, log)
+    result = RunResult("participant", total=len(scans))
+    pending = pending_scans(settings, scans, result, log)
+    if pending:
+        plans = locate_and_run_tools(settings, pending, layout, log)
+        progress = Progress("participant", len(pending), log)
+        inputs, covariates = collect_inputs(settings, plans, model, result, progress, log)
+        if inputs:
+            done, row_failures = harmonize_scans(inputs, covariates, model, log)
+            write_scans(settings, done, row_failures, ident, result, progress, log)
+            if settings.participant_reports and result.succeeded:
+                write_reports(settings, done, model, info, result, log)
+    _remove_stale_temps(settings.output_dir, scans, started, log)
+    result.outputs["output_dir"] = str(settings.output_dir)
     return result
 
 
@@ -326,7 +453,9 @@ def _remove_stale_temps(
     out: Path, scans: Sequence[Scan], started: float, log: logging.Logger
 ) -> None:
     """Delete temporary files a killed earlier run left in this run's folders."""
-    folders = {out, D.logs_dir(out) / "failed"} | {D.scan_dir(out, s) for s in scans}
+    folders = {out, D.logs_dir(out) / "failed"} | {
+        D.scan_dir(out, s) for s in scans if s.problem is None
+    }
     removed = [p for f in sorted(folders) for p in D.remove_stale_temps(f, started)]
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
@@ -362,16 +491,15 @@ def _fail(
     log.warning("%s failed: %s", scan.bids_name, reason)
 
 
-def _participant_reports(
+def write_reports(
     settings: Settings,
-    table: pd.DataFrame,
-    harmonized: pd.DataFrame,
+    done: Harmonized,
     model: Any,
-    inputs: Sequence[ScanInputs],
+    info: Mapping[str, Any],
     result: RunResult,
     log: logging.Logger,
 ) -> None:
-    """Per-scan HTML reports (written by the reports package when it is installed)."""
+    """Step 8: per-scan HTML reports (part of a scan's outputs; a re-run completes them)."""
     try:
         from neuroharmony_bids.reports.participant import write_participant_report
     except ImportError as exc:
@@ -379,22 +507,22 @@ def _participant_reports(
         result.warnings.append(msg)
         log.warning("%s", msg)
         return
-    done = set(result.succeeded)
-    raw_idx = {str(b): i for i, b in enumerate(table["bids_name"])}
-    harm_idx = {str(b): i for i, b in enumerate(harmonized["bids_name"])}
-    progress = Progress("participant reports", len(done), log)
-    for item in inputs:
+    finished = set(result.succeeded)
+    raw_idx = {str(b): i for i, b in enumerate(done.table["bids_name"])}
+    harm_idx = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
+    progress = Progress("participant reports", len(finished), log)
+    for item in done.inputs:
         name = item.scan.bids_name
-        if name not in done:
+        if name not in finished:
             continue
-        raw_row = table.iloc[raw_idx[name]].copy()
+        raw_row = done.table.iloc[raw_idx[name]].copy()
         for key, value in item.scan.metadata.items():
             raw_row[key] = value
         try:
             write_participant_report(
                 D.report_path(settings.output_dir, item.scan),
                 raw_row,
-                harmonized.iloc[harm_idx[name]],
+                done.harmonized.iloc[harm_idx[name]],
                 model,
             )
         except Exception as exc:  # a report must not undo the scan's data outputs
@@ -405,13 +533,22 @@ def _participant_reports(
 
 
 __all__ = [
+    "Harmonized",
     "ScanInputs",
     "build_table",
+    "collect_inputs",
     "harmonization_core",
     "harmonize_rows",
+    "harmonize_scans",
     "load_model_and_info",
+    "locate_and_run_tools",
     "parse_scan",
+    "pending_scans",
+    "plan_scans",
     "precheck_rows",
+    "prepare_output",
     "required_iqms",
     "run_participant",
+    "write_reports",
+    "write_scans",
 ]
