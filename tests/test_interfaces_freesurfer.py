@@ -6,7 +6,6 @@ import pytest
 
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.interfaces import freesurfer as fs
-from neuroharmony_bids.testing import tiny_t1w_bytes
 
 
 def test_license_lookup_order(tmp_path):
@@ -38,17 +37,3 @@ def test_recon_all_status_explains_what_is_missing(monkeypatch, tmp_path):
     exe.chmod(0o755)
     assert "no FreeSurfer license" in fs.recon_all_status(None)
     assert fs.recon_all_status(tmp_path / "license-path-only") is None
-
-
-def test_recon_all_node_command_line(tmp_path):
-    t1w = tmp_path / "sub-01_T1w.nii.gz"
-    t1w.write_bytes(tiny_t1w_bytes())
-    node = fs.init_recon_all_node(
-        "recon", t1w, "sub-01", tmp_path / "subjects", tmp_path / "license.txt", omp_nthreads=3
-    )
-    cmd = node.interface.cmdline
-    assert cmd.startswith("recon-all -all")
-    assert f"-i {t1w}" in cmd and "-subjid sub-01" in cmd
-    assert f"-sd {tmp_path / 'subjects'}" in cmd and "-openmp 3" in cmd
-    assert node.interface.inputs.environ["FS_LICENSE"] == str(tmp_path / "license.txt")
-    assert node.n_procs == 3
