@@ -19,7 +19,7 @@ out="${2:-$(dirname "$bids")/neuroharmony}"
 start=$SECONDS
 
 echo "==> Writing the SIMULATED example dataset to $bids"
-python -m neuroharmony_bids.example "$bids"
+python -m neuroharmony_bids.testing.example "$bids"
 
 echo "==> Participant level: harmonize every scan"
 python "$repo/run.py" "$bids" "$out" participant

@@ -99,3 +99,36 @@ def test_versions_read_from_an_output_folder(tmp_path):
     assert "neuroharmony-bids 9.9.9" in md and "`my-model`" in md
     assert "MRIQC 0.16.1, 24.0.2" in md
     assert main([str(tmp_path / "missing")]) == 64
+
+
+def test_version_strings_cannot_inject_markdown(tmp_path):
+    """Hostile version strings stay literal text: no table break, link, HTML or heading."""
+    from markdown_it import MarkdownIt
+
+    hostile = "7.4.1 | x |\n# Owned [click](javascript:alert(1)) <script>alert(1)</script> `x` *b*"
+    write_citation(
+        tmp_path,
+        {"freesurfer": hostile, "mriqc": "<img src=x onerror=alert(1)>", "model": "m` <b>",
+         "model_sha256": "ab|`cd", "extra | tool": "1.0 ~~x~~ $x$"},
+    )  # fmt: skip
+    md = (tmp_path / "CITATION.md").read_text()
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    for active in ("<script", "<img", "<b>", 'href="javascript', "<h1>Owned", "<em>", "<del>"):
+        assert active not in html, active
+    assert html.count("<a href") == len(REFERENCES)  # the DOI links only
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, not run
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    table = html[html.index("<table>") : html.index("</table>")]
+    assert table.count("<tr>") == len(rows) - 1  # all but the --- line: none split or lost
+    for row in table.split("<tr>")[2:]:
+        assert row.count("<td>") == 2, row
+
+
+def test_markdown_helpers_leave_ordinary_text_alone():
+    from neuroharmony_bids.reports.markdown import code, escape
+
+    for plain in ("7.4.1", "ABIDE-I", "23.1.0 (mriqc-learn)", "site A, 2019"):
+        assert escape(plain) == plain
+    assert escape("# x") == "\\# x" and escape("1. x") == "1\\. x" and escape("- x") == "\\- x"
+    assert escape("a\nb\tc") == "a b c"
+    assert code("abc") == "`abc`" and code("a`b") == "``a`b``" and code("`a") == "`` `a ``"

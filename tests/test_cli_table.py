@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from _synth import REGIONS, synth_table
 
 from neuroharmony_bids.cli.table import main
+from neuroharmony_bids.harmonize.io import DEFAULT_MODEL
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -94,3 +96,184 @@ def test_model_errors_exit_65(tmp_path, trained):
     res = run("info", str(broken))
     assert res.returncode == 65
     assert "corrupt or truncated" in res.stderr
+
+
+# --------------------------------------------------------------------------- hostile tables
+
+
+def _no_traceback(res: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_repeated_column_names_refused_naming_them(trained, tmp_path):
+    _, table, model = trained
+    text = table.drop(columns=["site"]).to_csv(index=False)
+    header, rest = text.split("\n", 1)
+    inp = tmp_path / "dup.csv"
+    inp.write_text(header.replace(REGIONS[3], "age") + "\n" + rest)
+    res = run("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
+    assert res.returncode == 65
+    assert "repeated column name" in res.stderr and "'age' in columns" in res.stderr
+    _no_traceback(res)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_million_column_header_fails_fast(trained, tmp_path):
+    _, _, model = trained
+    inp = tmp_path / "wide.csv"
+    inp.write_text(",".join(["a"] * 1_000_000) + "\n" + "1," * 999_999 + "1\n")
+    res = run("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
+    assert res.returncode == 65
+    assert "wide.csv, line 1: 1,000,000 columns" in res.stderr
+    _no_traceback(res)
+    inp.write_text(",".join(f"column{i}" for i in range(1_000_000)) + "\n")  # 8 MB header
+    res = run("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
+    assert res.returncode == 65 and "wide.csv, line 1: the header line is longer" in res.stderr
+    _no_traceback(res)
+
+
+def test_missing_input_66_unwritable_output_64_same_file_64(trained, tmp_path):
+    tmp, table, model = trained
+    res = run(
+        "harmonize", str(tmp_path / "nope.csv"), str(tmp_path / "o.csv"), "--model", str(model)
+    )
+    assert res.returncode == 66 and "does not exist" in res.stderr
+    _no_traceback(res)
+    src = tmp / "train.tsv"
+    blocked = "/proc/nope/out.csv" if os.geteuid() == 0 else "/nonexistent-root-folder/o.csv"
+    res = run("harmonize", str(src), blocked, "--model", str(model))
+    assert res.returncode == 64 and "cannot write the output table" in res.stderr
+    _no_traceback(res)
+    copy = tmp_path / "same.tsv"
+    copy.write_bytes(src.read_bytes())
+    before = copy.read_bytes()
+    res = run("harmonize", str(copy), str(copy), "--model", str(model))
+    assert res.returncode == 64 and "input table itself" in res.stderr
+    _no_traceback(res)
+    assert copy.read_bytes() == before
+
+
+def test_formula_cells_neutralised_numbers_untouched(trained, tmp_path):
+    _, table, model = trained
+    t = table.drop(columns=["site"]).head(6).copy()
+    t["participant_id"] = t["participant_id"].astype(object)
+    t.loc[0, "participant_id"] = '=HYPERLINK("http://x","y")'
+    t.loc[1, "participant_id"] = "+cmd|' /C calc'!A0"
+    t.loc[2, "participant_id"] = "@SUM(1+1)"
+    t.loc[3, "participant_id"] = "-2+3"
+    t["note"] = ["-4.5", "ok", "=1+1", "x", "y", "z"]
+    inp = tmp_path / "inj.csv"
+    t.to_csv(inp, index=False)
+    out = tmp_path / "out.csv"
+    res = run("harmonize", str(inp), str(out), "--model", str(model))
+    assert res.returncode == 0, res.stderr
+    assert "5 text cell(s)" in res.stdout
+    got = pd.read_csv(out, dtype={"participant_id": str, "note": str})
+    assert list(got["participant_id"][:4]) == [
+        "'=HYPERLINK(\"http://x\",\"y\")", "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "'-2+3",
+    ]  # fmt: skip
+    assert list(got["note"][:3]) == ["-4.5", "ok", "'=1+1"]  # a number in a text column stays
+    assert (got["age"] == t["age"]).all()  # numbers stay numbers
+
+
+def test_streamed_blocks_give_the_same_bytes_and_global_row_numbers(trained, tmp_path, monkeypatch):
+    """Tiny blocks (many of them) vs one block: identical output; errors name the table's row."""
+    from neuroharmony_bids import tabular
+
+    tmp, table, model = trained
+    inp = tmp_path / "in.tsv"
+    table.drop(columns=["site"]).to_csv(inp, sep="\t", index=False)
+    main(["harmonize", str(inp), str(tmp_path / "one.tsv"), "--model", str(model)])
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 4096)
+    assert len(list(tabular.iter_blocks(inp))) > 3
+    main(["harmonize", str(inp), str(tmp_path / "many.tsv"), "--model", str(model)])
+    assert (tmp_path / "one.tsv").read_bytes() == (tmp_path / "many.tsv").read_bytes()
+    got = pd.read_csv(tmp_path / "many.tsv", sep="\t")
+    assert set(got["nh_features_used"]) <= {"core", "full"}
+    bad = table.drop(columns=["site"]).copy()
+    bad.loc[90, "age"] = -3  # a later block
+    bad.to_csv(inp, sep="\t", index=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["harmonize", str(inp), str(tmp_path / "bad.tsv"), "--model", str(model)])
+    assert exc.value.code == 65
+    dup = table.drop(columns=["site"]).copy()
+    dup.loc[95, "participant_id"] = dup.loc[2, "participant_id"]  # repeated across blocks
+    dup.to_csv(inp, sep="\t", index=False)
+    with pytest.raises(SystemExit):
+        main(["harmonize", str(inp), str(tmp_path / "dup.tsv"), "--model", str(model)])
+    assert not (tmp_path / "bad.tsv").exists() and not (tmp_path / "dup.tsv").exists()
+
+
+def test_block_errors_name_the_tables_row(trained, tmp_path, monkeypatch, capsys):
+    from neuroharmony_bids import tabular
+
+    _, table, model = trained
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 4096)
+    bad = table.drop(columns=["site"]).copy()
+    bad.loc[90, "age"] = -3
+    inp = tmp_path / "in.csv"
+    bad.to_csv(inp, index=False)
+    with pytest.raises(SystemExit):
+        main(["harmonize", str(inp), str(tmp_path / "o.csv"), "--model", str(model)])
+    assert "row 91 (participant_id=" in capsys.readouterr().err
+    dup = table.drop(columns=["site"]).copy()
+    dup.loc[95, "participant_id"] = dup.loc[2, "participant_id"]
+    dup.to_csv(inp, index=False)
+    with pytest.raises(SystemExit):
+        main(["harmonize", str(inp), str(tmp_path / "o.csv"), "--model", str(model)])
+    assert "row 3 " in capsys.readouterr().err  # the first of the two rows, across blocks
+
+
+def test_text_in_numeric_column_after_first_block_is_named(trained, tmp_path, monkeypatch, capsys):
+    """pyarrow types the columns on the first block; a later text cell falls back to the exact
+    (pandas) path, whose message names the cell."""
+    from neuroharmony_bids import tabular
+
+    _, table, model = trained
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 4096)
+    bad = table.drop(columns=["site"]).astype({"age": object})
+    bad.loc[80, "age"] = "eighty"
+    inp = tmp_path / "in.csv"
+    bad.to_csv(inp, index=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["harmonize", str(inp), str(tmp_path / "o.csv"), "--model", str(model)])
+    assert exc.value.code == 65
+    assert "column 'age', row 81" in capsys.readouterr().err
+
+
+def test_unexpected_error_is_one_line_and_a_log(trained, tmp_path, monkeypatch, capsys):
+    import neuroharmony_bids.harmonize.apply as apply
+
+    tmp, _, model = trained
+    monkeypatch.setattr(apply, "harmonize_table", lambda *a, **k: 1 / 0)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(SystemExit) as exc:
+        main(["harmonize", str(tmp / "train.tsv"), str(tmp_path / "o.csv"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "ZeroDivisionError" in err and "this is a bug" in err
+    logs = list(tmp_path.glob("neuroharmony-harmonize-*.log"))
+    assert len(logs) == 1 and "Traceback" in logs[0].read_text()
+
+
+def test_info_refuses_damaged_models_and_compares(trained, tmp_path):
+    from neuroharmony_bids.testing.hostile import model_variant
+
+    _, _, model = trained
+    minimal = tmp_path / "minimal.json"
+    minimal.write_bytes(model_variant("minimal document", model))
+    res = run("info", str(minimal))
+    assert res.returncode == 65 and "minimal.json" in res.stderr
+    _no_traceback(res)
+    fifo = tmp_path / "m.fifo"
+    os.mkfifo(fifo)
+    res = run("info", str(fifo))
+    assert res.returncode == 65 and "FIFO" in res.stderr
+    res = run("info", "--compare", str(model), str(model))
+    assert res.returncode == 0 and "same file content" in res.stdout
+    res = run("info", "--compare", str(model), str(DEFAULT_MODEL))
+    assert res.returncode == 1 and "differ beyond rtol=1e-09" in res.stdout

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroharmony_bids import derivatives as D
 from neuroharmony_bids.atomic import TMP_PREFIX, write_table
 from neuroharmony_bids.bids import Scan
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures as F
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.harmonize.io import model_info
 
@@ -157,9 +158,10 @@ def test_per_scan_files_and_sidecars(tmp_path):
     assert D.is_done(out, SCAN)
     raw = pd.read_csv(paths["raw_tsv"], sep="\t")
     assert list(raw.columns) == [
-        "participant_id", "session_id", "Left-Hippocampus", "lh_insula_volume",
+        "participant_id", "session_id", "run_id", "Left-Hippocampus", "lh_insula_volume",
         "EstimatedTotalIntraCranialVol",
     ]  # fmt: skip
+    assert list(raw.loc[0, ["session_id", "run_id"]]) == ["ses-a", "run-2"]
     harm = pd.read_csv(paths["harmonized_tsv"], sep="\t")
     assert list(harm.columns)[-6:] == D.NH_COLUMNS
     assert harm.loc[0, "Left-Hippocampus"] == 4050.25
@@ -188,7 +190,7 @@ def test_bids_validator_accepts_the_output_folder(tmp_path):
     out = _outputs(tmp_path)
     (out / "logs").mkdir()
     (out / "logs" / "run.log").write_text("log\n")
-    D.write_failure(out, Scan("02", Path("/x")), "age is n/a", 65)
+    F.write_failure(out, Scan("02", Path("/x")), "age is n/a", 65)
     proc = subprocess.run(
         ["bids-validator-deno", "--format", "json", str(out)], capture_output=True, text=True
     )
@@ -200,8 +202,8 @@ def test_bids_validator_accepts_the_output_folder(tmp_path):
 
 def test_failure_records_round_trip(tmp_path):
     out = tmp_path / "out"
-    D.write_failure(out, SCAN, "age is n/a", 65)
-    table = D.read_failures(out)
+    F.write_failure(out, SCAN, "age is n/a", 65)
+    table = F.read_failures(out)
     assert table.to_dict("records") == [
         {
             "bids_name": "sub-01_ses-a_run-2_T1w",
@@ -211,5 +213,5 @@ def test_failure_records_round_trip(tmp_path):
             "exit_code": 65,
         }
     ]
-    D.clear_failure(out, SCAN)
-    assert D.read_failures(out).empty
+    F.clear_failure(out, SCAN)
+    assert F.read_failures(out).empty

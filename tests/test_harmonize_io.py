@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,11 +15,16 @@ from _synth import REGIONS, synth_table
 from neuroharmony_bids.errors import ModelFileError
 from neuroharmony_bids.harmonize.io import (
     DEFAULT_MODEL,
+    MAX_MODEL_BYTES,
+    check_document,
+    compare_documents,
     load_model,
     model_info,
+    read_document,
     save_model,
 )
 from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+from neuroharmony_bids.testing.hostile import MODEL_VARIANTS, model_variant, reseal
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +99,59 @@ def test_shipped_model_loads_and_describes_itself():
     assert (ref["lower"] < ref["mean"]).all() and (ref["mean"] < ref["upper"]).all()
     assert np.isfinite(ref.to_numpy()).all()
     assert REGIONS[0] in ref.index
+
+
+# --------------------------------------------------------------------------- hostile model files
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_VARIANTS))
+def test_damaged_model_refused_by_load_and_info(name, tmp_path):
+    """Each damage (valid hash or not) is refused by both readers, naming the broken part."""
+    path = tmp_path / "model.json"
+    path.write_bytes(model_variant(name))
+    says = MODEL_VARIANTS[name][1]
+    for reader in (load_model, model_info):
+        with pytest.raises(ModelFileError, match=re.escape(says)) as exc:
+            reader(path)
+        assert str(path) in str(exc.value)
+
+
+def test_non_regular_files_refused_without_reading(tmp_path):
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer appears
+    with pytest.raises(ModelFileError, match="FIFO"):
+        load_model(fifo)
+    with pytest.raises(ModelFileError, match="device"):
+        model_info("/dev/zero")
+    with pytest.raises(ModelFileError, match="folder"):
+        load_model(tmp_path)
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as fh:  # sparse: nothing is written or read
+        fh.truncate(MAX_MODEL_BYTES + 1)
+    with pytest.raises(ModelFileError, match="MiB"):
+        load_model(huge)
+
+
+def test_shipped_model_passes_every_schema_check():
+    doc, _ = read_document()
+    assert check_document(doc) == []
+
+
+def test_compare_tolerates_rebuild_noise_not_real_differences(tmp_path, fitted):
+    _, model = fitted
+    save_model(model, tmp_path / "a.json", {"name": "t"})
+    doc = json.loads((tmp_path / "a.json").read_text())
+    noisy = json.loads(json.dumps(doc))
+    data = noisy["state"]["combat_"]["alpha"]["data"]
+    data[0] *= 1 + 3e-15  # last-bit noise, as BLAS summation order gives on another machine
+    (tmp_path / "b.json").write_bytes(reseal(noisy))
+    a, sha_a = read_document(tmp_path / "a.json")
+    b, sha_b = read_document(tmp_path / "b.json")
+    assert sha_a != sha_b
+    diffs, worst = compare_documents(a, b)
+    assert diffs == [] and 0 < worst < 1e-12
+    data[0] *= 1 + 1e-6  # a real difference
+    (tmp_path / "c.json").write_bytes(reseal(noisy))
+    diffs, worst = compare_documents(a, read_document(tmp_path / "c.json")[0])
+    assert len(diffs) == 1 and diffs[0].startswith("state.combat_.alpha")
+    assert worst > 1e-9

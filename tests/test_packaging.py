@@ -1233,8 +1233,8 @@ def test_brainlife_main_runs_the_real_app_without_a_container(tmp_path):
             pytest.skip(f"neuroharmony_bids/{rel} is not written yet")
     if not list((REPO / "neuroharmony_bids" / "data").glob("*.json")):
         pytest.skip("the shipped model (neuroharmony_bids/data/*.json) is not committed yet")
-    from neuroharmony_bids.example import simulate_table
     from neuroharmony_bids.harmonize.io import load_model
+    from neuroharmony_bids.testing.example import simulate_table
     from neuroharmony_bids.testing.fixtures import build_bids_dataset
 
     table = simulate_table(n_per_site=1, model=load_model(None)).iloc[:1]

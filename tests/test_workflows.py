@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroharmony_bids import derivatives as D
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures as F
 from neuroharmony_bids.cli.run import run
 from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.features import ETIV, canonical_region
 from neuroharmony_bids.harmonize.io import load_model, model_info
-from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.testing import build_bids_dataset, iqm_columns, volume_columns
-from neuroharmony_bids.workflows import participant as P
 
 SITES = ["CALTECH", "KKI", "OLIN", "PITT"]
 
@@ -254,7 +253,7 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     assert run(argv) == 1  # the three broken files still fail
     assert "3 of 16 scans failed" in capsys.readouterr().err
     assert (out / s_age / "anat" / f"{s_age}_desc-harmonized_morph.tsv").is_file()
-    assert sorted(D.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
+    assert sorted(F.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
 
 
 @pytest.mark.bids_validator
@@ -335,45 +334,3 @@ def test_sessions_and_mriqc_group_tsv(sessions_run):
     assert side["ImageQualityMetrics"]["Source"].endswith("group_T1w.tsv (sub-s0_ses-2_T1w)")
     assert side["FreeSurfer"]["Version"] == "7.3.2"
     assert validator_errors(out) == []
-
-
-def test_plugin_settings_and_tools_workflow(tmp_path):
-    yml = tmp_path / "plugin.yml"
-    yml.write_text("plugin: MultiProc\nplugin_args:\n  maxtasksperchild: 1\n")
-    base = dict(
-        bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant"
-    )
-    s = Settings(**base, nprocs=4, mem_gb=12.0, use_plugin=yml, omp_nthreads=2)
-    plugin, args = P.plugin_settings(s)
-    assert plugin == "MultiProc"
-    assert args == {
-        "maxtasksperchild": 1,
-        "n_procs": 4,
-        "memory_gb": 12.0,
-        "raise_insufficient": False,
-    }
-    yml.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --time=24:00:00\n")
-    assert P.plugin_settings(s) == ("SLURMGraph", {"sbatch_args": "--time=24:00:00"})
-    assert P.plugin_settings(Settings(**base, nprocs=1))[0] == "Linear"
-    yml.write_text("- not a mapping\n")
-    with pytest.raises(Exception, match="--use-plugin"):
-        P.plugin_settings(s)
-
-    from neuroharmony_bids.bids import Scan
-    from neuroharmony_bids.testing import tiny_t1w_bytes
-
-    anat = tmp_path / "bids" / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    t1w = anat / "sub-01_T1w.nii.gz"
-    t1w.write_bytes(tiny_t1w_bytes())
-    plans = [P.ScanPlan(Scan("01", t1w))]
-    wf = P.init_tools_wf(
-        Settings(**base, nprocs=4, omp_nthreads=2, mem_gb=8.0), plans, tmp_path / "lic"
-    )
-    nodes = {n.name: n for n in wf._graph.nodes()}
-    assert set(nodes) == {"mriqc_sub_01", "recon_all_sub_01"}
-    mq_cmd = nodes["mriqc_sub_01"].interface.cmdline
-    assert str(tmp_path / "out" / "sourcedata" / "mriqc") in mq_cmd
-    assert "--nprocs 4" in mq_cmd and "--omp-nthreads 2" in mq_cmd and "--mem-gb 8" in mq_cmd
-    fs_cmd = nodes["recon_all_sub_01"].interface.cmdline
-    assert "-openmp 2" in fs_cmd and str(tmp_path / "out" / "sourcedata" / "freesurfer") in fs_cmd

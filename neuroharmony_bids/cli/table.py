@@ -4,46 +4,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from neuroharmony_bids import __version__
-from neuroharmony_bids.atomic import write_table
+from neuroharmony_bids import tabular as T
+from neuroharmony_bids.cli.labels import parse_sex_mapping
 from neuroharmony_bids.errors import DataError, NeuroharmonyError, UsageError
+
+#: Harmonized volumes are written rounded to this many decimals of a mm³ (far below what
+#: FreeSurfer resolves; keeps the output short and its text stable).
+HARMONIZED_DECIMALS = 3
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of ``--profile-weight``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0 (e.g. 1)")
+    return value
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read CSV or TSV by extension, keeping identifiers as text."""
-    path = Path(path)
-    if not path.is_file():
-        raise NeuroharmonyError(f"input table {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".txt"):
-        raise UsageError(f"{path}: unknown table extension {suffix!r}; use .csv or .tsv")
-    sep = "," if suffix == ".csv" else "\t"
-    try:
-        return pd.read_csv(
-            path, sep=sep, dtype={"participant_id": str, "session_id": str},
-            na_values=["n/a"], keep_default_na=True,
-        )  # fmt: skip
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(
-            f"{path}: cannot parse as {'CSV' if sep == ',' else 'TSV'}: {exc}"
-        ) from None
+    """Read CSV or TSV by extension, keeping identifiers as text (see :mod:`tabular`)."""
+    return T.read_table(path)
 
 
 def _parse_mapping(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--sex-mapping expects CODE=M|F pairs such as 1=M 2=F, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return parse_sex_mapping(items) or None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="harmonize scans sharing this column's value together (several scans per scanner)",
     )
     h.add_argument("--sex-mapping", nargs="+", metavar="CODE=M|F", help="e.g. 1=M 2=F")
+    h.add_argument(
+        "--profile-weight",
+        type=non_negative_float,
+        default=None,
+        metavar="W",
+        help="How far a scan's own regional profile may move its scanner estimate (default: the model's, 1). 0: IQM prior only, keeps all of a person's anatomy, removes least site effect; 2: removes more site effect and keeps about 95 %% of a 10 %% atrophy (worst region about 85 %%); the shipped default keeps about 97 %% (worst region 90 %%). See docs/faq.md.",
+    )
 
     t = sub.add_parser("train", help="train a dataset-specific model")
     t.add_argument("input", help="CSV/TSV with a site column, age, sex, IQMs and volumes")
@@ -85,24 +91,129 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a model's identity, training data and metrics")
     i.add_argument("model", nargs="?", default=None, help="model file (default: shipped)")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="check that two models agree within --rtol (a rebuild on another machine differs "
+        "in the last bits); exit 0 if they agree, 1 if not",
+    )
+    i.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="relative tolerance of --compare (default 1e-9 of each array's largest value)",
+    )
     return parser
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _check_paths(inp: Path, out: Path, what: str = "output") -> None:
+    """Usage checks before any work: input exists, output is another, writable file."""
+    T.check_input(inp)
+    if _same_file(inp, out):
+        raise UsageError(
+            f"the {what} {out} is the input table itself; writing it would destroy the input. "
+            "Choose another output file name"
+        )
+    T.probe_writable(out)
+
+
+def _compact(result: pd.DataFrame, model) -> pd.DataFrame:
+    """Round harmonized volumes; ``nh_features_used`` as the IQM set name (not the IQM list)."""
+    from neuroharmony_bids.harmonize.table import region_columns
+
+    rmap = region_columns(list(result.columns))
+    cols = [rmap[r] for r in model.regions_ if r in rmap]
+    if cols:
+        rounded = np.round(result[cols].to_numpy(dtype=float), HARMONIZED_DECIMALS)
+        result[cols] = pd.DataFrame(rounded, columns=cols, index=result.index)
+    names = {";".join(v): k for k, v in model.iqm_sets_.items()}
+    used = result["nh_features_used"]
+    result["nh_features_used"] = used.map(names).where(used.isin(list(names)), used)
+    return result
+
+
+def _renumber(exc: DataError, offset: int) -> DataError:
+    """A block's error with row numbers counted from the table's first data row."""
+    if not offset:
+        return exc
+    text = re.sub(r"\brow (\d+)\b", lambda m: f"row {int(m.group(1)) + offset}", str(exc))
+    return type(exc)(text)
+
+
+def _harmonized_blocks(
+    path: Path, model, sex_mapping, summary: dict, profile_weight: float | None = None
+) -> Iterator[pd.DataFrame]:
+    """Scan-by-scan harmonization streamed block by block (rows are independent)."""
+    from neuroharmony_bids.harmonize.apply import harmonize_table
+    from neuroharmony_bids.harmonize.table import ID_COLUMNS, check_duplicates
+
+    ids, offset = [], 0
+    for block in T.iter_blocks(path):
+        try:
+            result = harmonize_table(
+                block, model, sex_mapping=sex_mapping, profile_weight=profile_weight
+            )
+        except DataError as exc:
+            raise _renumber(exc, offset) from None
+        ids.append(block[[c for c in ID_COLUMNS if c in block.columns]])
+        offset += len(block)
+        summary["rows"] += len(result)
+        summary["ood"] += int(result["nh_out_of_range"].sum())
+        yield _compact(result, model)
+    if offset == 0:
+        raise DataError(f"{path}: the input table has no rows; it needs one row per scan")
+    check_duplicates(pd.concat(ids, ignore_index=True))  # across blocks
 
 
 def _harmonize(args) -> None:
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.io import load_model
 
-    out = Path(args.output)
+    inp, out = Path(args.input), Path(args.output)
     if out.suffix.lower() not in (".csv", ".tsv"):
         raise UsageError(f"{out}: output must end in .csv or .tsv")
-    table = read_table(args.input)
+    T.separator(inp)
+    _check_paths(inp, out)
+    T.read_header(inp, T.separator(inp))
     model = load_model(args.model)
-    result = harmonize_table(
-        table, model, site_column=args.site_column, sex_mapping=_parse_mapping(args.sex_mapping)
+    mapping = _parse_mapping(args.sex_mapping)
+    summary = {"rows": 0, "ood": 0}
+    neutralised = None
+    if args.site_column is None:
+        try:
+            neutralised = T.write_blocks(
+                out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
+            )
+        except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
+            summary = {"rows": 0, "ood": 0}
+    if neutralised is None:
+        table = T.read_table(inp, fast=args.site_column is not None)
+        result = harmonize_table(
+            table,
+            model,
+            site_column=args.site_column,
+            sex_mapping=mapping,
+            profile_weight=args.profile_weight,
+        )
+        summary = {"rows": len(result), "ood": int(result["nh_out_of_range"].sum())}
+        neutralised = T.write_blocks(out, [_compact(result, model)])
+    note = (
+        f"; {neutralised} text cell(s) starting with = + - @ were prefixed with ' so that "
+        "spreadsheets show them as text"
+        if neutralised
+        else ""
     )
-    write_table(out, result)
-    n_ood = int(result["nh_out_of_range"].sum())
-    print(f"harmonized {len(result)} scans → {out} ({n_ood} flagged out of range)")
+    print(
+        f"harmonized {summary['rows']} scans → {out} ({summary['ood']} flagged out of range)" + note
+    )
 
 
 def _train(args) -> None:
@@ -111,6 +222,7 @@ def _train(args) -> None:
     from neuroharmony_bids.harmonize.io import save_model
     from neuroharmony_bids.harmonize.model import NeuroHarmonizer
 
+    _check_paths(Path(args.input), Path(args.model), what="model file")
     table = read_table(args.input)
     model = NeuroHarmonizer(covariates=tuple(args.covariates), cv=args.cv)
     model.fit(table, args.site_column, sex_mapping=_parse_mapping(args.sex_mapping))
@@ -124,10 +236,20 @@ def _train(args) -> None:
     print(f"wrote {args.model} (sha256 {sha})")
 
 
+def _get(d, *keys, default="?"):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return default if d is None else d
+
+
+def _num(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) else "?"
+
+
 def format_info(info: dict) -> str:
-    """Human-readable model summary."""
+    """Human-readable model summary (free-form parts of a model may be missing: shown as ?)."""
     meta = info["metadata"]
-    summ = info["training_summary"]
+    summ = info["training_summary"] or {}
     lines = [
         f"model:            {meta.get('name', '?')}",
         f"file:             {info['path']}",
@@ -138,47 +260,124 @@ def format_info(info: dict) -> str:
     for key in ("training_table", "training_table_sha256", "freesurfer_version", "mriqc_version"):
         if key in meta:
             lines.append(f"{key + ':':18}{meta[key]}")
+    sites = _get(summ, "sites", default={})
     lines += [
-        f"training cohort:  {summ['n_scans']} scans, {summ['n_sites']} sites, "
-        f"ages {summ['age']['min']:.1f}-{summ['age']['max']:.1f}, "
-        f"sex F={summ['sex'].get('F', 0)} M={summ['sex'].get('M', 0)}",
-        f"sites:            {', '.join(f'{k} ({v})' for k, v in summ['sites'].items())}",
+        f"training cohort:  {_get(summ, 'n_scans')} scans, {_get(summ, 'n_sites')} sites, "
+        f"ages {_num(_get(summ, 'age', 'min'), '.1f')}-{_num(_get(summ, 'age', 'max'), '.1f')}, "
+        f"sex F={_get(summ, 'sex', 'F', default=0)} M={_get(summ, 'sex', 'M', default=0)}",
+        f"sites:            "
+        f"{', '.join(f'{k} ({v})' for k, v in sites.items()) if isinstance(sites, dict) else '?'}",
         f"protected:        {', '.join(info['design'])}",
         f"regions ({len(info['regions'])}):    {' '.join(info['regions'])}",
         f"IQMs (core):      {' '.join(info['iqms']['core'])}",
         f"IQMs (full):      {len(info['iqms']['full'])} IQMs",
+        "nh_features_used: 'core' or 'full' in `neuroharmony harmonize` outputs (the sets above)",
     ]
-    for name, cv in info["iqm_prior_cv"].items():
-        lines.append(
-            f"IQM prior {name:5}:  {cv['chosen']}, LOSO MSE gain vs no prior "
-            f"{cv['gain_vs_zero']:+.3f} ({cv['calibrated_gain_vs_zero']:+.3f} after calibration)"
-        )
-    summary = info["cv_metrics"].get("summary") if info["cv_metrics"] else None
-    if summary:
+    for name, cv in (info["iqm_prior_cv"] or {}).items():
+        if isinstance(cv, dict):
+            lines.append(
+                f"IQM prior {name:5}:  {cv.get('chosen', '?')}, LOSO MSE gain vs no prior "
+                f"{_num(cv.get('gain_vs_zero'), '+.3f')} "
+                f"({_num(cv.get('calibrated_gain_vs_zero'), '+.3f')} after calibration)"
+            )
+    summary = _get(info["cv_metrics"], "summary", default=None)
+    if isinstance(summary, dict) and summary:
         lines.append("leave-one-site-out (sum of significant regions; mean AUC, R², MAE%, Δage r):")
         for method, m in summary.items():
-            lines.append(
-                f"  {method:12} sig={m['n_significant']:.0f} auc={m['auc']:.3f} r2={m['r2']:.3f} "
-                f"mae%={m['mae_pct']:.2f} dage_r={m['age_r_change']:.3f}"
-            )
+            if isinstance(m, dict):
+                lines.append(
+                    f"  {method:12} sig={_num(m.get('n_significant'), '.0f')} "
+                    f"auc={_num(m.get('auc'), '.3f')} r2={_num(m.get('r2'), '.3f')} "
+                    f"mae%={_num(m.get('mae_pct'), '.2f')} "
+                    f"dage_r={_num(m.get('age_r_change'), '.3f')}"
+                    + (
+                        f" retention={_num(m.get('retention'), '.3f')} "
+                        f"(worst region {_num(m.get('retention_worst'), '.3f')})"
+                        if "retention" in m
+                        else ""
+                    )
+                )
     return "\n".join(lines)
 
 
-def _info(args) -> None:
+def _compare(a: str, b: str, rtol: float | None) -> int:
+    from neuroharmony_bids.harmonize.io import COMPARE_RTOL, compare_documents, read_document
+
+    rtol = COMPARE_RTOL if rtol is None else rtol
+    if not 0 <= rtol < 1:
+        raise UsageError(f"--rtol {rtol} must be in [0, 1)")
+    (da, sha_a), (db, sha_b) = read_document(a), read_document(b)
+    diffs, worst = compare_documents(da, db, rtol)
+    if sha_a == sha_b:
+        print(f"{a} and {b} are the same file content (sha256 {sha_a})")
+        return 0
+    if not diffs:
+        print(
+            f"{a} and {b} agree within rtol={rtol:g} (largest relative difference {worst:.3g}); "
+            "they are the same model"
+        )
+        return 0
+    print(f"{a} and {b} differ beyond rtol={rtol:g} in {len(diffs)} place(s):")
+    for d in diffs[:20]:
+        print(f"  {d}")
+    if len(diffs) > 20:
+        print(f"  ... and {len(diffs) - 20} more")
+    return 1
+
+
+def _info(args) -> int:
     from neuroharmony_bids.harmonize.io import model_info
 
+    if args.compare:
+        if args.model is not None:
+            raise UsageError("give either a model or --compare A B, not both")
+        return _compare(*args.compare, args.rtol)
     info = model_info(args.model)
     print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_info(info))
+    return 0
+
+
+def _crash_log(command: str) -> Path | None:
+    """Write the traceback of an unexpected error to a log file; its path, or None."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"neuroharmony-{command}-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"neuroharmony {__version__} {' '.join(sys.argv)}\n")
+            fh.write(traceback.format_exc())
+        return Path(name)
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; exit with its code. Errors are one line on stderr, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"neuroharmony {args.command}: error:"
     try:
-        {"harmonize": _harmonize, "train": _train, "info": _info}[args.command](args)
+        code = {"harmonize": _harmonize, "train": _train, "info": _info}[args.command](args)
     except NeuroharmonyError as exc:
-        print(f"neuroharmony {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"neuroharmony {args.command}: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        print(f"{prefix} out of memory; use a machine with more memory or split the table",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+    except OSError as exc:  # disk full, permissions changed during the run, ...
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{prefix} cannot read or write{where}: {exc.strerror or exc}; nothing was "
+              "written. Free space or fix permissions and run again", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 (the last line of defence: no traceback to users)
+        log = _crash_log(args.command)
+        print(f"{prefix} unexpected error ({type(exc).__name__}: {exc}); this is a bug, please "
+              f"report it with {log or 'the command line'}", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

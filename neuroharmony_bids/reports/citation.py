@@ -18,6 +18,7 @@ from pathlib import Path
 
 from neuroharmony_bids._version import __version__
 from neuroharmony_bids.atomic import write_text
+from neuroharmony_bids.reports.markdown import code, escape
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ REFERENCES: dict[str, Reference] = {
     ]
 }
 
-#: Python distributions whose installed version is recorded (display name → dist name).
+#: Python distributions whose installed version is recorded (display name → dist name): the one
+#: list, read by the citation and by every run log.
 PACKAGES = {
     "neuroharmony-bids": "neuroharmony-bids",
     "neuroCombat": "neuroCombat",
@@ -238,7 +240,10 @@ PACKAGES = {
     "Nipype": "nipype",
     "scikit-learn": "scikit-learn",
     "NumPy": "numpy",
+    "SciPy": "scipy",
     "pandas": "pandas",
+    "NiBabel": "nibabel",
+    "bids-validator-deno": "bids-validator-deno",
 }
 
 _NOT_RECORDED = "version not recorded"
@@ -266,14 +271,14 @@ def _lookup(versions: Mapping[str, str], *names: str) -> str:
 def citation_markdown(versions: Mapping[str, str]) -> str:
     """The methods boilerplate and reference list as Markdown."""
     v = {**installed_versions(), **{str(k): str(val) for k, val in versions.items()}}
-    nh = _lookup(v, "neuroharmony-bids", "neuroharmony_bids")
-    fs = _lookup(v, "freesurfer", "FreeSurfer")
-    mq = _lookup(v, "mriqc", "MRIQC")
+    nh = escape(_lookup(v, "neuroharmony-bids", "neuroharmony_bids"))
+    fs = escape(_lookup(v, "freesurfer", "FreeSurfer"))
+    mq = escape(_lookup(v, "mriqc", "MRIQC"))
     model = _lookup(v, "model", "model_name")
     sha = _lookup(v, "model_sha256", "sha256")
     refs = REFERENCES
     model_text = (
-        f"the model `{model}`" + (f" (sha256 `{sha}`)" if sha != _NOT_RECORDED else "")
+        f"the model {code(model)}" + (f" (sha256 {code(sha)})" if sha != _NOT_RECORDED else "")
         if model != _NOT_RECORDED
         else "the shipped model"
     )
@@ -289,14 +294,15 @@ def citation_markdown(versions: Mapping[str, str]) -> str:
         "implementation of Neuroharmony [garciadias2020neuroharmony], which predicts, from "
         "image quality metrics of a single T1-weighted scan, the correction that ComBat "
         "[johnson2007combat; fortin2017dti; fortin2018thickness] (here through neuroCombat "
-        f"{_lookup(v, 'neuroCombat', 'neurocombat')}) would apply to that scan's "
+        f"{escape(_lookup(v, 'neuroCombat', 'neurocombat'))}) would apply to that scan's "
         f"volumes; {model_text} was used. "
         f"Image quality metrics were computed with MRIQC {mq} [esteban2017mriqc]. "
         f"Subcortical and cortical (Desikan-Killiany) volumes were computed with FreeSurfer "
         f"{fs} [fischl2012freesurfer; dale1999cortical; fischl2002aseg; desikan2006atlas]. "
         "The dataset was organised in the Brain Imaging Data Structure [gorgolewski2016bids] "
-        f"and queried with PyBIDS {_lookup(v, 'pybids')} [yarkoni2019pybids]; the workflow "
-        f"was run with Nipype {_lookup(v, 'Nipype', 'nipype')} [gorgolewski2011nipype].",
+        f"and queried with PyBIDS {escape(_lookup(v, 'pybids'))} [yarkoni2019pybids]; the "
+        f"workflow was run with Nipype {escape(_lookup(v, 'Nipype', 'nipype'))} "
+        "[gorgolewski2011nipype].",
         "",
         "## Software versions",
         "",
@@ -305,15 +311,15 @@ def citation_markdown(versions: Mapping[str, str]) -> str:
     ]
     shown = {"model", "model_name", "model_sha256", "sha256"}
     for label in ["FreeSurfer", "MRIQC", *PACKAGES]:
-        lines.append(f"| {label} | {_lookup(v, label)} |")
+        lines.append(f"| {label} | {escape(_lookup(v, label))} |")
         shown.add(label.lower())
     for k, val in sorted(v.items()):
         if k.lower() not in shown:
-            lines.append(f"| {k} | {val} |")
+            lines.append(f"| {escape(k)} | {escape(val)} |")
     if model != _NOT_RECORDED:
-        lines.append(f"| model | {model} |")
+        lines.append(f"| model | {escape(model)} |")
     if sha != _NOT_RECORDED:
-        lines.append(f"| model sha256 | `{sha}` |")
+        lines.append(f"| model sha256 | {code(sha)} |")
     lines += ["", "## References", ""]
     for ref in refs.values():
         lines.append(f"- [{ref.key}] {ref.text} doi:[{ref.doi}](https://doi.org/{ref.doi})")

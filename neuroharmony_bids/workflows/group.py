@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuroharmony_bids import derivatives as D
 from neuroharmony_bids.atomic import TMP_PREFIX, write_table
-from neuroharmony_bids.bids import SCANNER_FIELDS, Scan, read_covariates
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures as F
+from neuroharmony_bids.bids.covariates import read_covariates
+from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan, scan_from_name, scanner_site
 from neuroharmony_bids.errors import (
     MissingInputError,
     NeuroharmonyError,
@@ -41,8 +43,8 @@ from neuroharmony_bids.errors import (
 )
 from neuroharmony_bids.harmonize.features import ALL_IQMS
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.workflows import Progress, RunResult
 from neuroharmony_bids.workflows.participant import load_model_and_info
+from neuroharmony_bids.workflows.results import Progress, RunResult
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -50,9 +52,6 @@ _PREFIX_RE = re.compile(
     r"^(sub-[a-zA-Z0-9]+(?:_[a-z]+-[a-zA-Z0-9]+)*)_desc-([a-zA-Z0-9]+)_morph\.(tsv|json)$"
 )
 _FILES = ("raw_tsv", "raw_json", "harmonized_tsv", "harmonized_json")
-
-#: Scanner fields that identify a site when no site column is given.
-SITE_FROM_SCANNER = ("Manufacturer", "ManufacturersModelName", "DeviceSerialNumber")
 
 
 @dataclass
@@ -66,19 +65,6 @@ class FoundScan:
     @property
     def missing(self) -> list[str]:
         return [k for k in _FILES if k not in self.files]
-
-
-def _scan_from_prefix(prefix: str, bids_dir: Path) -> Scan:
-    parts = prefix.split("_")
-    subject = parts[0][4:]
-    entities = tuple(tuple(p.split("-", 1)) for p in parts[1:])
-    ses = dict(entities).get("ses")
-    rel = f"sub-{subject}/" + (f"ses-{ses}/" if ses else "") + "anat"
-    return Scan(
-        subject=subject,
-        path=bids_dir / rel / f"{prefix}_T1w.nii.gz",
-        entities=entities,  # type: ignore[arg-type]
-    )
 
 
 def discover_outputs(
@@ -103,7 +89,7 @@ def discover_outputs(
             prefix = m.group(1)
             item = found.get(prefix)
             if item is None:
-                item = found[prefix] = FoundScan(_scan_from_prefix(prefix, bids_dir))
+                item = found[prefix] = FoundScan(scan_from_name(bids_dir, f"{prefix}_T1w"))
             item.files[f"{m.group(2)}_{m.group(3)}"] = anat / name
             item.writing = item.writing or writing
     scans = [found[k] for k in sorted(found)]
@@ -198,7 +184,7 @@ def collect_tables(
 def _order(table: pd.DataFrame, site_first: bool = True) -> pd.DataFrame:
     if table.empty:
         return table
-    ids = [c for c in ("bids_name", "participant_id", "session_id") if c in table]
+    ids = [c for c in ("bids_name", *D.ID_COLUMNS) if c in table]
     cov = [c for c in ("age", "sex", "site") if c in table]
     scanner = [c for c in SCANNER_FIELDS if c in table]
     iqms = [c for c in ALL_IQMS if c in table]
@@ -211,9 +197,7 @@ def _order(table: pd.DataFrame, site_first: bool = True) -> pd.DataFrame:
 def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str]:
     """Each scan's site: ``--site-column`` from participants/sessions.tsv, else the scanner."""
     if settings.site_column:
-        scans = [
-            _scan_from_prefix(b[: -len("_T1w")], settings.bids_dir) for b in table["bids_name"]
-        ]
+        scans = [scan_from_name(settings.bids_dir, b) for b in table["bids_name"]]
         covs = read_covariates(
             settings.bids_dir,
             scans,
@@ -226,17 +210,10 @@ def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str
         return pd.Series(values, index=table.index, dtype=object), (
             f"the {settings.site_column!r} column of participants.tsv/sessions.tsv"
         )
-    cols = [c for c in SITE_FROM_SCANNER if c in table]
-    if not cols:
-        return pd.Series(np.nan, index=table.index, dtype=object), "unknown (no scanner metadata)"
-    parts = table[cols].astype(object).where(table[cols].notna(), None)
-    labels = [
-        " ".join(str(v) for v in row if v is not None and str(v) != "nan") or np.nan
-        for row in parts.itertuples(index=False)
-    ]
-    return pd.Series(labels, index=table.index, dtype=object), (
-        "the scanner (" + " + ".join(cols) + " from the T1w sidecars)"
-    )
+    labels, source = scanner_site(table)
+    if labels is None:
+        return pd.Series(np.nan, index=table.index, dtype=object), source
+    return labels, source
 
 
 def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.DataFrame | None:
@@ -492,7 +469,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
         )
     result = RunResult("group", total=len(found))
     raw, harmonized, problems = collect_tables(found, log)
-    failures = D.read_failures(out)
+    failures = F.read_failures(out)
     done = set(raw["bids_name"]) if len(raw) else set()
     if len(failures):
         failures = failures[~failures["bids_name"].isin(done)]

@@ -1,0 +1,323 @@
+"""User tables in and out (CSV/TSV) for the ``neuroharmony`` command: checked, fast, deterministic.
+
+Reading refuses what pandas would silently "fix" (a repeated column name becomes ``age.1``) and
+what would hang it (a FIFO, a header of a million columns), then parses with pyarrow's
+multi-threaded reader, in blocks when the caller can stream. Writing goes through pyarrow's
+CSV writer (pandas formats one float cell at a time), atomically:
+
+- numbers are written with the shortest text that reads back to the same 64-bit float
+  (``1234.5``, ``0.00001``, ``1.5e+20``): a pass-through column keeps the input's digits;
+- missing values are empty in CSV and ``n/a`` in TSV; text is quoted only where a field holds
+  the delimiter, a quote or a line break;
+- text cells starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
+  ``'`` (OWASP's CSV-injection guidance) so that a spreadsheet shows them as text, never runs
+  them as a formula; numbers are never changed.
+
+Without pyarrow installed, pandas reads and writes the same values (floats then appear as
+Python's repr, ``1234567.0``), more slowly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+from neuroharmony_bids.errors import DataError, MissingInputError, UsageError
+
+#: More columns than any real table (FreeSurfer's largest atlases with every measure and all
+#: MRIQC IQMs stay under 3,000).
+MAX_COLUMNS = 20_000
+#: A header line longer than this is not a table header.
+MAX_HEADER_BYTES = 4 * 2**20
+#: Rows per block when streaming (bounded memory, and the reader stays ahead of the writer).
+BLOCK_BYTES = 16 * 2**20
+#: pandas' default missing-value tokens plus BIDS' ``n/a``: the same in both readers.
+NA_VALUES = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+ID_COLUMNS = ("participant_id", "session_id")
+_FORMULA = re.compile(r"^[=+\-@\t\r]")
+
+
+def separator(path: str | Path) -> str:
+    """',' for .csv, tab for .tsv/.txt; anything else is a usage error."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".tsv", ".txt"):
+        raise UsageError(f"{path}: unknown table extension {suffix!r}; use .csv or .tsv")
+    return "," if suffix == ".csv" else "\t"
+
+
+def check_input(path: str | Path) -> Path:
+    """An existing regular file (a FIFO or device would block or never end)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MissingInputError(
+            f"input table {path} does not exist; check the path (CSV or TSV, one row per scan)"
+        ) from None
+    except OSError as exc:
+        raise MissingInputError(f"cannot read input table {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise MissingInputError(f"input table {path} is {what}; pass a CSV or TSV file")
+    return path
+
+
+def read_header(path: Path, sep: str) -> list[str]:
+    """Column names from the first line, refusing an endless, huge or ambiguous header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(MAX_HEADER_BYTES + 1)
+    except OSError as exc:
+        raise MissingInputError(f"cannot read input table {path}: {exc.strerror}") from None
+    end = head.find(b"\n")
+    if end < 0 and len(head) > MAX_HEADER_BYTES:
+        raise DataError(
+            f"{path}, line 1: the header line is longer than {MAX_HEADER_BYTES // 2**20} MiB, which no "
+            "table of scans needs; check that this is the right file and delimiter"
+        )
+    line = head[: end if end >= 0 else len(head)].decode("utf-8-sig", errors="replace")
+    if not line.strip():
+        raise DataError(f"{path}: empty file or empty header line; the first line names columns")
+    names = next(csv.reader([line.rstrip("\r")], delimiter=sep))
+    if len(names) > MAX_COLUMNS:
+        raise DataError(
+            f"{path}, line 1: {len(names):,} columns, more than the {MAX_COLUMNS:,} any table of "
+            "scans needs; check the delimiter and that this is the right file"
+        )
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        seen.setdefault(name, []).append(i)
+    dups = {n: cols for n, cols in seen.items() if len(cols) > 1}
+    if dups:
+        listed = "; ".join(
+            f"{n!r} in columns {', '.join(map(str, cols))}" for n, cols in list(dups.items())[:5]
+        )
+        raise DataError(
+            f"{path}, line 1: repeated column name(s): {listed}; each column needs a unique "
+            "name so the table is not ambiguous. Rename or remove the repeats"
+        )
+    return names
+
+
+def _arrow():
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return None
+    return pyarrow
+
+
+def _arrow_options(sep: str, names: list[str], block_bytes: int):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    ids = {c: pa.string() for c in ID_COLUMNS if c in names}
+    return (
+        pcsv.ReadOptions(block_size=block_bytes, use_threads=True),
+        pcsv.ParseOptions(delimiter=sep, newlines_in_values=False),
+        pcsv.ConvertOptions(
+            column_types=ids,
+            null_values=list(NA_VALUES),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+        ),
+    )
+
+
+def read_table(path: str | Path, fast: bool = True) -> pd.DataFrame:
+    """The whole table, identifiers kept as text.
+
+    ``fast``: pyarrow's multi-threaded reader when it yields only numbers and text (what
+    pandas' reader gives for the same file); otherwise, or for dates, booleans or a cell pyarrow
+    cannot convert, pandas' reader, whose messages name the row.
+    """
+    path = check_input(path)
+    sep = separator(path)
+    names = read_header(path, sep)
+    if fast and _arrow() is not None:
+        try:
+            return _arrow_table(path, sep, names)
+        except Unstreamable:
+            pass
+    try:
+        return pd.read_csv(
+            path, sep=sep, dtype={c: str for c in ID_COLUMNS}, na_values=["n/a"],
+            keep_default_na=True, low_memory=False,
+        )  # fmt: skip
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(
+            f"{path}: cannot parse as {'CSV' if sep == ',' else 'TSV'}: {exc}"
+        ) from None
+
+
+def _plain(batch) -> None:
+    """Refuse (as Unstreamable) column types pandas' reader would have left as text."""
+    import pyarrow.types as t
+
+    for field in batch.schema:
+        ty = field.type
+        if not (t.is_int64(ty) or t.is_float64(ty) or t.is_string(ty) or t.is_null(ty)):
+            raise Unstreamable(f"column {field.name!r} read as {ty}")
+
+
+def _arrow_table(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        table = pcsv.read_csv(path, *_arrow_options(sep, names, BLOCK_BYTES))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise Unstreamable(str(exc)) from None
+    _plain(table)
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+class Unstreamable(Exception):
+    """pyarrow could not read the table in typed blocks (e.g. text in a numeric column after the
+    first block); the caller falls back to :func:`read_table`, whose messages name the cell."""
+
+
+def iter_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[pd.DataFrame]:
+    """The table in blocks of rows (pyarrow streaming reader); raises :class:`Unstreamable`."""
+    pa = _arrow()
+    path = check_input(path)
+    sep = separator(path)
+    names = read_header(path, sep)
+    if pa is None:
+        raise Unstreamable("pyarrow is not installed")
+    import pyarrow.csv as pcsv
+
+    try:
+        reader = pcsv.open_csv(path, *_arrow_options(sep, names, block_bytes or BLOCK_BYTES))
+        for batch in reader:
+            _plain(batch)
+            yield batch.to_pandas(split_blocks=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise Unstreamable(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def neutralise_formulas(table: pd.DataFrame) -> int:
+    """Prefix ``'`` to text cells a spreadsheet would run as a formula; return how many.
+
+    Only text columns are touched and, in them, only cells that are not numbers (``-3.5`` stays).
+    """
+    count = 0
+    for col in table.columns:
+        s = table[col]
+        if s.dtype != object and not pd.api.types.is_string_dtype(s.dtype):
+            continue
+        try:  # non-text cells of an object column give NaN here
+            risky = s.str.match(_FORMULA).fillna(False).to_numpy(dtype=bool)
+        except AttributeError:  # no text at all in this column
+            continue
+        if not risky.any():
+            continue
+        numeric = pd.to_numeric(s[risky], errors="coerce").notna().to_numpy()
+        rows = np.flatnonzero(risky)[~numeric]
+        if len(rows):
+            table[col] = s.astype(object)
+            table.iloc[rows, table.columns.get_loc(col)] = "'" + s.iloc[rows].astype(str)
+            count += len(rows)
+    return count
+
+
+def _header_line(names: list[str], sep: str) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=sep, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow(names)
+    return buf.getvalue().encode("utf-8")
+
+
+class TableWriter:
+    """Writes blocks of one table to an open binary file: header once, same bytes every run."""
+
+    def __init__(self, fh: IO[bytes], sep: str) -> None:
+        self.fh, self.sep, self.columns = fh, sep, None
+        self.neutralised = 0
+
+    def write(self, block: pd.DataFrame) -> None:
+        block = block.copy(deep=False)
+        self.neutralised += neutralise_formulas(block)
+        if self.columns is None:
+            self.columns = [str(c) for c in block.columns]
+            self.fh.write(_header_line(self.columns, self.sep))
+        if _arrow() is None:
+            self._write_pandas(block)
+        else:
+            self._write_arrow(block)
+
+    def _write_arrow(self, block: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pcsv
+
+        table = pa.Table.from_pandas(block, preserve_index=False)
+        if self.sep == "\t":  # BIDS: missing is n/a
+            cols = []
+            for col in table.columns:
+                if col.null_count:
+                    col = pc.fill_null(pc.cast(col, pa.string()), "n/a")
+                cols.append(col)
+            table = pa.table(cols, names=table.column_names)
+        for quoting in ("none", "needed"):  # quote only when a value needs it
+            buf = pa.BufferOutputStream()
+            try:
+                opts = pcsv.WriteOptions(
+                    include_header=False, delimiter=self.sep, quoting_style=quoting
+                )
+                pcsv.write_csv(table, buf, opts)
+            except pa.ArrowInvalid:
+                continue
+            self.fh.write(buf.getvalue().to_pybytes())
+            return
+
+    def _write_pandas(self, block: pd.DataFrame) -> None:
+        """Fallback without pyarrow: the same values, floats as Python's repr (``1234567.0``)."""
+        na = "n/a" if self.sep == "\t" else ""
+        text = block.to_csv(sep=self.sep, header=False, index=False, na_rep=na, lineterminator="\n")
+        self.fh.write(text.encode("utf-8"))
+
+
+def write_blocks(path: str | Path, blocks, sep: str | None = None) -> int:
+    """Write an iterable of DataFrame blocks to ``path`` atomically; return cells neutralised."""
+    from neuroharmony_bids.atomic import atomic_path
+
+    path = Path(path)
+    sep = sep or separator(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        writer = TableWriter(fh, sep)
+        for block in blocks:
+            writer.write(block)
+    return writer.neutralised
+
+
+def probe_writable(path: str | Path) -> None:
+    """Fail before any work if ``path`` cannot be created (missing or read-only folder)."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".nhtmp-probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the output table {path}: {exc.strerror or exc}; choose a folder you "
+            "can write to"
+        ) from None
