@@ -651,6 +651,65 @@ def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
     assert not log.exists()
 
 
+def _hard_imports(path: Path) -> set[str]:
+    """Top-level names a file imports unconditionally: not inside try/except ImportError, and
+    not a name the file checks with pytest.importorskip."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    guarded: set[int] = set()
+    guarded_names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            h.type is not None and "ImportError" in ast.unparse(h.type) for h in node.handlers
+        ):
+            guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    names = set()
+    for node in ast.walk(tree):  # names a test checks with pytest.importorskip are optional
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("importorskip"):
+            if node.args and isinstance(node.args[0], ast.Constant):
+                guarded_names.add(str(node.args[0].value).split(".")[0])
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - guarded_names
+
+
+@pytest.mark.parametrize(
+    ("folders", "locks"),
+    [
+        (("neuroharmony_bids",), ("requirements.lock",)),
+        (("tests", "bench", "scripts"), ("requirements.lock", "requirements-test.lock")),
+    ],
+)
+def test_every_import_is_pinned_in_the_lock_that_installs_it(folders, locks):
+    """The package imports only runtime-lock distributions; tests, benchmarks and scripts also
+    the test lock's. Optional imports (try/except ImportError, pytest.importorskip) are free."""
+    from importlib.metadata import packages_distributions
+
+    local = {p.stem for f in folders for p in (REPO / f).rglob("*.py")} | {
+        "neuroharmony_bids",
+        "bench",
+        "conftest",
+    }
+    pinned = set()
+    for lock in locks:
+        pinned |= set(_lock_pins(lock))
+    providers = packages_distributions()
+    missing = {}
+    for folder in folders:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for name in _hard_imports(path) - local - set(sys.stdlib_module_names):
+                dists = {canonicalize_name(d) for d in providers.get(name, [])}
+                if not dists & pinned:
+                    missing.setdefault(name, path.relative_to(REPO).as_posix())
+    assert not missing, f"imported but not pinned in {' or '.join(locks)}: {missing}"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """A wheel built from a clean copy of the repository (the checkout is never written to)."""
