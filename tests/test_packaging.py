@@ -251,7 +251,7 @@ def test_path_puts_the_mriqc_env_before_freesurfer():
     assert path.index("/opt/conda/bin") < path.index("$FREESURFER_HOME/bin") < path.index("$PATH")
 
 
-def test_templateflow_files_checked_at_build_time_cover_mriqcs_t1w_workflow():
+def test_templateflow_files_checked_at_build_time_cover_mriqcs_t1w_workflow(tmp_path):
     """The build stops unless the MRIQC image's /templateflow holds the T1w workflow's files."""
     check = [r for w, r in dockerfile_instructions() if w == "RUN" and "TemplateFlow file" in r]
     assert len(check) == 1
@@ -265,7 +265,24 @@ def test_templateflow_files_checked_at_build_time_cover_mriqcs_t1w_workflow():
         "res-01_label-GM_probseg",
         "res-01_label-WM_probseg",
     } <= suffixes
-    assert 'test -s "${tpl}_${suffix}.nii.gz"' in check[0]
+    # run the check itself on a stand-in cache: complete, one file missing, one unreadable
+    tpl = tmp_path / "templateflow" / "tpl-MNI152NLin2009cAsym"
+    tpl.mkdir(parents=True)
+    for suffix in suffixes:
+        (tpl / f"tpl-MNI152NLin2009cAsym_{suffix}.nii.gz").write_bytes(b"\x1f\x8b")
+    env = {"PATH": os.environ["PATH"], "TEMPLATEFLOW_HOME": str(tmp_path / "templateflow")}
+
+    def check_runs() -> subprocess.CompletedProcess:
+        return _run(["/bin/bash", "-o", "pipefail", "-c", check[0]], env=env)
+
+    assert check_runs().returncode == 0
+    probseg = tpl / "tpl-MNI152NLin2009cAsym_res-01_label-GM_probseg.nii.gz"
+    probseg.chmod(0o600)
+    res = check_runs()
+    assert res.returncode == 1 and "GM_probseg.nii.gz is not readable by every user" in res.stderr
+    probseg.unlink()
+    res = check_runs()
+    assert res.returncode == 1 and "GM_probseg.nii.gz is missing" in res.stderr
 
 
 def test_dockerfile_labels_and_version_build_arg():
