@@ -933,6 +933,60 @@ def test_generator_translates_every_kind_of_argparse_option(tmp_path):
     assert args.skip_bids_validation and args.train and args.analysis_level == "participant"
 
 
+# --------------------------------------------------------------------------- CI entry point
+
+
+@pytest.mark.slow
+def test_ci_runs_the_readme_commands_in_a_fresh_clone_with_nothing_but_pypi(tmp_path):
+    """.ci/run on a throwaway repository whose two README scripts record what they see: they
+    run in a fresh clone, with an empty HOME, no PIP_* variable but PIP_CONFIG_FILE=/dev/null
+    (so the real pip of a real venv reads no configuration file), and the shared data path."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    (repo / "scripts").mkdir()
+    shutil.copy(REPO / ".ci" / "run", repo / ".ci" / "run")
+    record = 'env | sort > {seen}/{name}.env\npwd > {seen}/{name}.pwd\nls -A "$HOME" > {seen}/{name}.home\n'
+    (repo / "scripts" / "run_example.sh").write_text(
+        "set -e\n" + record.format(seen=seen, name="example") + "python3 -m venv .venv\n"
+    )
+    (repo / "scripts" / "run_tests.sh").write_text(
+        record.format(seen=seen, name="tests") + 'echo "1 passed, 0 failed"\n'
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        assert _run([*git, *cmd]).returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("chromium", "jq"):  # present, so .ci/run installs nothing
+        _stub(bin_dir, name, "exit 0\n")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PIP_INDEX_URL": "http://pip.invalid/simple",  # would break an install if it leaked
+        "PIP_FIND_LINKS": "/nonexistent",
+        "NEUROHARMONY_SHARED_DATA": "/shared/data",
+        "TMPDIR": str(tmp_path),
+    }
+    res = _run(["bash", str(repo / ".ci" / "run")], env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.rstrip().endswith("1 passed, 0 failed")
+    for name in ("example", "tests"):
+        lines = (seen / f"{name}.env").read_text().splitlines()
+        got = dict(line.split("=", 1) for line in lines if "=" in line)
+        assert [k for k in got if k.startswith("PIP_")] == ["PIP_CONFIG_FILE"], name
+        assert got["PIP_CONFIG_FILE"] == "/dev/null"
+        assert got["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+        assert got["NEUROHARMONY_SHARED_DATA"] == "/shared/data"
+        assert got["HOME"].startswith(str(tmp_path)) and got["HOME"] != os.environ.get("HOME")
+        clone = (seen / f"{name}.pwd").read_text().strip()
+        assert clone != str(repo) and clone.startswith(str(tmp_path))
+    assert (seen / "example.home").read_text() == ""  # HOME starts empty
+    # the scratch clone (venv included) is removed afterwards
+    assert not Path(clone).exists()
+
+
 # --------------------------------------------------------------------------- brainlife
 
 
