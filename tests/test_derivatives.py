@@ -185,6 +185,7 @@ def test_per_scan_files_and_sidecars(tmp_path):
     assert side == rebuilt
 
 
+@pytest.mark.bids_validator
 def test_bids_validator_accepts_the_output_folder(tmp_path):
     out = _outputs(tmp_path)
     (out / "logs").mkdir()
