@@ -10,8 +10,12 @@ For each held-out site s (training pool = the other 16 sites):
 
 Figures per row (definitions in bench/README.md and neuroharmony_bids.harmonize.metrics):
 residual site effect (regions × held-out sites with a Bonferroni-significant difference from
-the ComBat-harmonized other sites), site-vs-rest AUC, R² and MAE % against the oracle, and the
-mean change of within-site age correlations.
+the ComBat-harmonized other sites), site-vs-rest AUC, R² and MAE % against the oracle, the
+mean change of within-site age correlations, and the anatomy kept (issue 14): a known change
+(metrics.ANATOMY_CHANGE: −10 % hippocampus, amygdala, entorhinal, parahippocampal; +15 %
+lateral ventricles) is injected into half of the held-out site's scans, every row harmonizes
+the changed site again, and retention = change out / change in (median over changed scans;
+worst region), plus the held-out site's between-subject SD over the oracle's.
 
 Usage: python bench/quality.py [--sites NYU KKI] [--drift] [--n-scans 1 2 5 10 20]
        [--json out.json] [--no-cache] [--ours MODULE:FACTORY]
@@ -41,7 +45,7 @@ from _original import OriginalNeuroharmony  # noqa: E402
 from neuroharmony_bids.harmonize import metrics  # noqa: E402
 
 #: bump when a cached computation changes meaning, so stale cache entries are not reused
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 Apply = Callable[[pd.DataFrame, "str | None"], pd.DataFrame]
 
@@ -96,6 +100,12 @@ def _oracle(vol: pd.DataFrame, site: np.ndarray, cov: pd.DataFrame, version: int
     return C.combat(vol, site, cov)
 
 
+def changed_half(test: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The held-out site with issue 14's anatomy change in every other scan (and the mask)."""
+    half = np.arange(len(test)) % 2 == 0
+    return metrics.inject_change(test, half), half
+
+
 def _reference(
     vol: pd.DataFrame, site: np.ndarray, cov: pd.DataFrame, version: int
 ) -> pd.DataFrame:
@@ -105,9 +115,13 @@ def _reference(
 def _original_predict(
     train: pd.DataFrame, test: pd.DataFrame, n_estimators: int, version: int
 ) -> dict[str, pd.DataFrame]:
-    """Fit once, predict the standard and the drifted test set (so one cache entry serves both)."""
+    """Fit once, predict the standard, drifted and anatomy-changed test sets (one cache entry)."""
     model = OriginalNeuroharmony(C.REGIONS, n_estimators=n_estimators).fit(train, C.SITE)
-    return {"standard": model.transform(test), "drift": model.transform(C.drift_iqms(test, seed=0))}
+    return {
+        "standard": model.transform(test),
+        "drift": model.transform(C.drift_iqms(test, seed=0)),
+        "changed": model.transform(changed_half(test)[0]),
+    }
 
 
 # ----------------------------------------------------------------------------- figures
@@ -120,11 +134,14 @@ def evaluate(
     reference_df: pd.DataFrame,
     oracle_test: pd.DataFrame,
     batches: np.ndarray | None = None,
+    changed: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> dict:
     """All figures for one held-out site and one method.
 
     ``batches``: the joint-mode group of each test scan; adds ``auc_batch_cv``, the site AUC
     with each batch kept in one CV fold (see metrics.site_auc: removes anti-learning).
+    ``changed``: (test with the anatomy change, its harmonized volumes); adds the per-scan,
+    per-region retention ratios (``_retention``, pooled over sites by :func:`aggregate`).
     """
     vols = pd.concat([harmonized[C.REGIONS], reference[C.REGIONS]], ignore_index=True)
     cov = pd.concat([C.covariates(test), C.covariates(reference_df)], ignore_index=True)
@@ -134,6 +151,17 @@ def evaluate(
         harmonized[C.REGIONS].reset_index(drop=True), oracle_test[C.REGIONS].reset_index(drop=True)
     )
     extra = {}
+    if changed is not None:
+        cols = [c for c in metrics.ANATOMY_CHANGE if c in C.REGIONS]
+        extra["_retention"] = metrics.retention(
+            test[cols].reset_index(drop=True),
+            changed[0][cols].reset_index(drop=True),
+            harmonized[cols].reset_index(drop=True),
+            changed[1][cols].reset_index(drop=True),
+        )
+    extra["sd_ratio"] = float(
+        np.median(harmonized[C.REGIONS].std().to_numpy() / oracle_test[C.REGIONS].std().to_numpy())
+    )
     if batches is not None:
         groups = np.r_[np.asarray(batches, dtype=str), [f"ref{i}" for i in range(len(reference))]]
         extra["auc_batch_cv"] = metrics.site_auc(vols, is_site, cov, cv=5, seed=0, groups=groups)
@@ -170,9 +198,13 @@ def aggregate(per_site: dict[str, dict], pooled: tuple[pd.DataFrame, pd.DataFram
         "mae_pct",
         "age_corr_change",
         "mean_abs_difference_pct",
+        "sd_ratio",
     ):
         if key in vals[0]:
             out[key] = float(np.nanmean([v[key] for v in vals]))
+    if "_retention" in vals[0]:
+        # pooled over every changed scan of every held-out site
+        out.update(metrics.summarize_retention(pd.concat([v["_retention"] for v in vals])))
     if pooled is not None:
         out["r2_pooled"] = metrics.agreement(*pooled)["r2"]
     return out
@@ -211,6 +243,9 @@ COLUMNS = [
     ("r2_pooled", "R² pooled", ".3f"),
     ("mae_pct", "MAE % vs oracle", ".2f"),
     ("age_corr_change", "Δ age r", ".3f"),
+    ("retention", "retention", ".3f"),
+    ("retention_worst", "worst region", ".3f"),
+    ("sd_ratio", "SD / oracle SD", ".3f"),
 ]
 
 
@@ -221,6 +256,13 @@ def _table(summary: dict[str, dict]) -> str:
             {"row": name, "resid": f"{agg['n_significant']:g} / {agg['denominator']}", **agg}
         )
     return C.markdown_table(rows, COLUMNS)
+
+
+def _public(obj):
+    """``obj`` without the private per-scan arrays (keys starting with ``_``), for JSON."""
+    if isinstance(obj, dict):
+        return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")}
+    return obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         tests = {"standard": test}
         if args.drift:
             tests["drift"] = C.drift_iqms(test, seed=0)
+        test_changed, _ = changed_half(test)
+        changed_h: dict[str, pd.DataFrame] = {"raw": test_changed[C.REGIONS]}
         ref = reference_fn(
             train[C.REGIONS], train[C.SITE].to_numpy(), C.covariates(train), CACHE_VERSION
         )
@@ -271,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             preds = original_fn(train, test, args.original_trees, CACHE_VERSION)
             for sc in scenarios:
                 methods[sc]["original"] = preds[sc]
+            changed_h["original"] = preds["changed"]
             timings["original"] += time.perf_counter() - tt
         apply = None
         if fit_factory is not None:
@@ -278,14 +323,25 @@ def main(argv: list[str] | None = None) -> int:
             apply = fit_factory(train)
             for sc, t in tests.items():
                 methods[sc]["ours"] = apply(t, None)
+            changed_h["ours"] = apply(test_changed, None)
             timings["ours"] += time.perf_counter() - tt
         for sc in scenarios:
             for name, h in methods[sc].items():
-                r = evaluate(h, test, ref, train, oracle_test)
+                ch = (test_changed, changed_h[name]) if sc == "standard" else None
+                r = evaluate(h, test, ref, train, oracle_test, changed=ch)
                 per_site[sc].setdefault(name, {})[s] = r
                 pooled[sc].setdefault(name, []).append((h[C.REGIONS], oracle_test[C.REGIONS]))
             if "oracle" in args.rows and sc == "standard":
-                r = evaluate(oracle_test, test, oracle_ref, train, oracle_test)
+                # ComBat with the site, refitted on the data with the changed held-out site
+                both = df.copy()
+                both.loc[is_test, C.REGIONS] = test_changed[C.REGIONS].to_numpy()
+                oracle_changed = oracle_fn(
+                    both[C.REGIONS], both[C.SITE].to_numpy(), C.covariates(both), CACHE_VERSION
+                )[is_test]
+                r = evaluate(
+                    oracle_test, test, oracle_ref, train, oracle_test,
+                    changed=(test_changed, oracle_changed),
+                )  # fmt: skip
                 per_site[sc].setdefault("oracle", {})[s] = r
                 pooled[sc].setdefault("oracle", []).append((oracle_test, oracle_test))
         if apply is not None and args.n_scans:
@@ -299,10 +355,18 @@ def main(argv: list[str] | None = None) -> int:
                         groups[idx] = f"{s}#group{k}"
                     labeled = test.assign(**{C.SITE: groups})
                     h = apply(labeled, C.SITE)
-                    reps.append(evaluate(h, test, ref, train, oracle_test, batches=groups))
+                    # issue 14: 10 % of the scans carry the anatomy change
+                    few = np.zeros(len(test), dtype=bool)
+                    few[rng.permutation(len(test))[: max(1, round(0.1 * len(test)))]] = True
+                    t10 = metrics.inject_change(test, few)
+                    h10 = apply(t10.assign(**{C.SITE: groups}), C.SITE)
+                    reps.append(
+                        evaluate(h, test, ref, train, oracle_test, batches=groups,
+                                 changed=(t10, h10))
+                    )  # fmt: skip
                 curve.setdefault(n, {})[s] = {
-                    k: float(np.mean([r[k] for r in reps])) for k in reps[0]
-                }
+                    k: float(np.mean([r[k] for r in reps])) for k in reps[0] if k != "_retention"
+                } | {"_retention": pd.concat([r["_retention"] for r in reps])}
         done = {
             k: v["n_significant"]
             for k, v in ((k, per_site["standard"][k][s]) for k in per_site["standard"])
@@ -369,9 +433,9 @@ def main(argv: list[str] | None = None) -> int:
                 "correction": "Bonferroni over regions, per held-out site",
             },
             "summary": summary,
-            "per_site": per_site,
+            "per_site": _public(per_site),
             "n_scans_curve": {
-                str(n): {"summary": curve_summary[n], "per_site": curve[n]} for n in curve
+                str(n): {"summary": curve_summary[n], "per_site": _public(curve[n])} for n in curve
             },
             "run_time_s": elapsed,
         }

@@ -15,7 +15,7 @@ class UsageError(NeuroharmonyError):
     exit_code = 64
 
 
-class DataError(NeuroharmonyError):
+class DataError(NeuroharmonyError, ValueError):
     """Input data present but malformed (sysexits EX_DATAERR)."""
 
     exit_code = 65

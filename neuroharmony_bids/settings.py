@@ -39,6 +39,7 @@ class Settings:
     age_column: str = "age"
     sex_column: str = "sex"
     sex_mapping: tuple[tuple[str, str], ...] = ()
+    profile_weight: float | None = None
     participant_reports: bool = True
     verbosity: int = 0
     argv: tuple[str, ...] = ()

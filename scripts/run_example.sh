@@ -5,10 +5,12 @@
 #
 # BIDS_DIR (default ./example_output/bids) receives a small simulated 3-site BIDS dataset
 # with FreeSurfer and MRIQC derivatives; OUTPUT_DIR (default: BIDS_DIR/../neuroharmony)
-# receives the harmonized volumes and the reports. Installs the locked environment into
-# .venv on first use (scripts/bootstrap.sh). No network access is needed after that.
+# receives the harmonized volumes and the reports. Installs the locked runtime environment
+# (requirements.lock, from PyPI alone; no test tools) into .venv on first use
+# (scripts/bootstrap.sh). No network access is needed after that.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NEUROHARMONY_LOCK=requirements.lock
 # shellcheck source=scripts/bootstrap.sh
 source "$repo/scripts/bootstrap.sh"
 
@@ -17,7 +19,7 @@ out="${2:-$(dirname "$bids")/neuroharmony}"
 start=$SECONDS
 
 echo "==> Writing the SIMULATED example dataset to $bids"
-python -m neuroharmony_bids.example "$bids"
+python -m neuroharmony_bids.testing.example "$bids"
 
 echo "==> Participant level: harmonize every scan"
 python "$repo/run.py" "$bids" "$out" participant

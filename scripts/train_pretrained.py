@@ -27,7 +27,11 @@ sys.path.insert(0, str(REPO))
 from neuroharmony_bids.atomic import write_text  # noqa: E402
 from neuroharmony_bids.harmonize import features as F  # noqa: E402
 from neuroharmony_bids.harmonize.io import model_info, save_model  # noqa: E402
-from neuroharmony_bids.harmonize.model import NeuroHarmonizer  # noqa: E402
+from neuroharmony_bids.harmonize.model import (  # noqa: E402
+    MAX_FLAGGED_SHARE,
+    REGION_Z_LIMIT,
+    NeuroHarmonizer,
+)
 
 TABLE = "abide1/abide1_fs6_mriqc_pheno.csv"
 
@@ -130,7 +134,38 @@ def model_card(info: dict, model: NeuroHarmonizer) -> str:
         "fitted with that scanner.",
         "",
         f"Regions ({len(info['regions'])}): the 101 Neuroharmony regions (33 aseg + 68 "
-        "Desikan-Killiany) plus the other aseg/global volumes present with at most 1 % zeros.",
+        "Desikan-Killiany) plus the other aseg structures present with at most 1 % zeros: "
+        "per-structure volumes only, whose definition is the same in FreeSurfer 5.3 to 8 and "
+        "FastSurfer. The global measures of the aseg.stats header ("
+        + ", ".join(F.GLOBAL_MEASURES)
+        + ") are passed through unharmonized: their definitions differ. The training table's "
+        "`SubCortGrayVol` (mean about 189,000 mm³) is `TotalGrayVol − CortexVol`, while every "
+        "real aseg.stats writes the subcortical grey sum (46,000–69,000 mm³), and FreeSurfer "
+        "7.4 recomputed the whole family (BrainVolStatsFixed). A harmonized sum would also "
+        "disagree with its harmonized parts.",
+        "",
+        "## Single scan: keeping the person's anatomy",
+        "",
+        "With one scan, a person's own anatomy and the scanner's offset point the same way. "
+        "The full Gaussian posterior (`profile_update=own_region`) lets a region's own volume "
+        "inform its own scanner offset, so part of a real atrophy was read as scanner effect "
+        "and removed (only 85 % of a 10 % hippocampal change survived, worst region 78 %). The "
+        "shipped default (`profile_update=cross_region`, `profile_weight="
+        f"{info['params']['profile_weight']:g}`) predicts each region's scanner offset from the "
+        "IQM prior and the *other* regions only, leaving out the region and its homologue in "
+        "the other hemisphere: site effects are shared across structures (a scanner makes many "
+        "structures look larger), a person's focal atrophy is not. A region further than "
+        f"{REGION_Z_LIMIT:g} SD from the training norm is flagged by name "
+        "(`nh_regions_flagged`) and ignored by the other regions' estimates; more than "
+        f"{MAX_FLAGGED_SHARE:.0%} of regions flagged means a failed segmentation, and the scan "
+        "is left unharmonized. `--profile-weight` scales the between-site covariance in the "
+        "posterior: 0 uses the IQM prior alone (all anatomy kept, least site effect removed); "
+        "above 1 removes more site effect and keeps less anatomy (see docs/faq.md for the "
+        "measured trade-off). Each harmonized region's posterior SD (mm³) says how sure the "
+        "correction is. The joint path (several scans of one scanner) uses the full posterior: "
+        "there a person's anatomy averages out. Limit: the cross-region estimate needs many "
+        "training sites to learn how site effects co-vary (17 here); with few sites it can do "
+        "worse than no correction, and `profile_update=own_region` is the safer choice.",
         "",
         "## Estimators compared (leave-one-site-out)",
         "",
@@ -166,7 +201,8 @@ def model_card(info: dict, model: NeuroHarmonizer) -> str:
     if cv:
         rows = [
             [k, int(v["n_significant"]), f"{v['auc']:.3f}", f"{v['r2']:.3f}",
-             f"{v['mae_pct']:.2f}", f"{v['age_r_change']:.3f}"]
+             f"{v['mae_pct']:.2f}", f"{v['age_r_change']:.3f}", f"{v['retention']:.3f}",
+             f"{v['retention_worst']:.3f}", f"{v['sd_ratio']:.3f}"]
             for k, v in cv["summary"].items()
         ]  # fmt: skip
         lines += [
@@ -179,9 +215,29 @@ def model_card(info: dict, model: NeuroHarmonizer) -> str:
             "sites (OLS with age, age², sex, eTIV, dx; Bonferroni over regions). `auc`: "
             "site-vs-rest classifier on covariate-residualized volumes (0.5 = chance). `r2`/"
             "`mae_pct`: agreement with ComBat fitted with the held-out site. `age_r_change`: "
-            "mean |Δ| of within-site correlation with age.",
+            "mean |Δ| of within-site correlation with age. `retention`: how much of a known "
+            "change in a person's anatomy survives harmonization (−10 % hippocampus, amygdala, "
+            "entorhinal, parahippocampal; +15 % lateral ventricles, injected into half of the "
+            "held-out site's scans; change out / change in, median over changed scans; 1 = "
+            "kept); `retention_worst`: the changed region kept least ("
+            + ", ".join(f"{k}: {v}" for k, v in cv.get("retention_worst_region", {}).items())
+            + "). `sd_ratio`: the held-out site's between-subject SD after harmonization over "
+            "the oracle's (median over regions).",
             "",
-            _table(rows, ["method", "n_significant", "auc", "r2", "mae_pct", "age_r_change"]),
+            _table(
+                rows,
+                [
+                    "method",
+                    "n_significant",
+                    "auc",
+                    "r2",
+                    "mae_pct",
+                    "age_r_change",
+                    "retention",
+                    "retention_worst",
+                    "sd_ratio",
+                ],
+            ),  # fmt: skip
         ]
     lines += [
         "",
@@ -191,8 +247,15 @@ def model_card(info: dict, model: NeuroHarmonizer) -> str:
         "one scan at a time (or jointly per scanner with `--site-column`).",
         f"- Ages {model.age_range_[0]:.1f}–{model.age_range_[1]:.1f}, mostly male, mostly "
         "children and young adults; outside these the output is flagged `nh_out_of_range`.",
-        "- FreeSurfer 6 volumes; FreeSurfer 7 spellings are accepted, but FreeSurfer 7 segments "
-        "some structures differently: a study mixing versions should use the joint path.",
+        f"- FreeSurfer {model.freesurfer_version_} volumes; FreeSurfer 7 spellings are accepted, "
+        "but FreeSurfer 7 segments some structures differently: the version is part of the "
+        "scanner effect. A single scan whose `freesurfer_version` column names another version "
+        "is flagged (`freesurfer_version` in `nh_out_of_range_features`); the joint path "
+        "absorbs the difference.",
+        "- Missing IQMs (NaN, or MRIQC's -1 for an IQM it could not compute) cost a flag "
+        "(`nh_iqms_missing`), not the scan: the IQMs present are used, the prior is trusted "
+        "less, and with more than a quarter of the core IQMs missing the scan is harmonized "
+        "from its regional profile alone.",
         "- IQMs from early MRIQC; later releases rescaled some IQMs (`snrd_*`, `efc`): such scans "
         "are flagged and the IQM prior is switched off by the confidence calibration.",
         "- Single-scan harmonization of an unseen scanner removes only part of its effect (see "

@@ -16,12 +16,15 @@ def synth_table(
     """Volumes = base · (1 + age effect + sex effect) · site scale + site shift + noise.
 
     Sites differ in their age distribution, so an unprotected ComBat would eat the age slope.
+    A site's shift has a part shared by all regions (as real scanners make every structure
+    look larger or smaller) and a part of each region's own.
     """
     rng = np.random.default_rng(seed)
     rows = []
     base = rng.uniform(2000, 12000, len(REGIONS))
+    shared = np.random.default_rng([seed, 1]).normal(0, 0.045, n_sites)  # own stream
     for s in range(n_sites):
-        shift = rng.normal(0, 0.06, len(REGIONS)) * base
+        shift = (shared[s] + rng.normal(0, 0.04, len(REGIONS))) * base
         scale = rng.uniform(0.8, 1.25)
         iqm_shift = rng.normal(0, 0.3, len(F.CORE_IQMS))
         age_lo = 8 + 6 * s

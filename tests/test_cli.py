@@ -159,7 +159,7 @@ def test_run_is_logged(abide_table, tmp_path, capsys):
     assert len(logs) == 1
     text = logs[0].read_text()
     assert "command line: neuroharmony-bids " + " ".join(argv) in text
-    assert '"nipype":' in text and '"pybids":' in text and "finished in" in text
+    assert '"Nipype":' in text and '"pybids":' in text and "finished in" in text
     assert run([*argv, "-q"]) == 0
     assert "INFO" not in capsys.readouterr().err
     assert run([*argv, "--verbose"]) == 0

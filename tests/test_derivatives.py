@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroharmony_bids import derivatives as D
 from neuroharmony_bids.atomic import TMP_PREFIX, write_table
 from neuroharmony_bids.bids import Scan
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures as F
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.harmonize.io import model_info
 
@@ -187,7 +188,7 @@ def test_bids_validator_accepts_the_output_folder(tmp_path):
     out = _outputs(tmp_path)
     (out / "logs").mkdir()
     (out / "logs" / "run.log").write_text("log\n")
-    D.write_failure(out, Scan("02", Path("/x")), "age is n/a", 65)
+    F.write_failure(out, Scan("02", Path("/x")), "age is n/a", 65)
     proc = subprocess.run(
         ["bids-validator-deno", "--format", "json", str(out)], capture_output=True, text=True
     )
@@ -199,8 +200,8 @@ def test_bids_validator_accepts_the_output_folder(tmp_path):
 
 def test_failure_records_round_trip(tmp_path):
     out = tmp_path / "out"
-    D.write_failure(out, SCAN, "age is n/a", 65)
-    table = D.read_failures(out)
+    F.write_failure(out, SCAN, "age is n/a", 65)
+    table = F.read_failures(out)
     assert table.to_dict("records") == [
         {
             "bids_name": "sub-01_ses-a_run-2_T1w",
@@ -210,5 +211,5 @@ def test_failure_records_round_trip(tmp_path):
             "exit_code": 65,
         }
     ]
-    D.clear_failure(out, SCAN)
-    assert D.read_failures(out).empty
+    F.clear_failure(out, SCAN)
+    assert F.read_failures(out).empty

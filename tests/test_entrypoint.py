@@ -165,8 +165,8 @@ def test_participant_and_group_levels_from_read_only_copy(ro_repo, tmp_path):
         pytest.skip(
             f"participant/group run from a read-only copy waits for the workflows: {reason}"
         )
-    from neuroharmony_bids.example import write_example_dataset
     from neuroharmony_bids.harmonize.io import load_model
+    from neuroharmony_bids.testing.example import write_example_dataset
 
     copy, before = ro_repo
     # the simulated example: every IQM and region the shipped (default) model uses

@@ -10,17 +10,17 @@ import subprocess
 import pandas as pd
 import pytest
 
-from neuroharmony_bids.example import (
+from neuroharmony_bids.harmonize.features import DK_REGIONS, ETIV, NEUROHARMONY_REGIONS
+from neuroharmony_bids.harmonize.metrics import residual_site_effect, site_auc
+from neuroharmony_bids.io.freesurfer_stats import read_subject_volumes
+from neuroharmony_bids.io.mriqc_json import read_iqm_json
+from neuroharmony_bids.testing.example import (
     SIMULATED_NAME,
     main,
     shipped_model,
     simulate_table,
     write_example_dataset,
 )
-from neuroharmony_bids.harmonize.features import DK_REGIONS, ETIV, NEUROHARMONY_REGIONS
-from neuroharmony_bids.harmonize.metrics import residual_site_effect, site_auc
-from neuroharmony_bids.interfaces.freesurfer import read_subject_volumes
-from neuroharmony_bids.interfaces.mriqc import read_iqm_json
 
 
 def _digest(root):

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from neuroharmony_bids.harmonize.features import CORE_IQMS, DK_REGIONS
-from neuroharmony_bids.interfaces.freesurfer import read_subject_volumes
-from neuroharmony_bids.interfaces.mriqc import read_group_tsv, read_iqm_json
+from neuroharmony_bids.io.freesurfer_stats import read_subject_volumes
+from neuroharmony_bids.io.mriqc_json import read_group_tsv, read_iqm_json
 from neuroharmony_bids.testing import abide_rows, build_bids_dataset, tiny_t1w_bytes
 
 

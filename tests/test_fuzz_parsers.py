@@ -22,8 +22,8 @@ from neuroharmony_bids.bids import Scan, read_covariates
 from neuroharmony_bids.errors import DataError, NeuroharmonyError
 from neuroharmony_bids.harmonize.features import CORE_IQMS, parse_sex
 from neuroharmony_bids.harmonize.table import prepare
-from neuroharmony_bids.interfaces import freesurfer as fs
-from neuroharmony_bids.interfaces import mriqc as mq
+from neuroharmony_bids.io import freesurfer_stats as fs_stats
+from neuroharmony_bids.io import mriqc_json
 
 N = int(os.environ.get("NH_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
@@ -82,10 +82,10 @@ def _only_ours(fn, *args, **kwargs):
 def test_freesurfer_stats_parsers(text):
     with tempfile.TemporaryDirectory() as d:
         path = _write(Path(d), "lh.aparc.stats", text)
-        _only_ours(fs.parse_stats_file, path)
-        _only_ours(fs.parse_aseg_stats, path)
-        _only_ours(fs.parse_aparc_stats, path)
-        _only_ours(fs.parse_aparc_stats, path, "rh", False)
+        _only_ours(fs_stats.parse_stats_file, path)
+        _only_ours(fs_stats.parse_aseg_stats, path)
+        _only_ours(fs_stats.parse_aparc_stats, path)
+        _only_ours(fs_stats.parse_aparc_stats, path, "rh", False)
 
 
 @FUZZ
@@ -95,8 +95,10 @@ def test_freesurfer_subject(aseg, lh, raw):
         _write(Path(d), "stats/aseg.stats", aseg)
         _write(Path(d), "stats/lh.aparc.stats", lh)
         _write(Path(d), "stats/rh.aparc.stats", raw)
-        _only_ours(fs.read_subject_volumes, d)
-        assert fs.freesurfer_version(d) is None or isinstance(fs.freesurfer_version(d), str)
+        _only_ours(fs_stats.read_subject_volumes, d)
+        assert fs_stats.freesurfer_version(d) is None or isinstance(
+            fs_stats.freesurfer_version(d), str
+        )
 
 
 meta_values = st.one_of(st.none(), st.dictionaries(st.text(max_size=8), json_values, max_size=3))
@@ -115,18 +117,18 @@ def test_mriqc_json(doc, text, meta):
             docs.append(json.dumps({**doc, **meta}))
         for i, content in enumerate(docs):
             path = _write(Path(d), f"sub-{i}_T1w.json", content)
-            iqms = _only_ours(mq.read_iqm_json, path, CORE_IQMS[:3])
+            iqms = _only_ours(mriqc_json.read_iqm_json, path, CORE_IQMS[:3])
             if iqms is not None:
                 assert all(isinstance(v, float) for v in iqms.values())
                 assert all(not math.isnan(iqms[k]) for k in CORE_IQMS[:3])
                 # metadata of a file read_iqm_json accepted (as parse_scan does)
-                assert set(mq.read_iqm_metadata(path)) == {"bids_meta", "provenance"}
+                assert set(mriqc_json.read_iqm_metadata(path)) == {"bids_meta", "provenance"}
 
 
 def test_mriqc_json_binary_is_a_data_error(tmp_path):
     path = _write(tmp_path, "sub-01_T1w.json", b"\xff\xfe\x00 not json")
     with pytest.raises(DataError, match="sub-01_T1w.json"):
-        mq.read_iqm_json(path, CORE_IQMS[:3])
+        mriqc_json.read_iqm_json(path, CORE_IQMS[:3])
 
 
 @pytest.mark.parametrize(
@@ -134,7 +136,7 @@ def test_mriqc_json_binary_is_a_data_error(tmp_path):
 )
 def test_mriqc_metadata_not_an_object(doc, tmp_path):
     path = _write(tmp_path, "sub-01_T1w.json", json.dumps(doc))
-    assert set(_only_ours(mq.read_iqm_metadata, path) or {}) <= {"bids_meta", "provenance"}
+    assert set(_only_ours(mriqc_json.read_iqm_metadata, path) or {}) <= {"bids_meta", "provenance"}
 
 
 @FUZZ
@@ -142,10 +144,10 @@ def test_mriqc_metadata_not_an_object(doc, tmp_path):
 def test_mriqc_group_tsv(text, name):
     with tempfile.TemporaryDirectory() as d:
         path = _write(Path(d), "group_T1w.tsv", text)
-        table = _only_ours(mq.read_group_tsv, path)
+        table = _only_ours(mriqc_json.read_group_tsv, path)
         if table is not None:
-            _only_ours(mq.iqms_from_group_row, table, name, path, CORE_IQMS[:2])
-        _only_ours(mq.find_iqm_source, [Path(d)], name, "sub-01/anat", {})
+            _only_ours(mriqc_json.iqms_from_group_row, table, name, path, CORE_IQMS[:2])
+        _only_ours(mriqc_json.find_iqm_source, [Path(d)], name, "sub-01/anat", {})
 
 
 @FUZZ

@@ -18,6 +18,8 @@ from neuroharmony_bids.harmonize.features import (
     canonical_region,
 )
 from neuroharmony_bids.interfaces import freesurfer as fs
+from neuroharmony_bids.io import freesurfer_stats as fs_stats
+from neuroharmony_bids.testing import freesurfer_outputs as fs_out
 from neuroharmony_bids.testing import tiny_t1w_bytes, volume_columns
 
 # A FreeSurfer 7-style aseg.stats typed for these tests (values invented, layout as mri_segstats
@@ -50,7 +52,7 @@ def abide_volumes(row: pd.Series) -> dict[str, float]:
 def test_handwritten_fs7_aseg_is_read_like_asegstats2table(tmp_path):
     path = tmp_path / "aseg.stats"
     path.write_text(HANDWRITTEN_ASEG)
-    vols = fs.parse_aseg_stats(path)
+    vols = fs_stats.parse_aseg_stats(path)
     assert vols["Left-Thalamus"] == pytest.approx(7300.7)
     assert vols["Left-Hippocampus"] == pytest.approx(4100.9)
     # header measures: second field, except eTIV spelled with the first
@@ -60,7 +62,7 @@ def test_handwritten_fs7_aseg_is_read_like_asegstats2table(tmp_path):
     assert "eTIV" not in vols
     # unitless ratios are not volumes
     assert "BrainSegVol-to-eTIV" not in vols
-    stats = fs.parse_stats_file(path)
+    stats = fs_stats.parse_stats_file(path)
     assert stats.header["cvs_version"] == "7.4.1"
     assert stats.measure_units["BrainSegVol-to-eTIV"] == "unitless"
 
@@ -72,8 +74,8 @@ def test_writer_then_parser_round_trips_abide_rows(abide_table, tmp_path, versio
         row = abide_table.iloc[pos]
         volumes = abide_volumes(row)
         subject = tmp_path / version / f"sub-{pos}"
-        fs.write_subject_stats(subject, volumes, fs_version=version)
-        back = fs.read_subject_volumes(subject)
+        fs_out.write_subject_stats(subject, volumes, fs_version=version)
+        back = fs_stats.read_subject_volumes(subject)
         canon_back = {canonical_region(k): v for k, v in back.items()}
         checked = 0
         for name, value in volumes.items():
@@ -89,8 +91,8 @@ def test_writer_then_parser_round_trips_abide_rows(abide_table, tmp_path, versio
 
 def test_fs6_and_fs7_layouts_differ_where_freesurfer_did(abide_table, tmp_path):
     volumes = abide_volumes(abide_table.iloc[0])
-    fs.write_subject_stats(tmp_path / "fs6", volumes, fs_version="6.0.0")
-    fs.write_subject_stats(tmp_path / "fs7", volumes, fs_version="7.3.2")
+    fs_out.write_subject_stats(tmp_path / "fs6", volumes, fs_version="6.0.0")
+    fs_out.write_subject_stats(tmp_path / "fs7", volumes, fs_version="7.3.2")
     aseg6 = (tmp_path / "fs6" / "stats" / "aseg.stats").read_text()
     aseg7 = (tmp_path / "fs7" / "stats" / "aseg.stats").read_text()
     assert "Left-Thalamus-Proper" in aseg6 and "Left-Thalamus-Proper" not in aseg7
@@ -102,14 +104,14 @@ def test_fs6_and_fs7_layouts_differ_where_freesurfer_did(abide_table, tmp_path):
     assert "# BrainVolStatsFixed-NotNeeded because voxelvolume=1mm3" in aseg7
     assert "BrainVolStatsFixed" not in aseg6
     # parsed names follow asegstats2table of each version
-    assert "Left-Thalamus-Proper" in fs.read_subject_volumes(tmp_path / "fs6")
-    assert "Left-Thalamus" in fs.read_subject_volumes(tmp_path / "fs7")
+    assert "Left-Thalamus-Proper" in fs_stats.read_subject_volumes(tmp_path / "fs6")
+    assert "Left-Thalamus" in fs_stats.read_subject_volumes(tmp_path / "fs7")
 
 
 def test_aseg_layout_matches_mri_segstats(abide_table, tmp_path):
     full = abide_volumes(abide_table.iloc[3])
     full.update({"BrainSegVol": 1.2e6, "BrainSegVolNotVent": 1.18e6, "MaskVol": 1.6e6})
-    text = fs.render_aseg_stats(full, "sub-01", fs_version="7.4.1")
+    text = fs_out.render_aseg_stats(full, "sub-01", fs_version="7.4.1")
     lines = text.splitlines()
     assert lines[0] == "# Title Segmentation Statistics "
     assert lines[2] == "# generating_program mri_segstats"
@@ -142,7 +144,7 @@ def test_aseg_layout_matches_mri_segstats(abide_table, tmp_path):
 
 def test_aparc_layout_matches_mris_anatomical_stats(abide_table, tmp_path):
     vols = abide_volumes(abide_table.iloc[5])
-    text = fs.render_aparc_stats(vols, "rh", "sub-01", fs_version="7.3.2")
+    text = fs_out.render_aparc_stats(vols, "rh", "sub-01", fs_version="7.3.2")
     lines = text.splitlines()
     assert lines[0] == "# Table of FreeSurfer cortical parcellation anatomical statistics "
     assert "# hemi rh" in lines
@@ -161,14 +163,14 @@ def test_aparc_layout_matches_mris_anatomical_stats(abide_table, tmp_path):
 
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(MissingInputError, match=r"aseg\.stats") as err:
-        fs.read_subject_volumes(tmp_path / "sub-01")
+        fs_stats.read_subject_volumes(tmp_path / "sub-01")
     assert "--freesurfer-dir" in str(err.value)
     assert err.value.exit_code == 66
 
 
 def _write_fixture_subject(abide_table, tmp_path) -> Path:
     subject = tmp_path / "sub-01"
-    fs.write_subject_stats(subject, abide_volumes(abide_table.iloc[0]))
+    fs_out.write_subject_stats(subject, abide_volumes(abide_table.iloc[0]))
     return subject
 
 
@@ -180,7 +182,7 @@ def test_truncated_mid_row_names_file_and_line(abide_table, tmp_path):
     aseg.write_text(cut)
     n_lines = len(cut.splitlines())
     with pytest.raises(DataError) as err:
-        fs.read_subject_volumes(subject)
+        fs_stats.read_subject_volumes(subject)
     assert str(aseg) in str(err.value)
     assert f"line {n_lines}" in str(err.value)
     assert "truncated" in str(err.value)
@@ -192,7 +194,7 @@ def test_truncated_at_a_line_boundary_is_caught_by_nrows(abide_table, tmp_path):
     lines = aseg.read_text().splitlines(keepends=True)
     aseg.write_text("".join(lines[:-10]))
     with pytest.raises(DataError, match="NRows 45 but the table has 35 rows"):
-        fs.parse_aseg_stats(aseg)
+        fs_stats.parse_aseg_stats(aseg)
 
 
 def test_header_only_file_is_truncated(abide_table, tmp_path):
@@ -201,10 +203,10 @@ def test_header_only_file_is_truncated(abide_table, tmp_path):
     text = aseg.read_text()
     aseg.write_text(text[: text.index("# TableCol")])
     with pytest.raises(DataError, match="no '# ColHeaders' line"):
-        fs.parse_aseg_stats(aseg)
+        fs_stats.parse_aseg_stats(aseg)
     aseg.write_text("")
     with pytest.raises(DataError, match="empty"):
-        fs.parse_aseg_stats(aseg)
+        fs_stats.parse_aseg_stats(aseg)
 
 
 def test_aparc_cut_between_rows_lists_missing_regions(abide_table, tmp_path):
@@ -213,7 +215,7 @@ def test_aparc_cut_between_rows_lists_missing_regions(abide_table, tmp_path):
     lines = lh.read_text().splitlines(keepends=True)
     lh.write_text("".join(lines[:-3]))
     with pytest.raises(DataError) as err:
-        fs.read_subject_volumes(subject)
+        fs_stats.read_subject_volumes(subject)
     msg = str(err.value)
     assert str(lh) in msg and "3 of the 34 Desikan-Killiany" in msg
     assert "temporalpole" in msg and "insula" in msg
@@ -229,7 +231,7 @@ def test_non_numeric_value_names_line_and_column(abide_table, tmp_path):
     lines[idx] = " ".join(fields) + "\n"
     rh.write_text("".join(lines))
     with pytest.raises(DataError, match=rf"line {idx + 1}: column 'GrayVol'"):
-        fs.parse_aparc_stats(rh)
+        fs_stats.parse_aparc_stats(rh)
 
 
 def test_license_lookup_order(tmp_path):
@@ -280,7 +282,7 @@ def test_recon_all_node_command_line(tmp_path):
 def test_canonical_volumes_agree_with_table_values(abide_table, tmp_path):
     """Volumes parsed from rendered files equal the table's (asegstats2table) values."""
     row = abide_table.iloc[10]
-    fs.write_subject_stats(tmp_path / "s", abide_volumes(row), fs_version="6.0.0")
-    parsed = fs.read_subject_volumes(tmp_path / "s")
+    fs_out.write_subject_stats(tmp_path / "s", abide_volumes(row), fs_version="6.0.0")
+    parsed = fs_stats.read_subject_volumes(tmp_path / "s")
     for col in ("Left-Hippocampus", "lh_superiorfrontal_volume", ETIV, "Left-Thalamus-Proper"):
         assert np.isclose(parsed[col], float(row[col]), atol=0.051)

@@ -13,7 +13,9 @@ import pytest
 from neuroharmony_bids.errors import DataError, MissingInputError
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.interfaces import mriqc as mq
+from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.testing import iqm_columns, tiny_t1w_bytes
+from neuroharmony_bids.testing import mriqc_outputs as mq_out
 
 
 def abide_iqms(row: pd.Series) -> dict[str, float]:
@@ -26,7 +28,11 @@ def abide_iqms(row: pd.Series) -> dict[str, float]:
 
 def test_writer_is_byte_identical_to_mriqc_iqmfilesink(abide_table, tmp_path):
     """The JSON layout is MRIQC 24's own: run its IQMFileSink on the same values and compare."""
-    pytest.importorskip("mriqc", reason="mriqc (a locked dependency) is needed for this check")
+    pytest.importorskip(
+        "mriqc",
+        reason="mriqc is not installed (opt-in: pip install -r requirements-mriqc.lock); "
+        "its IQMFileSink is the reference for this check",
+    )
     from mriqc.interfaces.bids import IQMFileSink
 
     bids = tmp_path / "bids" / "sub-01" / "anat"
@@ -52,7 +58,7 @@ def test_writer_is_byte_identical_to_mriqc_iqmfilesink(abide_table, tmp_path):
     )
     real_path = Path(sink.run().outputs.out_file)
     assert real_path == tmp_path / "mriqc" / "sub-01" / "anat" / "sub-01_T1w.json"
-    ours = mq.write_iqm_json(
+    ours = mq_out.write_iqm_json(
         tmp_path / "ours.json",
         iqms,
         bids_meta={"Manufacturer": "Siemens", "MagneticFieldStrength": 3, "subject": "01"},
@@ -60,13 +66,13 @@ def test_writer_is_byte_identical_to_mriqc_iqmfilesink(abide_table, tmp_path):
     )
     assert ours.read_bytes() == real_path.read_bytes()
     # and the reader gets the IQMs back from MRIQC's own file
-    assert mq.read_iqm_json(real_path, CORE_IQMS) == pytest.approx(
+    assert mriqc_json.read_iqm_json(real_path, CORE_IQMS) == pytest.approx(
         {k: float(v) for k, v in iqms.items()}
     )
 
 
 def test_writer_defaults_and_prefix(tmp_path):
-    path = mq.write_iqm_json(
+    path = mq_out.write_iqm_json(
         tmp_path / "sub-01_T1w.json", {"iqm_cjv": 0.4, "iqm_size_x": 176.0, "snr_total": 10.5}
     )
     data = json.loads(path.read_text())
@@ -83,7 +89,7 @@ def test_md5sum_of_source_file(tmp_path):
 
     t1w = tmp_path / "t1.nii.gz"
     t1w.write_bytes(tiny_t1w_bytes())
-    path = mq.write_iqm_json(tmp_path / "x.json", {"cjv": 1.0}, source_file=t1w)
+    path = mq_out.write_iqm_json(tmp_path / "x.json", {"cjv": 1.0}, source_file=t1w)
     md5 = json.loads(path.read_text())["provenance"]["md5sum"]
     assert md5 == hashlib.md5(t1w.read_bytes()).hexdigest()
 
@@ -102,36 +108,36 @@ def test_reader_drops_metadata_and_flattens_nested(tmp_path):
             }
         )
     )
-    iqms = mq.read_iqm_json(path)
+    iqms = mriqc_json.read_iqm_json(path)
     assert iqms == {"cjv": 0.5, "summary_wm_k": 1.5}
-    meta = mq.read_iqm_metadata(path)
+    meta = mriqc_json.read_iqm_metadata(path)
     assert meta["provenance"]["version"] == "0.9.6"
 
 
 def test_missing_and_nan_iqms_name_file_and_iqm(tmp_path):
     path = tmp_path / "sub-01_T1w.json"
-    mq.write_iqm_json(path, {n: 1.0 for n in CORE_IQMS if n != "cjv"} | {"cnr": float("nan")})
+    mq_out.write_iqm_json(path, {n: 1.0 for n in CORE_IQMS if n != "cjv"} | {"cnr": float("nan")})
     with pytest.raises(DataError) as err:
-        mq.read_iqm_json(path, CORE_IQMS)
+        mriqc_json.read_iqm_json(path, CORE_IQMS)
     assert str(path) in str(err.value)
     assert "'cnr' is empty/NaN" in str(err.value) or "'cjv' is missing" in str(err.value)
-    mq.write_iqm_json(path, {n: 1.0 for n in CORE_IQMS} | {"cnr": float("nan")})
+    mq_out.write_iqm_json(path, {n: 1.0 for n in CORE_IQMS} | {"cnr": float("nan")})
     with pytest.raises(DataError, match=r"IQM 'cnr' is empty/NaN"):
-        mq.read_iqm_json(path, CORE_IQMS)
-    mq.write_iqm_json(path, {n: 1.0 for n in CORE_IQMS if n != "efc"})
+        mriqc_json.read_iqm_json(path, CORE_IQMS)
+    mq_out.write_iqm_json(path, {n: 1.0 for n in CORE_IQMS if n != "efc"})
     with pytest.raises(DataError, match=r"IQM 'efc' is missing") as err:
-        mq.read_iqm_json(path, CORE_IQMS)
+        mriqc_json.read_iqm_json(path, CORE_IQMS)
     assert "--mriqc-dir" in str(err.value)
 
 
 def test_truncated_json_names_line(tmp_path):
     path = tmp_path / "sub-01_T1w.json"
-    text = mq.render_iqm_json({n: 1.0 for n in ALL_IQMS})
+    text = mq_out.render_iqm_json({n: 1.0 for n in ALL_IQMS})
     path.write_text(text[: len(text) // 2])
     with pytest.raises(DataError, match=rf"{path}, line \d+: not valid JSON"):
-        mq.read_iqm_json(path)
+        mriqc_json.read_iqm_json(path)
     with pytest.raises(MissingInputError, match="not found"):
-        mq.read_iqm_json(tmp_path / "absent.json")
+        mriqc_json.read_iqm_json(tmp_path / "absent.json")
 
 
 def test_group_tsv_rows(abide_table, tmp_path):
@@ -141,17 +147,17 @@ def test_group_tsv_rows(abide_table, tmp_path):
     rows[2]["cjv"] = math.nan
     tsv = tmp_path / "group_T1w.tsv"
     pd.DataFrame(rows).to_csv(tsv, sep="\t", index=False, na_rep="n/a")
-    table = mq.read_group_tsv(tsv)
-    got = mq.iqms_from_group_row(table, "sub-1_T1w", tsv, CORE_IQMS)
+    table = mriqc_json.read_group_tsv(tsv)
+    got = mriqc_json.iqms_from_group_row(table, "sub-1_T1w", tsv, CORE_IQMS)
     assert got["cjv"] == pytest.approx(float(abide_table.iloc[1]["iqm_cjv"]))
     with pytest.raises(DataError, match=r"line 4 \(sub-2_T1w\): IQM 'cjv' is empty/NaN"):
-        mq.iqms_from_group_row(table, "sub-2_T1w", tsv, CORE_IQMS)
+        mriqc_json.iqms_from_group_row(table, "sub-2_T1w", tsv, CORE_IQMS)
     with pytest.raises(MissingInputError, match="no row with bids_name 'sub-9_T1w'"):
-        mq.iqms_from_group_row(table, "sub-9_T1w", tsv)
+        mriqc_json.iqms_from_group_row(table, "sub-9_T1w", tsv)
     bad = tmp_path / "bad.tsv"
     bad.write_text("subject\tcjv\nsub-1\t0.5\n")
     with pytest.raises(DataError, match="no 'bids_name' column"):
-        mq.read_group_tsv(bad)
+        mriqc_json.read_group_tsv(bad)
 
 
 @pytest.mark.parametrize(
@@ -163,8 +169,8 @@ def test_group_tsv_rows(abide_table, tmp_path):
     ],
 )
 def test_find_iqm_source_layouts(tmp_path, where):
-    mq.write_iqm_json(tmp_path / "mriqc" / where, {"cjv": 1.0})
-    src = mq.find_iqm_source([tmp_path / "mriqc"], "sub-01_ses-1_T1w", "sub-01/ses-1/anat")
+    mq_out.write_iqm_json(tmp_path / "mriqc" / where, {"cjv": 1.0})
+    src = mriqc_json.find_iqm_source([tmp_path / "mriqc"], "sub-01_ses-1_T1w", "sub-01/ses-1/anat")
     assert src is not None and src.kind == "json"
     assert src.path == tmp_path / "mriqc" / where
 
@@ -176,9 +182,9 @@ def test_find_iqm_source_group_tsv_and_absent(tmp_path):
         mdir / "group_T1w.tsv", sep="\t", index=False
     )
     cache: dict = {}
-    src = mq.find_iqm_source([mdir], "sub-01_T1w", "sub-01/anat", cache)
+    src = mriqc_json.find_iqm_source([mdir], "sub-01_T1w", "sub-01/anat", cache)
     assert src is not None and src.kind == "tsv" and (mdir / "group_T1w.tsv") in cache
-    assert mq.find_iqm_source([mdir], "sub-02_T1w", "sub-02/anat", cache) is None
+    assert mriqc_json.find_iqm_source([mdir], "sub-02_T1w", "sub-02/anat", cache) is None
 
 
 def test_mriqc_command_line_is_accepted_by_mriqc(tmp_path):
@@ -196,7 +202,11 @@ def test_mriqc_command_line_is_accepted_by_mriqc(tmp_path):
     assert "--nprocs 4" in cmd and "--omp-nthreads 2" in cmd and "--mem-gb 8" in cmd
     assert f"-w {tmp_path / 'work'}" in cmd
     assert node.n_procs == 4
-    pytest.importorskip("mriqc", reason="mriqc (a locked dependency) parses the command line")
+    pytest.importorskip(
+        "mriqc",
+        reason="mriqc is not installed (opt-in: pip install -r requirements-mriqc.lock); "
+        "its parser checks the command line",
+    )
     from mriqc.cli.parser import _build_parser
 
     parsed = _build_parser().parse_args(args[1:])

@@ -9,13 +9,13 @@ import re
 import pandas as pd
 import pytest
 
-from neuroharmony_bids.example import simulate_table
 from neuroharmony_bids.harmonize import metrics
 from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.features import ETIV, FS_ALIASES
 from neuroharmony_bids.reports import write_group_report, write_participant_report
 from neuroharmony_bids.reports.figures import key_region_series
 from neuroharmony_bids.reports.group import build_group_report, region_columns, site_labels
+from neuroharmony_bids.testing.example import simulate_table
 
 GROUP_SECTIONS = ("summary", "site-effects", "biology", "quality", "model")
 PARTICIPANT_SECTIONS = ("scan", "volumes", "iqms", "model")

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroharmony_bids import derivatives as D
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures as F
 from neuroharmony_bids.cli.run import run
 from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.features import ETIV, canonical_region
@@ -244,7 +245,7 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     assert run(argv) == 1  # the three broken files still fail
     assert "3 of 16 scans failed" in capsys.readouterr().err
     assert (out / s_age / "anat" / f"{s_age}_desc-harmonized_morph.tsv").is_file()
-    assert sorted(D.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
+    assert sorted(F.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
 
 
 def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neuroharmony_bids._version import __version__
-from neuroharmony_bids.bids import clean_labels, parse_sex_mapping
+from neuroharmony_bids.cli.labels import clean_labels, parse_sex_mapping
+from neuroharmony_bids.cli.table import non_negative_float
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.settings import Settings
 
@@ -130,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CODE=SEX",
         help="How to read numeric sex codes, e.g. --sex-mapping 1=M 2=F. Without it only "
         "M/F/male/female are accepted.",
+    )
+    g.add_argument(
+        "--profile-weight",
+        dest="profile_weight",
+        type=non_negative_float,
+        default=None,
+        metavar="W",
+        help="How far a scan's own regional profile may move its scanner estimate (default: the model's, 1). 0: IQM prior only, keeps all of a person's anatomy, removes least site effect; 2: removes more site effect and keeps about 95 %% of a 10 %% atrophy (worst region about 85 %%); the shipped default keeps about 97 %% (worst region 90 %%). See docs/faq.md.",
     )
     g.add_argument(
         "--train",
@@ -293,6 +302,7 @@ def settings_from_args(
         age_column=args.age_column,
         sex_column=args.sex_column,
         sex_mapping=tuple(sorted(parse_sex_mapping(args.sex_mapping).items())),
+        profile_weight=args.profile_weight,
         participant_reports=not args.no_participant_reports,
         verbosity=1 if args.verbose else (-1 if args.quiet else 0),
         argv=tuple(argv),

@@ -21,18 +21,14 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from neuroharmony_bids._version import __version__  # noqa: E402
 from neuroharmony_bids.errors import NeuroharmonyError, UsageError  # noqa: E402
 from neuroharmony_bids.settings import Settings  # noqa: E402
+from neuroharmony_bids.workflows.results import fmt_duration  # noqa: E402
 
 LOGGER_NAME = "neuroharmony_bids"
-_VERSIONED = (
-    "pybids", "nipype", "pandas", "numpy", "scipy", "scikit-learn", "nibabel", "mriqc",
-    "bids-validator-deno",
-)  # fmt: skip
 
 
 def check_paths(settings: Settings) -> None:
@@ -81,13 +77,9 @@ def check_paths(settings: Settings) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of this package, Python and the libraries that shape the results."""
-    out = {"neuroharmony-bids": __version__, "python": platform.python_version()}
-    for dist in _VERSIONED:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    from neuroharmony_bids.reports.citation import installed_versions
+
+    return {**installed_versions(), "python": platform.python_version()}
 
 
 class _LogFileHandler(logging.FileHandler):
@@ -153,11 +145,6 @@ def _to_log_file(logger: logging.Logger, level: int, message: str) -> None:
                 pass
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _write_citation(settings, logger: logging.Logger) -> None:
     """logs/CITATION.md and .bib: the group level names every FreeSurfer/MRIQC version found;
     a participant job writes them only when missing (no scan of the whole output folder)."""
@@ -194,7 +181,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         if log_file is not None:
             logger.info("log file: %s", log_file)
         if not settings.skip_bids_validation:
-            from neuroharmony_bids.bids import validate_dataset
+            from neuroharmony_bids.bids.validate import validate_dataset
 
             t0 = time.monotonic()
             warnings = validate_dataset(settings.bids_dir)
@@ -212,7 +199,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             result = run_group(settings, logger=logger)
         _write_citation(settings, logger)
-        elapsed = _fmt_seconds(time.monotonic() - started)
+        elapsed = fmt_duration(time.monotonic() - started)
         logger.info("%s", result.summary())
         logger.info("finished in %s", elapsed)
         if result.failed:

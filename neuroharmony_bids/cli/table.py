@@ -17,11 +17,23 @@ import pandas as pd
 
 from neuroharmony_bids import __version__
 from neuroharmony_bids import tabular as T
+from neuroharmony_bids.cli.labels import parse_sex_mapping
 from neuroharmony_bids.errors import DataError, NeuroharmonyError, UsageError
 
 #: Harmonized volumes are written rounded to this many decimals of a mm³ (far below what
 #: FreeSurfer resolves; keeps the output short and its text stable).
 HARMONIZED_DECIMALS = 3
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of ``--profile-weight``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0 (e.g. 1)")
+    return value
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -30,15 +42,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _parse_mapping(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--sex-mapping expects CODE=M|F pairs such as 1=M 2=F, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return parse_sex_mapping(items) or None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="harmonize scans sharing this column's value together (several scans per scanner)",
     )
     h.add_argument("--sex-mapping", nargs="+", metavar="CODE=M|F", help="e.g. 1=M 2=F")
+    h.add_argument(
+        "--profile-weight",
+        type=non_negative_float,
+        default=None,
+        metavar="W",
+        help="How far a scan's own regional profile may move its scanner estimate (default: the model's, 1). 0: IQM prior only, keeps all of a person's anatomy, removes least site effect; 2: removes more site effect and keeps about 95 %% of a 10 %% atrophy (worst region about 85 %%); the shipped default keeps about 97 %% (worst region 90 %%). See docs/faq.md.",
+    )
 
     t = sub.add_parser("train", help="train a dataset-specific model")
     t.add_argument("input", help="CSV/TSV with a site column, age, sex, IQMs and volumes")
@@ -137,7 +148,9 @@ def _renumber(exc: DataError, offset: int) -> DataError:
     return type(exc)(text)
 
 
-def _harmonized_blocks(path: Path, model, sex_mapping, summary: dict) -> Iterator[pd.DataFrame]:
+def _harmonized_blocks(
+    path: Path, model, sex_mapping, summary: dict, profile_weight: float | None = None
+) -> Iterator[pd.DataFrame]:
     """Scan-by-scan harmonization streamed block by block (rows are independent)."""
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.table import ID_COLUMNS, check_duplicates
@@ -145,7 +158,9 @@ def _harmonized_blocks(path: Path, model, sex_mapping, summary: dict) -> Iterato
     ids, offset = [], 0
     for block in T.iter_blocks(path):
         try:
-            result = harmonize_table(block, model, sex_mapping=sex_mapping)
+            result = harmonize_table(
+                block, model, sex_mapping=sex_mapping, profile_weight=profile_weight
+            )
         except DataError as exc:
             raise _renumber(exc, offset) from None
         ids.append(block[[c for c in ID_COLUMNS if c in block.columns]])
@@ -174,12 +189,20 @@ def _harmonize(args) -> None:
     neutralised = None
     if args.site_column is None:
         try:
-            neutralised = T.write_blocks(out, _harmonized_blocks(inp, model, mapping, summary))
+            neutralised = T.write_blocks(
+                out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
+            )
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
             summary = {"rows": 0, "ood": 0}
     if neutralised is None:
         table = T.read_table(inp, fast=args.site_column is not None)
-        result = harmonize_table(table, model, site_column=args.site_column, sex_mapping=mapping)
+        result = harmonize_table(
+            table,
+            model,
+            site_column=args.site_column,
+            sex_mapping=mapping,
+            profile_weight=args.profile_weight,
+        )
         summary = {"rows": len(result), "ood": int(result["nh_out_of_range"].sum())}
         neutralised = T.write_blocks(out, [_compact(result, model)])
     note = (
@@ -267,6 +290,12 @@ def format_info(info: dict) -> str:
                     f"auc={_num(m.get('auc'), '.3f')} r2={_num(m.get('r2'), '.3f')} "
                     f"mae%={_num(m.get('mae_pct'), '.2f')} "
                     f"dage_r={_num(m.get('age_r_change'), '.3f')}"
+                    + (
+                        f" retention={_num(m.get('retention'), '.3f')} "
+                        f"(worst region {_num(m.get('retention_worst'), '.3f')})"
+                        if "retention" in m
+                        else ""
+                    )
                 )
     return "\n".join(lines)
 

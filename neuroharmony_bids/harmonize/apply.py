@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import pandas as pd
@@ -14,13 +15,17 @@ def harmonize_table(
     model: NeuroHarmonizer,
     site_column: str | None = None,
     sex_mapping: Mapping[str, str] | None = None,
+    profile_weight: float | None = None,
 ) -> pd.DataFrame:
     """Harmonize every scan in ``table`` (vectorized; see :meth:`NeuroHarmonizer.transform`).
 
     Region columns keep the user's FreeSurfer 6/7 spelling; unknown columns pass through; the
     ``nh_*`` flag columns are appended. With ``site_column``, scans sharing a site are
-    harmonized jointly.
+    harmonized jointly. ``profile_weight`` overrides the model's single-scan trade-off
+    (anatomy kept vs site effect removed) without changing the model object passed in.
     """
+    if profile_weight is not None:
+        model = copy.copy(model).set_params(profile_weight=float(profile_weight))
     return model.transform(table, site_column=site_column, sex_mapping=sex_mapping)
 
 

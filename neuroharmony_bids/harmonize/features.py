@@ -62,6 +62,18 @@ EXTRA_REGIONS: list[str] = [
 
 ETIV = "EstimatedTotalIntraCranialVol"
 
+#: Global measures of the ``aseg.stats`` header. They are recognised and passed through, but
+#: never harmonized: their definitions differ between the training table and FreeSurfer
+#: releases. ABIDE's ``SubCortGrayVol`` is ``TotalGrayVol - CortexVol`` (about 190,000 mm³)
+#: where every real aseg.stats writes the subcortical grey sum (46,000-69,000 mm³), and
+#: FreeSurfer 7.4 recomputed this whole family ("BrainVolStatsFixed"). The model harmonizes
+#: only per-structure volumes (aseg rows, Desikan-Killiany rows), defined alike in 5.3-8.x.
+GLOBAL_MEASURES: tuple[str, ...] = (
+    "lhCortexVol", "rhCortexVol", "CortexVol", "lhCerebralWhiteMatterVol",
+    "rhCerebralWhiteMatterVol", "CerebralWhiteMatterVol", "SubCortGrayVol", "TotalGrayVol",
+    "SupraTentorialVol", "BrainSegVol", "BrainSegVolNotVent",
+)  # fmt: skip
+
 #: Per-scan flag columns the harmonizer appends to every output table.
 FLAG_COLUMNS: tuple[str, ...] = (
     "nh_status",
@@ -70,6 +82,8 @@ FLAG_COLUMNS: tuple[str, ...] = (
     "nh_out_of_range_features",
     "nh_features_used",
     "nh_n_regions",
+    "nh_regions_flagged",
+    "nh_iqms_missing",
 )
 
 #: FreeSurfer 6 (and asegstats2table) spellings → canonical FreeSurfer 7 spelling.
@@ -104,6 +118,17 @@ ALL_IQMS: list[str] = CORE_IQMS + [
 _SEX_SPELLINGS: dict[str, str] = {
     "m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F",
 }  # fmt: skip
+
+
+def homologue(name: str) -> str:
+    """The other hemisphere's structure (``Left-X`` ↔ ``Right-X``, ``lh_x`` ↔ ``rh_x``)."""
+    for a, b in (("Left-", "Right-"), ("Right-", "Left-"), ("lh_", "rh_"), ("rh_", "lh_")):
+        if name.startswith(a):
+            return b + name[len(a) :]
+    for a, b in (("lh", "rh"), ("rh", "lh")):
+        if name.startswith(a) and name[2:3].isupper():
+            return b + name[2:]
+    return name
 
 
 def canonical_region(name: str) -> str:

@@ -50,7 +50,7 @@ _STATE = (
     "use_etiv_", "etiv_mean_", "covariate_encoding_", "design_names_", "regions_",
     "within_cov_", "between_cov_", "scale_prior_", "profile_limit_", "iqm_sets_", "iqms_",
     "iqm_range_", "iqm_center_", "iqm_scale_", "iqm_site_shift_", "prior_", "cv_prior_", "age_range_",
-    "etiv_range_", "ref_harmonized_sd_", "training_summary_", "cv_metrics_",
+    "etiv_range_", "ref_harmonized_sd_", "training_summary_", "cv_metrics_", "freesurfer_version_",
 )  # fmt: skip
 #: State a model may lack (older files, or not applicable).
 _OPTIONAL_STATE = ("etiv_mean_", "cv_metrics_", "cv_prior_", "training_summary_")

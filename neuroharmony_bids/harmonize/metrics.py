@@ -45,6 +45,10 @@ __all__ = [
     "agreement_by_region",
     "within_site_age_correlation",
     "age_correlation_change",
+    "ANATOMY_CHANGE",
+    "inject_change",
+    "retention",
+    "summarize_retention",
 ]
 
 
@@ -438,3 +442,57 @@ def age_correlation_change(
     r1 = within_site_age_correlation(after, age, site).to_numpy()
     d = np.abs(r1 - r0)
     return float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
+
+
+# --------------------------------------------------------------------------- anatomy kept
+
+#: Issue 14's known change (canonical FreeSurfer 7 names → factor): medial temporal atrophy
+#: of 10 % and 15 % larger lateral ventricles, as in Alzheimer's disease.
+ANATOMY_CHANGE: dict[str, float] = {
+    **{f"{h}-{r}": 0.90 for h in ("Left", "Right") for r in ("Hippocampus", "Amygdala")},
+    **{f"{h}_{r}_volume": 0.90 for h in ("lh", "rh") for r in ("entorhinal", "parahippocampal")},
+    **{f"{h}-Lateral-Ventricle": 1.15 for h in ("Left", "Right")},
+}
+
+
+def inject_change(
+    volumes: pd.DataFrame, rows: np.ndarray, change: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """A copy of ``volumes`` with ``change`` (column → factor) applied to the ``rows`` mask."""
+    change = ANATOMY_CHANGE if change is None else change
+    out = volumes.copy()
+    mask = np.asarray(rows, dtype=bool)
+    for col, factor in change.items():
+        if col in out.columns:
+            out.loc[mask, col] = out.loc[mask, col].astype(float) * factor
+    return out
+
+
+def retention(
+    raw: pd.DataFrame, raw_changed: pd.DataFrame, harm: pd.DataFrame, harm_changed: pd.DataFrame
+) -> pd.DataFrame:
+    """Change out / change in, per changed scan and changed column (1 = anatomy fully kept).
+
+    Only rows and columns where the raw volumes differ are returned.
+    """
+    din = raw_changed.to_numpy(dtype=float) - raw.to_numpy(dtype=float)
+    dout = harm_changed.to_numpy(dtype=float) - harm.to_numpy(dtype=float)
+    rows = np.flatnonzero(np.abs(din).max(axis=1) > 0)
+    cols = np.flatnonzero(np.abs(din).max(axis=0) > 0)
+    ratio = dout[np.ix_(rows, cols)] / din[np.ix_(rows, cols)]
+    return pd.DataFrame(ratio, index=raw.index[rows], columns=raw.columns[cols])
+
+
+def summarize_retention(ratios: pd.DataFrame) -> dict[str, float | str]:
+    """Median over changed scans (of each scan's median over regions) and the worst region.
+
+    The worst region is the changed region with the lowest median retention over scans.
+    """
+    if ratios.empty:
+        return {"retention": float("nan"), "retention_worst": float("nan"), "worst_region": ""}
+    by_region = ratios.median(axis=0)
+    return {
+        "retention": float(np.median(ratios.median(axis=1))),
+        "retention_worst": float(by_region.min()),
+        "worst_region": str(by_region.idxmin()),
+    }

@@ -33,17 +33,27 @@ from neuroharmony_bids.harmonize import features as F
 from neuroharmony_bids.harmonize.combat import check_design, fit_combat
 from neuroharmony_bids.harmonize.table import (
     PreparedTable,
-    iqm_columns,
     prepare,
     row_label,
     row_problems,
 )
 
+#: Optional per-row column naming the FreeSurfer version that produced the volumes.
+FS_VERSION_COLUMN = "freesurfer_version"
 AGE_CENTER = 20.0
 ETIV_SCALE = 1e6
 #: A regional profile is implausible (left raw) only if less likely than every training scan
 #: and than this outlier level (chi-square, Bonferroni-style for ~1e5 scans × regions).
 PROFILE_ALPHA = 1e-9
+#: A single region further than this many standard deviations (site and person variation
+#: together) from the training norm is flagged by name and left out of the profile update.
+REGION_Z_LIMIT = 5.0
+#: More than this share of regions flagged: the profile is broken as a whole (left raw).
+MAX_FLAGGED_SHARE = 0.25
+#: The IQM prior is used while at most this share of its IQMs is missing (NaN or MRIQC's -1);
+#: with more missing, the scan is harmonized from its regional profile alone.
+MAX_MISSING_IQM_SHARE = 0.25
+PROFILE_UPDATES = ("cross_region", "own_region")
 FLAG_COLUMNS = F.FLAG_COLUMNS
 
 
@@ -82,6 +92,30 @@ def _posterior_gain(T: np.ndarray, S: np.ndarray, n: float) -> np.ndarray:
     return np.linalg.solve((T + S / n).T, T.T).T
 
 
+def _masked_gain(
+    T: np.ndarray, S: np.ndarray, exclude: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gain ``W`` and posterior variances when region i's offset ignores regions ``exclude[i]``.
+
+    Row i of ``W`` is the Gaussian conditional mean weight of the scanner offset of region i
+    given the deviations of every region except ``exclude[i]`` (``W[i, exclude[i]] = 0``).
+    One inverse of ``T + S``; each row's sub-inverse by the block (Schur) identity.
+    """
+    A = T + S
+    P = np.linalg.inv(A)
+    R = len(A)
+    W = np.zeros((R, R))
+    var = np.empty(R)
+    for i in range(R):
+        ex = np.asarray(exclude[i], dtype=int)
+        keep = np.setdiff1d(np.arange(R), ex)
+        pke = P[np.ix_(keep, ex)]
+        inv_kk = P[np.ix_(keep, keep)] - pke @ np.linalg.solve(P[np.ix_(ex, ex)], pke.T)
+        W[i, keep] = T[i, keep] @ inv_kk
+        var[i] = T[i, i] - W[i, keep] @ T[keep, i]
+    return W, np.maximum(var, 0.0)
+
+
 class NeuroHarmonizer(BaseEstimator):
     """IQM- and profile-driven ComBat-supervised harmonizer (scikit-learn conventions).
 
@@ -97,6 +131,21 @@ class NeuroHarmonizer(BaseEstimator):
     robust_iqms
         Clip IQMs to the training range and measure distance by the worst single IQM (False:
         no clipping, root-mean-square distance; kept for the drift comparison in bench/).
+    profile_weight
+        How much the scan's own regional profile may move the scanner estimate away from the
+        IQM prior: the between-site covariance ``T`` is scaled by this factor in the posterior.
+        1 is the Bayes posterior; 0 uses the IQM prior alone (keeps all of the person's
+        anatomy, removes least); above 1 removes more site effect and more anatomy (the
+        retention of each setting is in the model card).
+    profile_update
+        ``"cross_region"`` (default): each region's scanner offset is predicted from the other
+        regions only, leaving out the region and its other-hemisphere homologue, so a person's
+        own atrophy in a structure is not read as a scanner effect. ``"own_region"``: the full
+        posterior, in which every region also informs its own offset (removes slightly more
+        site effect, keeps less anatomy; kept for comparison).
+    freesurfer_version
+        FreeSurfer version of the training volumes (a ``freesurfer_version`` column in the
+        training table overrides it). Single scans from another version are flagged.
     cv
         Also compute leave-one-site-out quality figures into ``cv_metrics_`` (slower).
     """
@@ -107,66 +156,86 @@ class NeuroHarmonizer(BaseEstimator):
         ridge_alphas: Sequence[float] = (1.0, 10.0, 100.0, 1000.0, 10000.0),
         iqm_prior: bool = True,
         robust_iqms: bool = True,
+        profile_weight: float = 1.0,
+        profile_update: str = "cross_region",
+        freesurfer_version: str | None = "6.0",
         cv: bool = False,
     ) -> None:
         self.covariates = covariates
         self.ridge_alphas = ridge_alphas
         self.iqm_prior = iqm_prior
         self.robust_iqms = robust_iqms
+        self.profile_weight = profile_weight
+        self.profile_update = profile_update
+        self.freesurfer_version = freesurfer_version
         self.cv = cv
 
+    def _validate_params(self) -> None:
+        """Refuse hyperparameters the maths cannot use (scikit-learn: validation in fit)."""
+        w = self.profile_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"profile_weight must be a finite number >= 0, got {w!r}")
+        if self.profile_update not in PROFILE_UPDATES:
+            raise ValueError(
+                f"profile_update must be one of {', '.join(PROFILE_UPDATES)}, "
+                f"got {self.profile_update!r}"
+            )
+        alphas = list(self.ridge_alphas)
+        if not alphas or any(not np.isfinite(a) or a <= 0 for a in alphas):
+            raise ValueError(f"ridge_alphas must be positive numbers, got {alphas!r}")
+
     # ------------------------------------------------------------------ design
-    def _design(self, prep: PreparedTable, fitting: bool) -> np.ndarray:
+    def _encode_covariates(self, prep: PreparedTable) -> tuple[dict, list[str]]:
+        """Learn how each user covariate enters the design (fit only): encodings and names."""
+        names = ["age", "age^2", "sex[M]"] + (["eTIV"] if prep.etiv is not None else [])
+        encoding = {}
+        for cov in self.covariates:
+            values = prep.covariates[cov]
+            num = pd.to_numeric(values, errors="coerce")
+            if num.notna().all() and values.nunique() > 2:
+                encoding[cov] = {"kind": "numeric", "mean": float(num.mean())}
+                names.append(cov)
+                continue
+            if values.isna().any():
+                pos = int(np.flatnonzero(values.isna().to_numpy())[0])
+                raise DataError(f"covariate {cov!r}, row {pos + 1}: missing value")
+            levels = sorted(map(str, values.dropna().unique()))
+            freq = [float((values.astype(str) == lev).mean()) for lev in levels]
+            encoding[cov] = {"kind": "categorical", "levels": levels, "freq": freq}
+            names += [f"{cov}[{lev}]" for lev in levels[1:]]
+        return encoding, names
+
+    def _design(self, prep: PreparedTable) -> np.ndarray:
+        """Covariate design (no intercept) from the fitted encodings; writes no state."""
         age = (prep.age - AGE_CENTER) / 10.0
         cols = [age, age**2, F.sex_to_float(prep.sex)]
-        names = ["age", "age^2", "sex[M]"]
-        if self.use_etiv_ if not fitting else prep.etiv is not None:
-            if prep.etiv is None:
-                cols.append(np.full(len(age), self.etiv_mean_))
-            else:
-                cols.append(prep.etiv / ETIV_SCALE)
-            names.append("eTIV")
-        if fitting:
-            self.covariate_encoding_ = {}
+        if self.use_etiv_:
+            cols.append(
+                np.full(len(age), self.etiv_mean_) if prep.etiv is None else prep.etiv / ETIV_SCALE
+            )
         for cov in self.covariates:
-            enc = self.covariate_encoding_.get(cov) if not fitting else None
+            enc = self.covariate_encoding_[cov]
             values = prep.covariates[cov] if cov in prep.covariates.columns else None
-            if fitting:
-                num = pd.to_numeric(values, errors="coerce")
-                if num.notna().all() and values.nunique() > 2:
-                    enc = {"kind": "numeric", "mean": float(num.mean())}
-                else:
-                    levels = sorted(map(str, values.dropna().unique()))
-                    if values.isna().any():
-                        pos = int(np.flatnonzero(values.isna().to_numpy())[0])
-                        raise DataError(f"covariate {cov!r}, row {pos + 1}: missing value")
-                    freq = [float((values.astype(str) == lev).mean()) for lev in levels]
-                    enc = {"kind": "categorical", "levels": levels, "freq": freq}
-                self.covariate_encoding_[cov] = enc
             if enc["kind"] == "numeric":
-                col = (
+                cols.append(
                     np.full(len(age), enc["mean"])
                     if values is None
                     else pd.to_numeric(values, errors="coerce").fillna(enc["mean"]).to_numpy()
                 )
-                cols.append(col)
-                names.append(cov)
-            else:
-                for lev, fr in zip(enc["levels"][1:], enc["freq"][1:], strict=True):
-                    # unknown at apply time (column or cell missing): the training proportion
-                    if values is None:
-                        cols.append(np.full(len(age), fr))
-                    else:
-                        dummy = (values.astype(str) == lev).to_numpy(dtype=float)
-                        cols.append(np.where(values.isna().to_numpy(), fr, dummy))
-                    names.append(f"{cov}[{lev}]")
-        if fitting:
-            self.design_names_ = names
+                continue
+            for lev, fr in zip(enc["levels"][1:], enc["freq"][1:], strict=True):
+                # unknown at apply time (column or cell missing): the training proportion
+                if values is None:
+                    cols.append(np.full(len(age), fr))
+                else:
+                    dummy = (values.astype(str) == lev).to_numpy(dtype=float)
+                    cols.append(np.where(values.isna().to_numpy(), fr, dummy))
         return np.column_stack(cols)
 
     # ------------------------------------------------------------------ fit
     def fit(self, table: pd.DataFrame, site: str | Sequence = "site", sex_mapping=None):
         """Fit on a multi-site table. ``site`` is a column name or one label per row."""
+        self._validate_params()
         table = table.reset_index(drop=True)
         site_values = self._site_values(table, site)
         prep = prepare(table, covariates=self.covariates, sex_mapping=sex_mapping)
@@ -189,14 +258,17 @@ class NeuroHarmonizer(BaseEstimator):
         self.use_etiv_ = prep.etiv is not None
         if self.use_etiv_:
             self.etiv_mean_ = float(np.mean(prep.etiv) / ETIV_SCALE)
-        design = self._design(prep, fitting=True)
+        self.covariate_encoding_, self.design_names_ = self._encode_covariates(prep)
+        design = self._design(prep)
         check_design(codes, design, self.design_names_)
         # regions FreeSurfer often reports as 0 mm³ (vessels, hypointensities) carry no site
         # signal ComBat can model; keep regions with at most 1 % zeros
+        # global header measures differ in definition between versions: never harmonized
         self.regions_ = [
             r
             for r in F.NEUROHARMONY_REGIONS + F.EXTRA_REGIONS
             if r in prep.volumes
+            and r not in F.GLOBAL_MEASURES
             and (prep.volumes[r] <= 0).mean() <= 0.01
             and prep.volumes[r].std() > 0
         ]
@@ -247,9 +319,23 @@ class NeuroHarmonizer(BaseEstimator):
         self.ref_harmonized_sd_ = np.std(
             (harmonized - cfit.reference_mean(design)) / cfit.sigma, axis=0
         )
+        self.freesurfer_version_ = self._training_freesurfer_version(table)
         self.training_summary_ = _summarize(table, prep, site_values)
         self.cv_metrics_ = self._cross_validate(table, site_values, sex_mapping) if self.cv else {}
         return self
+
+    def _training_freesurfer_version(self, table: pd.DataFrame) -> str | None:
+        if FS_VERSION_COLUMN in table.columns:
+            found = sorted({_major_minor(v) for v in table[FS_VERSION_COLUMN].dropna()})
+            if len(found) > 1:
+                raise DataError(
+                    f"column {FS_VERSION_COLUMN!r} holds several FreeSurfer versions "
+                    f"({', '.join(found)}); train on one version, or drop the column and treat "
+                    "the version as part of each site"
+                )
+            if found:
+                return found[0]
+        return None if self.freesurfer_version is None else _major_minor(self.freesurfer_version)
 
     @staticmethod
     def _site_values(table: pd.DataFrame, site) -> np.ndarray:
@@ -344,91 +430,117 @@ class NeuroHarmonizer(BaseEstimator):
         centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
         return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
 
-    def _core_missing(self, have: pd.DataFrame) -> np.ndarray:
-        """(n scans × core IQMs): True where a core IQM is missing."""
-        return np.column_stack(
-            [
-                have[c].isna().to_numpy() if c in have else np.ones(len(have), dtype=bool)
-                for c in self.iqm_sets_["core"]
-            ]
+    def _clean_iqms(self, have: pd.DataFrame) -> pd.DataFrame:
+        """MRIQC writes -1 when it cannot compute an IQM: missing, where -1 is impossible.
+
+        An IQM whose training values are all >= 0 cannot be -1; IQMs that can be negative
+        (kurtosis) keep the value.
+        """
+        out = have.copy()
+        for c in out.columns:
+            if c in self.iqm_range_ and self.iqm_range_[c][0] >= 0:
+                out[c] = out[c].where(out[c] != -1.0)
+        return out
+
+    def _iqm_prior(self, prep: PreparedTable):
+        """Per scan: prior location (all regions), confidence, IQMs used, OOD flags, IQMs missing.
+
+        All the model's IQMs present: the full prior. Otherwise the core prior with each missing
+        IQM set to its training median and the confidence reduced by the share missing. More
+        than ``MAX_MISSING_IQM_SHARE`` of the core IQMs missing: no IQM prior (profile only).
+        """
+        have = self._clean_iqms(prep.iqms)
+        n = len(have)
+        full = self.iqm_sets_["full"]
+        vals = np.column_stack(
+            [have[c].to_numpy(dtype=float) if c in have else np.full(n, np.nan) for c in full]
         )
-
-    def _core_problems(self, table: pd.DataFrame, have: pd.DataFrame) -> dict[int, str]:
-        """{row: message} for scans below the minimum IQM set."""
-        core = self.iqm_sets_["core"]
-        missing = self._core_missing(have)
-        return {
-            int(pos): f"{row_label(table, pos)}: missing MRIQC IQM(s) "
-            f"{', '.join(c for c, m in zip(core, missing[pos], strict=True) if m)}; the model "
-            f"needs at least the core set ({' '.join(core)}). Rerun MRIQC or point at its T1w "
-            "JSON / group_T1w.tsv"
-            for pos in np.flatnonzero(missing.any(axis=1))
-        }
-
-    def _iqm_prior(self, prep: PreparedTable, table: pd.DataFrame):
-        """Per scan: prior location (all regions), confidence, feature set used, OOD names."""
-        n = len(table)
-        have = prep.iqms
-        use_full = np.ones(n, dtype=bool)
-        for c in self.iqm_sets_["full"]:
-            use_full &= have[c].notna().to_numpy() if c in have else False
-        use_core = ~self._core_missing(have).any(axis=1)
-        bad = ~(use_full | use_core)
-        if bad.any():
-            problems = self._core_problems(table, have)
-            raise DataError(problems[min(problems)])
+        missing = np.isnan(vals)
+        core_idx = [full.index(c) for c in self.iqm_sets_["core"]]
+        core_share = missing[:, core_idx].mean(axis=1)
+        use_full = ~missing.any(axis=1)
+        use_core = ~use_full & (core_share <= MAX_MISSING_IQM_SHARE)
         mu = np.zeros((n, len(self.regions_)))
         conf = np.zeros(n)
-        used = np.empty(n, dtype=object)
-        for set_name, rows in (("full", use_full), ("core", use_core & ~use_full)):
+        used = np.full(n, "", dtype=object)
+        for set_name, rows in (("full", use_full), ("core", use_core)):
             if not rows.any():
                 continue
             cols = self.iqm_sets_[set_name]
-            idx = [self.iqms_.index(c) for c in cols]
-            X = iqm_transform(have.loc[rows, cols].to_numpy())
-            Xs = (X - self.iqm_center_[idx]) / self.iqm_scale_[idx]
+            idx = [full.index(c) for c in cols]
+            Xs = (iqm_transform(vals[np.ix_(rows, idx)]) - self.iqm_center_[idx]) / (
+                self.iqm_scale_[idx]
+            )
+            gone = np.isnan(Xs)
+            Xs = np.where(gone, 0.0, Xs)  # a missing IQM sits at the training median
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
             held = np.clip(Xs, lo, hi) if self.robust_iqms else Xs
             mu[rows] = held @ prior["coef"] + prior["intercept"]
             dist = self._iqm_distance(Xs)
-            conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0)
-            used[rows] = ";".join(cols)
-        lo = np.array([self.iqm_range_[c][0] for c in self.iqms_])
-        hi = np.array([self.iqm_range_[c][1] for c in self.iqms_])
-        vals = np.column_stack(
-            [have[c].to_numpy() if c in have else np.full(n, np.nan) for c in self.iqms_]
-        )
-        return mu, conf, used, (vals < lo) | (vals > hi)
+            conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0) * (
+                1.0 - gone.mean(axis=1)
+            )
+            names = np.array(cols, dtype=object)
+            used[rows] = [";".join(names[~g]) for g in gone]
+        # named as missing: the model's core IQMs the scan lacks (all of them used when present)
+        core_names = np.array(self.iqm_sets_["core"], dtype=object)
+        iqms_missing = np.array([";".join(core_names[m]) for m in missing[:, core_idx]], object)
+        lo = np.array([self.iqm_range_[c][0] for c in full])
+        hi = np.array([self.iqm_range_[c][1] for c in full])
+        with np.errstate(invalid="ignore"):
+            ood = (vals < lo) | (vals > hi)
+        return mu, conf, used, ood, iqms_missing
 
     def invalid_rows(
         self, table: pd.DataFrame, sex_mapping: Mapping[str, str] | None = None
     ) -> dict[int, str]:
-        """Every row :meth:`transform` would refuse, in one pass: {0-based row: reason}."""
+        """Every row :meth:`transform` would refuse, in one pass: {0-based row: reason}.
+
+        Missing IQMs are not a reason: such scans are harmonized with the IQMs they have.
+        """
         check_is_fitted(self, "combat_")
         table = table.reset_index(drop=True)
-        problems = row_problems(table, regions=self.regions_, sex_mapping=sex_mapping)
-        have = pd.DataFrame(
-            {
-                name: pd.to_numeric(table[col], errors="coerce")
-                for name, col in iqm_columns(list(table.columns)).items()
-            },
-            index=table.index,
-        )
-        for pos, text in self._core_problems(table, have).items():
-            problems[pos] = f"{problems[pos]}; {text}" if pos in problems else text
-        return dict(sorted(problems.items()))
+        return row_problems(table, regions=self.regions_, sex_mapping=sex_mapping)
+
+    def _single_scan_gain(
+        self, regions: Sequence[str], T: np.ndarray, S: np.ndarray, flagged: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Gain and offset variances for one scan whose regions ``flagged`` are ignored.
+
+        ``cross_region``: region i's offset ignores region i, its homologue and ``flagged``;
+        ``own_region``: it ignores only ``flagged``. Cached per region set and flag pattern.
+        """
+        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
+        cache = self.__dict__.setdefault("_gain_cache", {})
+        if key not in cache:
+            pos = {r: i for i, r in enumerate(regions)}
+            exclude = []
+            for i, r in enumerate(regions):
+                ex = set(flagged)
+                if self.profile_update == "cross_region":
+                    ex |= {i, pos.get(F.homologue(r), i)}
+                exclude.append(np.array(sorted(ex), dtype=int))
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = _masked_gain(T, S, exclude)
+        return cache[key]
 
     def transform(
         self,
         table: pd.DataFrame,
         site_column: str | None = None,
         sex_mapping: Mapping[str, str] | None = None,
-    ) -> pd.DataFrame:
+        return_sd: bool = False,
+    ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Harmonize every model region present in ``table``; add ``nh_*`` flag columns.
 
         Without ``site_column`` each scan is harmonized on its own. With it, scans sharing a
-        site value are harmonized together (empirical Bayes on that scanner's location/scale).
+        site value are harmonized together (empirical Bayes on that scanner's location/scale;
+        a site with one scan is a single scan). With ``return_sd`` also return, in a frame with
+        the same index and the user's region column names, each harmonized volume's posterior
+        standard deviation in mm³ (the uncertainty of the scanner correction; NaN where a scan
+        was left unharmonized).
         """
         check_is_fitted(self, "combat_")
         table = table.reset_index(drop=True)
@@ -436,61 +548,99 @@ class NeuroHarmonizer(BaseEstimator):
         prep = prepare(table, regions=self.regions_, covariates=present, sex_mapping=sex_mapping)
         regions = [r for r in self.regions_ if r in prep.volumes]
         ridx = [self.regions_.index(r) for r in regions]
-        design = self._design(prep, fitting=False)
+        design = self._design(prep)
         c = self.combat_
         mean = c.alpha[ridx] + design @ c.beta[:, ridx]
         sigma = c.sigma[ridx]
         z = (prep.volumes[regions].to_numpy() - mean) / sigma
-        mu_all, conf, used, ood = self._iqm_prior(prep, table)
+        mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
         mu = mu_all[:, ridx] * conf[:, None]
-        T = self.between_cov_[np.ix_(ridx, ridx)]
+        T1 = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]
+        # a region far from the training norm (person and site variation together) is flagged
+        # and ignored by every other region's offset estimate
+        far_region = np.abs(z - mu) / np.sqrt(np.diag(T1 + S)) > REGION_Z_LIMIT
+        patterns, inverse = np.unique(far_region, axis=0, return_inverse=True)
+        inverse = np.asarray(inverse).ravel()
+        limit = min(self.profile_limit_, PROFILE_ALPHA)
+        broken = far_region.mean(axis=1) > MAX_FLAGGED_SHARE
+        for k, pattern in enumerate(patterns):
+            rows = (inverse == k) & ~broken
+            keep = np.flatnonzero(~pattern)
+            if rows.any() and len(keep):
+                sub = [regions[j] for j in keep]
+                broken[rows] = self._profile_pvalue(z[np.ix_(rows, keep)], sub) < limit
         gamma = np.empty_like(z)
+        var = np.empty_like(z)
         scale = np.ones_like(z)
-        if site_column is None:
-            gamma = mu + (z - mu) @ _posterior_gain(T, S, 1.0).T
-        else:
-            groups = self._site_values(table, site_column)
-            a0, b0 = self.scale_prior_
-            for label in sorted(set(groups)):
-                rows = groups == label
-                n = int(rows.sum())
-                mbar = mu[rows].mean(0)
-                g = mbar + _posterior_gain(T, S, n) @ (z[rows].mean(0) - mbar)
-                gamma[rows] = g
-                if n >= 2:
-                    ss = ((z[rows] - g) ** 2).sum(0)
-                    scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
+        groups = (
+            np.arange(len(table)).astype(str)
+            if site_column is None
+            else self._site_values(table, site_column)
+        )
+        labels, gidx, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        gidx = np.asarray(gidx).ravel()
+        single = counts[gidx] == 1
+        Tw = self.profile_weight * T1
+        for k, pattern in enumerate(patterns):
+            rows = single & (inverse == k)
+            if rows.any():
+                W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+                gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
+                var[rows] = v
+        a0, b0 = self.scale_prior_
+        for j in np.flatnonzero(counts > 1):
+            rows = gidx == j
+            n = int(counts[j])
+            mbar = mu[rows].mean(0)
+            G = _posterior_gain(T1, S, n)
+            g = mbar + G @ (z[rows].mean(0) - mbar)
+            gamma[rows] = g
+            var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
+            ss = ((z[rows] - g) ** 2).sum(0)
+            scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
+        raw = prep.volumes[regions].to_numpy()
         harmonized = mean + sigma * (z - gamma) / scale
-        # a profile beyond every training scan (failed segmentation, other software) is left raw
-        far = self._profile_pvalue(z, regions) < min(self.profile_limit_, PROFILE_ALPHA)
-        harmonized[far] = prep.volumes[regions].to_numpy()[far]
+        sd = sigma * np.sqrt(var) / scale
+        # a profile broken as a whole (failed segmentation, other software) is left raw
+        harmonized[broken] = raw[broken]
+        sd[broken] = np.nan
+        cols = [prep.region_columns[r] for r in regions]
         out = table.copy()
-        out[[prep.region_columns[r] for r in regions]] = harmonized
+        out[cols] = harmonized
+        # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
+        # scan from another version than the model's is flagged
+        fs_other = np.zeros(len(table), dtype=bool)
+        if FS_VERSION_COLUMN in table.columns and self.freesurfer_version_ is not None:
+            found = table[FS_VERSION_COLUMN]
+            fs_other = (
+                found.notna() & (found.map(_major_minor) != self.freesurfer_version_)
+            ).to_numpy() & single
         # out-of-range flags, vectorized over scans: one boolean column per feature
-        names = [*self.iqms_, "age", "eTIV", "regional_profile"]
+        names = [*self.iqms_, "age", "eTIV", "regional_profile", "freesurfer_version"]
         etiv_out = np.zeros(len(table), dtype=bool)
         if self.etiv_range_ is not None and prep.etiv is not None:
             etiv_out = (prep.etiv < self.etiv_range_[0]) | (prep.etiv > self.etiv_range_[1])
         age_out = (prep.age < self.age_range_[0]) | (prep.age > self.age_range_[1])
-        flagged = np.column_stack([ood, age_out, etiv_out, far])
-        text = np.full(len(table), "", dtype=object)
-        for j, name in enumerate(names):
-            text = np.where(flagged[:, j], text + (name + ";"), text)
-        text = pd.Series(text, dtype=object).str.rstrip(";").to_numpy()
+        flagged = np.column_stack([ood, age_out, etiv_out, broken, fs_other])
         new = pd.DataFrame(
             {
-                "nh_status": np.where(far, "unharmonized", "harmonized"),
-                "nh_confidence": np.where(far, 0.0, np.round(conf, 4)),
+                "nh_status": np.where(broken, "unharmonized", "harmonized"),
+                "nh_confidence": np.where(broken, 0.0, np.round(conf, 4)),
                 "nh_out_of_range": flagged.any(axis=1).astype(int),
-                "nh_out_of_range_features": text,
+                "nh_out_of_range_features": _join_names(flagged, names),
                 "nh_features_used": used,
-                "nh_n_regions": np.where(far, 0, len(regions)),
+                "nh_n_regions": np.where(broken, 0, len(regions)),
+                "nh_regions_flagged": _join_names(far_region, cols),
+                "nh_iqms_missing": iqms_missing,
             }
         )
-        return pd.concat([out.drop(columns=[c for c in FLAG_COLUMNS if c in out]), new], axis=1)
+        out = pd.concat([out.drop(columns=[c for c in FLAG_COLUMNS if c in out]), new], axis=1)
+        if return_sd:
+            return out, pd.DataFrame(sd, columns=cols, index=out.index)
+        return out
 
     def predict_correction(self, table: pd.DataFrame, **kwargs) -> pd.DataFrame:
         """Raw minus harmonized volume per region (what the model subtracts)."""
@@ -507,7 +657,7 @@ class NeuroHarmonizer(BaseEstimator):
         if etiv is not None:
             row[F.ETIV] = [etiv]
         prep = prepare(pd.DataFrame(row), require_regions=False)
-        design = self._design(prep, fitting=False)
+        design = self._design(prep)
         mean = self.combat_.reference_mean(design)[0]
         half = 1.96 * self.combat_.sigma * self.ref_harmonized_sd_
         return pd.DataFrame(
@@ -520,6 +670,22 @@ class NeuroHarmonizer(BaseEstimator):
         from neuroharmony_bids.harmonize.loso import loso_figures
 
         return loso_figures(self, table, site_values, sex_mapping)
+
+
+def _join_names(flags: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Per row, the ';'-joined names of the True columns of ``flags`` ('' when none)."""
+    text = np.full(len(flags), "", dtype=object)
+    for j, name in enumerate(names):
+        text = np.where(flags[:, j], text + (name + ";"), text)
+    return pd.Series(text, dtype=object).str.rstrip(";").to_numpy()
+
+
+def _major_minor(version) -> str:
+    """'7.4.1' → '7.4'; 'freesurfer-linux-centos7_x86_64-7.3.2-…' → '7.3' (first x.y found)."""
+    import re
+
+    m = re.search(r"(\d+)\.(\d+)", str(version))
+    return f"{int(m.group(1))}.{int(m.group(2))}" if m else str(version).strip()
 
 
 def _summarize(table: pd.DataFrame, prep: PreparedTable, sites: np.ndarray) -> dict:

@@ -231,7 +231,8 @@ REFERENCES: dict[str, Reference] = {
     ]
 }
 
-#: Python distributions whose installed version is recorded (display name → dist name).
+#: Python distributions whose installed version is recorded (display name → dist name): the one
+#: list, read by the citation and by every run log.
 PACKAGES = {
     "neuroharmony-bids": "neuroharmony-bids",
     "neuroCombat": "neuroCombat",
@@ -239,7 +240,10 @@ PACKAGES = {
     "Nipype": "nipype",
     "scikit-learn": "scikit-learn",
     "NumPy": "numpy",
+    "SciPy": "scipy",
     "pandas": "pandas",
+    "NiBabel": "nibabel",
+    "bids-validator-deno": "bids-validator-deno",
 }
 
 _NOT_RECORDED = "version not recorded"

@@ -3,8 +3,8 @@
 Each row (one scan) of a DataFrame becomes: a tiny valid NIfTI T1w with a JSON sidecar carrying
 scanner metadata, a ``participants.tsv`` row (and ``sessions.tsv`` when sessions are used),
 ``derivatives/freesurfer/<subject>/stats/{aseg,lh.aparc,rh.aparc}.stats`` rendered by
-:func:`neuroharmony_bids.interfaces.freesurfer.write_subject_stats`, and an MRIQC IQM file
-rendered by :func:`neuroharmony_bids.interfaces.mriqc.write_iqm_json`.
+:func:`neuroharmony_bids.testing.freesurfer_outputs.write_subject_stats`, and an MRIQC IQM file
+rendered by :func:`neuroharmony_bids.testing.mriqc_outputs.write_iqm_json`.
 
 Rows can come from the shared ABIDE table (``SUB_ID``, ``SITE_ID``, ``vendor``, ``model``,
 ``AGE_AT_SCAN``, ``sex``, FreeSurfer volumes, ``iqm_*``) or from a simulator: the column names
@@ -29,8 +29,9 @@ import pandas as pd
 from neuroharmony_bids.atomic import write_bytes, write_table, write_text
 from neuroharmony_bids.harmonize.features import canonical_region
 from neuroharmony_bids.harmonize.table import iqm_columns as _core_iqm_columns
-from neuroharmony_bids.interfaces.freesurfer import ASEG_TABLE, write_subject_stats
-from neuroharmony_bids.interfaces.mriqc import write_iqm_json
+from neuroharmony_bids.io.freesurfer_stats import ASEG_TABLE
+from neuroharmony_bids.testing.freesurfer_outputs import write_subject_stats
+from neuroharmony_bids.testing.mriqc_outputs import write_iqm_json
 
 #: Non-volume columns of the shared ABIDE table (everything else numeric is a volume or IQM).
 _ABIDE_NON_VOLUME = {

@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuroharmony_bids import derivatives as D
 from neuroharmony_bids.atomic import TMP_PREFIX, write_table
-from neuroharmony_bids.bids import SCANNER_FIELDS, Scan, read_covariates
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures as F
+from neuroharmony_bids.bids.covariates import read_covariates
+from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan
 from neuroharmony_bids.errors import (
     MissingInputError,
     NeuroharmonyError,
@@ -41,8 +43,8 @@ from neuroharmony_bids.errors import (
 )
 from neuroharmony_bids.harmonize.features import ALL_IQMS
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.workflows import Progress, RunResult
 from neuroharmony_bids.workflows.participant import load_model_and_info
+from neuroharmony_bids.workflows.results import Progress, RunResult
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -492,7 +494,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
         )
     result = RunResult("group", total=len(found))
     raw, harmonized, problems = collect_tables(found, log)
-    failures = D.read_failures(out)
+    failures = F.read_failures(out)
     done = set(raw["bids_name"]) if len(raw) else set()
     if len(failures):
         failures = failures[~failures["bids_name"].isin(done)]

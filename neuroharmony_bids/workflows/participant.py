@@ -29,21 +29,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neuroharmony_bids import derivatives as D
-from neuroharmony_bids.bids import (
+from neuroharmony_bids.bids import derivatives as D
+from neuroharmony_bids.bids import failures
+from neuroharmony_bids.bids.covariates import read_covariates
+from neuroharmony_bids.bids.layout import (
     Scan,
     find_scans,
     freesurfer_subject_candidates,
     load_layout,
-    read_covariates,
     scans_per_subject,
 )
 from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError, UsageError
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.interfaces import mriqc as mq
+from neuroharmony_bids.io import freesurfer_stats as fs_stats
+from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.workflows import Progress, RunResult
+from neuroharmony_bids.workflows.results import Progress, RunResult
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -53,7 +56,7 @@ class ScanPlan:
     """Where one scan's inputs are (or will be, once a tool ran)."""
 
     scan: Scan
-    iqm_source: mq.IQMSource | None = None
+    iqm_source: mriqc_json.IQMSource | None = None
     fs_subject_dir: Path | None = None
 
     @property
@@ -96,6 +99,8 @@ def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
     """The model (``--model`` or the shipped one) and its identity (name, version, sha256)."""
     _, load_model, model_info = harmonization_core()
     model = load_model(settings.model)
+    if settings.profile_weight is not None:
+        model.set_params(profile_weight=settings.profile_weight)
     info = dict(model_info(settings.model))
     return model, info
 
@@ -121,7 +126,9 @@ def locate_inputs(
     plans = []
     for scan in scans:
         plan = ScanPlan(scan)
-        plan.iqm_source = mq.find_iqm_source(mriqc_dirs, scan.bids_name, scan.rel_dir, group_tables)
+        plan.iqm_source = mriqc_json.find_iqm_source(
+            mriqc_dirs, scan.bids_name, scan.rel_dir, group_tables
+        )
         names = freesurfer_subject_candidates(scan, subject_counts.get(scan.subject, 0) == 1)
         for fdir in fs_dirs:
             for name in names:
@@ -307,17 +314,19 @@ def parse_scan(
             f"logs/crash)"
         )
     if src.kind == "json":
-        iqms = mq.read_iqm_json(src.path, required)
-        meta = mq.read_iqm_metadata(src.path)
+        iqms = mriqc_json.read_iqm_json(src.path, required)
+        meta = mriqc_json.read_iqm_metadata(src.path)
         mriqc_version = meta.get("provenance", {}).get("version")
     else:
         if src.path not in group_tables:
-            group_tables[src.path] = mq.read_group_tsv(src.path)
-        iqms = mq.iqms_from_group_row(group_tables[src.path], scan.bids_name, src.path, required)
+            group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
+        iqms = mriqc_json.iqms_from_group_row(
+            group_tables[src.path], scan.bids_name, src.path, required
+        )
         mriqc_version = None
     iqms = {k: v for k, v in iqms.items() if k in ALL_IQMS}
-    raw_volumes = fs.read_subject_volumes(plan.fs_subject_dir)
-    warnings = [w for w in [fs.unknown_version_warning(plan.fs_subject_dir)] if w]
+    raw_volumes = fs_stats.read_subject_volumes(plan.fs_subject_dir)
+    warnings = [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
     volumes = D.canonical_volumes(raw_volumes)
     if not volumes:
         raise MissingInputError(f"{plan.fs_subject_dir}: no known FreeSurfer region found")
@@ -334,7 +343,7 @@ def parse_scan(
                 "Values": dict(sorted(iqms.items())),
             },
             "FreeSurfer": {
-                "Version": fs.freesurfer_version(plan.fs_subject_dir),
+                "Version": fs_stats.freesurfer_version(plan.fs_subject_dir),
                 "SubjectDir": str(plan.fs_subject_dir),
             },
         },
@@ -537,7 +546,7 @@ def write_outputs(
     def job(args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]) -> str:
         scan, volumes, hrow, provenance = args
         D.write_scan_outputs(out, scan, volumes, hrow, provenance)
-        D.clear_failure(out, scan)
+        failures.clear_failure(out, scan)
         return scan.bids_name
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -550,7 +559,7 @@ def _fail(
     result: RunResult, out: Path, scan: Scan, reason: str, code: int, log: logging.Logger
 ) -> None:
     result.failed[scan.bids_name] = reason
-    D.write_failure(out, scan, reason, code)
+    failures.write_failure(out, scan, reason, code)
     log.warning("%s failed: %s", scan.bids_name, reason)
 
 

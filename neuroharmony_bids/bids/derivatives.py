@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import pandas as pd
 
 from neuroharmony_bids._version import __version__
 from neuroharmony_bids.atomic import TMP_PREFIX, write_text
-from neuroharmony_bids.bids import SCANNER_FIELDS, Scan
+from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan
 from neuroharmony_bids.errors import NeuroharmonyError, UsageError
 from neuroharmony_bids.harmonize.features import (
     ASEG_REGIONS,
@@ -134,6 +134,11 @@ def scan_outputs(output_dir: str | os.PathLike, scan: Scan) -> dict[str, Path]:
         for desc in ("raw", "harmonized")
         for ext in (".tsv", ".json")
     }
+
+
+def logs_dir(output_dir: str | os.PathLike) -> Path:
+    """``output_dir/logs``: run logs, the failure log, citation boilerplate."""
+    return Path(output_dir) / "logs"
 
 
 def report_path(output_dir: str | os.PathLike, scan: Scan) -> Path:
@@ -305,12 +310,6 @@ def read_dataset_description(output_dir: str | os.PathLike) -> dict[str, Any] | 
 # --------------------------------------------------------------------------- per scan
 
 
-def region_columns(names: Iterable[str]) -> list[str]:
-    """The known region columns among ``names`` (canonical spelling), in REGION_ORDER."""
-    present = {canonical_region(str(n)) for n in names}
-    return [r for r in REGION_ORDER if r in present]
-
-
 def canonical_volumes(volumes: Mapping[str, float]) -> dict[str, float]:
     """Volumes keyed by canonical (FreeSurfer 7) names, restricted to known regions + eTIV."""
     canon = {canonical_region(str(k)): float(v) for k, v in volumes.items()}
@@ -476,55 +475,6 @@ def _split(value: Any) -> list[str]:
     return [v for v in str(value).split(";") if v]
 
 
-# --------------------------------------------------------------------------- failures & logs
-
-
-def logs_dir(output_dir: str | os.PathLike) -> Path:
-    return Path(output_dir) / "logs"
-
-
-def failure_path(output_dir: str | os.PathLike, scan: Scan) -> Path:
-    return logs_dir(output_dir) / "failed" / f"{scan.bids_name}.json"
-
-
-def write_failure(
-    output_dir: str | os.PathLike, scan: Scan, reason: str, exit_code: int = 1
-) -> Path:
-    """Record why a scan failed (read back by the group level)."""
-    record = {
-        "bids_name": scan.bids_name,
-        **id_columns(scan),
-        "reason": reason,
-        "exit_code": int(exit_code),
-    }
-    return write_output(failure_path(output_dir, scan), json.dumps(record, indent=2) + "\n")
-
-
-def clear_failure(output_dir: str | os.PathLike, scan: Scan) -> None:
-    try:
-        failure_path(output_dir, scan).unlink()
-    except FileNotFoundError:
-        pass
-
-
-def read_failures(output_dir: str | os.PathLike) -> pd.DataFrame:
-    """Failed scans recorded by participant-level runs (bids_name, ids, reason)."""
-    rows = []
-    for path in sorted((logs_dir(output_dir) / "failed").glob("*.json")):
-        if path.name.startswith(TMP_PREFIX):
-            continue
-        try:
-            rows.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
-    cols = ["bids_name", "participant_id", "session_id", "reason", "exit_code"]
-    table = pd.DataFrame(rows)
-    for col in cols:
-        if col not in table.columns:
-            table[col] = pd.Series(dtype=object)
-    return table[cols]
-
-
 __all__ = [
     "BIDSIGNORE",
     "DESCRIPTIONS",
@@ -532,24 +482,21 @@ __all__ = [
     "PIPELINE_NAME",
     "REGION_ORDER",
     "canonical_volumes",
-    "clear_failure",
     "column_dictionary",
     "dataset_description",
-    "failure_path",
+    "format_cell",
+    "format_tsv",
     "id_columns",
     "is_done",
     "logs_dir",
     "model_identity",
     "morph_path",
     "read_dataset_description",
-    "read_failures",
     "remove_stale_temps",
-    "region_columns",
     "report_path",
     "scan_dir",
     "scan_outputs",
     "write_dataset_files",
-    "write_failure",
     "write_output",
     "write_scan_outputs",
 ]

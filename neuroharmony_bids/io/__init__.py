@@ -1,0 +1,1 @@
+"""Readers of tool output formats (FreeSurfer stats, MRIQC IQMs), one module per format."""
