@@ -57,10 +57,14 @@ def make_dataset(root: Path, table: pd.DataFrame, n: int = 3, seed: int = 0):
     Rows with a zero/negative volume (failed segmentations in ABIDE, refused by design) are
     left out so that a scan fails only where a scenario breaks it on purpose.
     """
+    return build_bids_dataset(root, abide_rows(usable_rows(table), n, seed=seed))
+
+
+def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """ABIDE rows without a failed segmentation (a zero volume where most scans have one)."""
     vols = table[volume_columns(list(table.columns))].fillna(1)
     usually_positive = vols.columns[(vols > 0).mean() > 0.9]  # not e.g. 5th-Ventricle
-    usable = table[(vols[usually_positive] > 0).all(axis=1)]
-    return build_bids_dataset(root, abide_rows(usable, n, seed=seed))
+    return table[(vols[usually_positive] > 0).all(axis=1)]
 
 
 # --------------------------------------------------------------------------- running the app
@@ -442,10 +446,7 @@ def run_bad_input(case: BadInput, table: pd.DataFrame, tmp: Path) -> list[str]:
 def abide_scan_table(table: pd.DataFrame, n: int = 40, seed: int = 0) -> pd.DataFrame:
     """``n`` ABIDE rows as a user hands them to ``neuroharmony harmonize`` (ids, age, sex, IQMs
     with their ``iqm_`` prefix, FreeSurfer 6 volumes), failed segmentations left out."""
-    vols = table[volume_columns(list(table.columns))].fillna(1)
-    usually_positive = vols.columns[(vols > 0).mean() > 0.9]
-    usable = table[(vols[usually_positive] > 0).all(axis=1)]
-    rows = usable.sample(n=n, random_state=seed).reset_index(drop=True)
+    rows = usable_rows(table).sample(n=n, random_state=seed).reset_index(drop=True)
     rows.insert(0, "participant_id", "sub-" + rows["SUB_ID"].astype(str))
     return rows.rename(columns={"AGE_AT_SCAN": "age"})
 
@@ -771,19 +772,16 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nh-reliability-") as tmpdir:
         tmp = Path(tmpdir)
-        ok = 0
-        for i, case in enumerate(BAD_INPUTS):
-            probs = run_bad_input(case, table, tmp / f"bad{i}")
-            ok += not probs
-            failures += [f"bad input {case.name!r}: {x}" for x in probs]
-        tally["bad inputs handled"] = (ok, len(BAD_INPUTS))
-
-        ok = 0
-        for i, case in enumerate(TABLE_INPUTS):
-            probs = run_table_case(case, table, tmp / f"table{i}")
-            ok += not probs
-            failures += [f"table input {case.name!r}: {x}" for x in probs]
-        tally["table CLI inputs handled"] = (ok, len(TABLE_INPUTS))
+        for label, cases, runner in (
+            ("bad input", BAD_INPUTS, run_bad_input),
+            ("table input", TABLE_INPUTS, run_table_case),
+        ):
+            ok = 0
+            for i, case in enumerate(cases):
+                probs = runner(case, table, tmp / f"{label.split()[0]}{i}")
+                ok += not probs
+                failures += [f"{label} {case.name!r}: {x}" for x in probs]
+            tally[f"{label}s handled"] = (ok, len(cases))
         probs = markdown_escaped()
         failures += probs
         tally["Markdown outputs escaped"] = (int(not probs), 1)
