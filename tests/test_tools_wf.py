@@ -425,6 +425,7 @@ def test_someone_elses_unfinished_subject_is_reported_not_read(tmp_path):
     (plan,) = T.locate_inputs(settings, [Scan("01", anat / "sub-01_T1w.nii.gz")], {"01": 1})
     assert plan.fs_subject_dir is None and not plan.needs_recon_all and not plan.needs_mriqc
     assert f"{theirs} is failed" in plan.failure and "recon-all -s sub-01" in plan.failure
+    assert plan.failure_code == 66
 
 
 @pytest.mark.skipif(
