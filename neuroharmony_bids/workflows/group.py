@@ -219,7 +219,7 @@ def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str
 def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.DataFrame | None:
     """Harmonize scans that share a site together (the several-scans-per-scanner path).
 
-    One scan of a site gets the single-scan answer; more scans move each site's estimated
+    One scan of a site gets the single-scan answer; more people move each site's estimated
     location and scale toward what ComBat fitted with that site would give, without touching
     the model's training data. Scans without a site label, or that the model refuses, are left
     out (they are listed in group_failed.tsv by the participant level).
@@ -235,11 +235,14 @@ def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.
         table = table.drop(index=list(bad)).reset_index(drop=True)
     if table.empty:
         return None
-    joint = harmonize_table(table, model, site_column="site")
+    # several T1w of one person (runs, acquisitions, sessions) are one vote, not n people,
+    # when a site's effect is estimated; every scan is then harmonized with that estimate
+    joint = harmonize_table(table, model, site_column="site", person_column="participant_id")
     counts = table["site"].value_counts()
+    people = table.groupby("site")["participant_id"].nunique()
     log.info(
-        "joint harmonization: %d scans from %d site(s) (%d with a single scan)",
-        len(joint), len(counts), int((counts == 1).sum()),
+        "joint harmonization: %d scans of %d people from %d site(s) (%d with a single scan)",
+        len(joint), int(people.sum()), len(counts), int((counts == 1).sum()),
     )  # fmt: skip
     return joint
 
