@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _validator import requires_validator
 
 from neuroharmony_bids import bids as B
 from neuroharmony_bids.bids import layout as BL
@@ -57,11 +58,13 @@ def test_real_dataset_covariates_and_na_ages(real):
             assert name not in covs.errors
 
 
+@requires_validator
 def test_real_dataset_passes_validation(real):
     warnings = B.validate_dataset(real)
     assert all(w["severity"] == "warning" for w in warnings)
 
 
+@requires_validator
 def test_invalid_dataset_is_exit_16(real, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(real / "sub-IXI013HH", bad / "sub-IXI013HH")
