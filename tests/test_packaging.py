@@ -661,6 +661,17 @@ def test_bootstrap_stamp_covers_every_lock_file_it_installed(tmp_path):
     assert len(log.read_text().splitlines()) == n + 3
 
 
+def test_bootstrap_replaces_a_stamp_of_the_old_single_hash_format(tmp_path):
+    venv, log = _fake_venv(tmp_path)
+    (venv / ".lock-sha256").write_text(
+        "e717fd36e85ad73760e29d88ed7dabf3639f324b998ba41da9bdedd2dab73fbd\n"
+    )
+    assert _bootstrap(venv, "requirements.lock").returncode == 0
+    assert len(log.read_text().splitlines()) == 3  # installed: the old stamp names no file
+    stamp = (venv / ".lock-sha256").read_text().splitlines()
+    assert len(stamp) == 1 and stamp[0].endswith("  requirements.lock")
+
+
 def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
     venv, log = _fake_venv(tmp_path)
     res = _bootstrap(venv, "requirements-nope.lock")
