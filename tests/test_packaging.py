@@ -1,5 +1,5 @@
-"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock file, wheel,
-Boutiques descriptor, brainlife and SLURM recipes."""
+"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock files and
+bootstrap, the CI entry point, wheel, Boutiques descriptor, brainlife and SLURM recipes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _tool(name: str) -> str:
     """A console script of the environment running the tests (the locked venv in CI)."""
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
-        pytest.fail(f"{name} is not installed: it is pinned in requirements.lock")
+        pytest.fail(f"{name} is not installed: it is pinned in requirements-test.lock")
     return found
 
 
