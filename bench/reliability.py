@@ -807,6 +807,15 @@ def main() -> int:
         failures += [f"disk full: {x}" for x in probs]
         tally["disk full handled"] = (int(not probs), 1)
 
+        from bench._reliability_bids import SCENARIOS  # the BIDS layer's own cases
+
+        ok = 0
+        for i, scenario in enumerate(SCENARIOS):
+            probs = scenario.run(table, tmp / f"bids{i}")
+            ok += not probs
+            failures += [f"BIDS layer {scenario.name!r}: {x}" for x in probs]
+        tally["BIDS layer cases handled"] = (ok, len(SCENARIOS))
+
     fuzz = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          str(REPO / "tests" / "test_fuzz_parsers.py")],

@@ -57,11 +57,13 @@ def test_real_dataset_covariates_and_na_ages(real):
             assert name not in covs.errors
 
 
+@pytest.mark.bids_validator
 def test_real_dataset_passes_validation(real):
     warnings = B.validate_dataset(real)
     assert all(w["severity"] == "warning" for w in warnings)
 
 
+@pytest.mark.bids_validator
 def test_invalid_dataset_is_exit_16(real, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(real / "sub-IXI013HH", bad / "sub-IXI013HH")

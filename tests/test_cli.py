@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _validator import VALIDATION_FLAGS
 
 from neuroharmony_bids import __version__
 from neuroharmony_bids.cli.parser import build_parser, parse_settings
@@ -118,6 +119,7 @@ def no_derivatives(abide_table, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.bids_validator
 def test_invalid_bids_exits_16(no_derivatives, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(no_derivatives, bad, ignore=shutil.ignore_patterns("derivatives"))
@@ -147,11 +149,13 @@ def test_missing_tools_and_derivatives_exit_66(no_derivatives, tmp_path, capsys,
     assert not list(out.glob("sub-*"))
 
 
+@pytest.mark.bids_validator
 def test_run_is_logged(abide_table, tmp_path, capsys):
     bids = tmp_path / "bids"
     build_bids_dataset(bids, abide_rows(abide_table, 2, seed=9, drop_failed=True))
     out = tmp_path / "out"
-    argv = [str(bids), str(out), "participant", "--no-participant-reports", "--nprocs", "1"]
+    argv = [str(bids), str(out), "participant", "--no-participant-reports", "--nprocs", "1",
+            *VALIDATION_FLAGS]  # fmt: skip
     assert run(argv) == 0
     err = capsys.readouterr().err
     assert "participant: 2/2 scans done, elapsed" in err and "remaining" in err
@@ -171,11 +175,12 @@ def test_parse_settings_rejects_missing_folders(tmp_path):
         parse_settings(["/d", "/o", "participant", "--mriqc-dir", str(tmp_path / "none")])
 
 
+@pytest.mark.bids_validator
 def test_output_under_input_derivatives_is_allowed(abide_table, tmp_path):
     bids = tmp_path / "bids"
     build_bids_dataset(bids, abide_rows(abide_table, 2, seed=12, drop_failed=True))
     out = bids / "derivatives" / "neuroharmony"
-    argv = [str(bids), str(out), "participant", "--no-participant-reports"]
+    argv = [str(bids), str(out), "participant", "--no-participant-reports", *VALIDATION_FLAGS]
     assert run(argv) == 0
     assert len(list(out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))) == 2
     # the input still validates, and re-indexing does not pick up our outputs as scans

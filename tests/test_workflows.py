@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _validator import VALIDATION_FLAGS
 
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.bids import failures as F
@@ -17,9 +18,7 @@ from neuroharmony_bids.cli.run import run
 from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.features import ETIV, canonical_region
 from neuroharmony_bids.harmonize.io import load_model, model_info
-from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.testing import build_bids_dataset, iqm_columns, volume_columns
-from neuroharmony_bids.workflows import participant as P
 
 SITES = ["CALTECH", "KKI", "OLIN", "PITT"]
 
@@ -54,11 +53,14 @@ def main_run(abide_table, tmp_path_factory):
     bids = root / "bids"
     build_bids_dataset(bids, rows)
     out = root / "out"
-    codes = {"participant": run([str(bids), str(out), "participant", "--nprocs", "2"])}
+    codes = {
+        "participant": run([str(bids), str(out), "participant", "--nprocs", "2", *VALIDATION_FLAGS])
+    }
     codes["group"] = run([str(bids), str(out), "group", "--skip-bids-validation"])
     return {"bids": bids, "out": out, "rows": rows, "codes": codes}
 
 
+@pytest.mark.bids_validator
 def test_participant_and_group_succeed(main_run):
     assert main_run["codes"] == {"participant": 0, "group": 0}
     out = main_run["out"]
@@ -67,10 +69,12 @@ def test_participant_and_group_succeed(main_run):
     assert not (out / "logs" / "failed").exists() or not list((out / "logs" / "failed").iterdir())
 
 
+@pytest.mark.bids_validator
 def test_bids_validator_accepts_output(main_run):
     assert validator_errors(main_run["out"]) == []
 
 
+@pytest.mark.bids_validator
 def test_raw_tables_hold_the_freesurfer_volumes(main_run):
     out, rows = main_run["out"], main_run["rows"]
     for _, row in rows.iterrows():
@@ -87,6 +91,7 @@ def test_raw_tables_hold_the_freesurfer_volumes(main_run):
         assert "Left-Thalamus" in raw.columns and "Left-Thalamus-Proper" not in raw.columns
 
 
+@pytest.mark.bids_validator
 def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
     """The app feeds the core exactly the table's age, sex, IQMs and volumes."""
     out, rows = main_run["out"], main_run["rows"]
@@ -120,18 +125,21 @@ def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
     assert not np.allclose(raw0["Left-Hippocampus"], harm0["Left-Hippocampus"])
 
 
+@pytest.mark.bids_validator
 def test_dataset_description_names_the_model(main_run):
     desc = json.loads((main_run["out"] / "dataset_description.json").read_text())
     assert desc["NeuroharmonyModel"]["sha256"] == model_info()["sha256"]
     assert desc["DatasetType"] == "derivative"
 
 
+@pytest.mark.bids_validator
 def test_participant_reports_written(main_run):
     reports = list(main_run["out"].glob("sub-*/anat/*_report.html"))
     assert len(reports) == len(main_run["rows"])
     assert "<html" in reports[0].read_text()[:500].lower()
 
 
+@pytest.mark.bids_validator
 def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     bids, out = main_run["bids"], main_run["out"]
     before = snapshot(out)
@@ -152,6 +160,7 @@ def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     assert any((out / p).stat().st_mtime_ns != stats[p] for p in before)
 
 
+@pytest.mark.bids_validator
 def test_group_tables(main_run):
     out, rows = main_run["out"], main_run["rows"]
     raw = pd.read_csv(out / "group_desc-raw_morph.tsv", sep="\t")
@@ -180,6 +189,7 @@ def test_group_tables(main_run):
     assert (out / "group_report.html").is_file()
 
 
+@pytest.mark.bids_validator
 def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_bytes(Path(model_info()["path"]).read_bytes())
@@ -195,6 +205,7 @@ def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
     assert "pass the same --model" in capsys.readouterr().err
 
 
+@pytest.mark.bids_validator
 def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     bids = tmp_path / "bids"
     shutil.copytree(main_run["bids"], bids)
@@ -248,6 +259,7 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     assert sorted(F.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
 
 
+@pytest.mark.bids_validator
 def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(main_run["out"], out)
@@ -266,6 +278,7 @@ def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
     assert "harmonized_tsv" in failed["reason"].iloc[0]
 
 
+@pytest.mark.bids_validator
 def test_group_exit_codes(main_run, tmp_path):
     empty = tmp_path / "empty"
     assert run([str(main_run["bids"]), str(empty), "group", "--skip-bids-validation"]) == 66
@@ -273,6 +286,7 @@ def test_group_exit_codes(main_run, tmp_path):
     assert run([*argv, "--participant-label", "nobody"]) == 18
 
 
+@pytest.mark.bids_validator
 def test_train_then_use_the_trained_model(main_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(main_run["out"], out)
@@ -311,6 +325,7 @@ def sessions_run(abide_table, tmp_path_factory):
     return {"bids": bids, "out": out, "rows": rows, "code": code}
 
 
+@pytest.mark.bids_validator
 def test_sessions_and_mriqc_group_tsv(sessions_run):
     assert sessions_run["code"] == 0
     out = sessions_run["out"]
@@ -322,45 +337,3 @@ def test_sessions_and_mriqc_group_tsv(sessions_run):
     assert side["ImageQualityMetrics"]["Source"].endswith("group_T1w.tsv (sub-s0_ses-2_T1w)")
     assert side["FreeSurfer"]["Version"] == "7.3.2"
     assert validator_errors(out) == []
-
-
-def test_plugin_settings_and_tools_workflow(tmp_path):
-    yml = tmp_path / "plugin.yml"
-    yml.write_text("plugin: MultiProc\nplugin_args:\n  maxtasksperchild: 1\n")
-    base = dict(
-        bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant"
-    )
-    s = Settings(**base, nprocs=4, mem_gb=12.0, use_plugin=yml, omp_nthreads=2)
-    plugin, args = P.plugin_settings(s)
-    assert plugin == "MultiProc"
-    assert args == {
-        "maxtasksperchild": 1,
-        "n_procs": 4,
-        "memory_gb": 12.0,
-        "raise_insufficient": False,
-    }
-    yml.write_text("plugin: SLURMGraph\nplugin_args:\n  sbatch_args: --time=24:00:00\n")
-    assert P.plugin_settings(s) == ("SLURMGraph", {"sbatch_args": "--time=24:00:00"})
-    assert P.plugin_settings(Settings(**base, nprocs=1))[0] == "Linear"
-    yml.write_text("- not a mapping\n")
-    with pytest.raises(Exception, match="--use-plugin"):
-        P.plugin_settings(s)
-
-    from neuroharmony_bids.bids import Scan
-    from neuroharmony_bids.testing import tiny_t1w_bytes
-
-    anat = tmp_path / "bids" / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    t1w = anat / "sub-01_T1w.nii.gz"
-    t1w.write_bytes(tiny_t1w_bytes())
-    plans = [P.ScanPlan(Scan("01", t1w))]
-    wf = P.init_tools_wf(
-        Settings(**base, nprocs=4, omp_nthreads=2, mem_gb=8.0), plans, tmp_path / "lic"
-    )
-    nodes = {n.name: n for n in wf._graph.nodes()}
-    assert set(nodes) == {"mriqc_sub_01", "recon_all_sub_01"}
-    mq_cmd = nodes["mriqc_sub_01"].interface.cmdline
-    assert str(tmp_path / "out" / "sourcedata" / "mriqc") in mq_cmd
-    assert "--nprocs 4" in mq_cmd and "--omp-nthreads 2" in mq_cmd and "--mem-gb 8" in mq_cmd
-    fs_cmd = nodes["recon_all_sub_01"].interface.cmdline
-    assert "-openmp 2" in fs_cmd and str(tmp_path / "out" / "sourcedata" / "freesurfer") in fs_cmd

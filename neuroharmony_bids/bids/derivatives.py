@@ -30,7 +30,7 @@ import pandas as pd
 
 from neuroharmony_bids._version import __version__
 from neuroharmony_bids.atomic import TMP_PREFIX, write_text
-from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan
+from neuroharmony_bids.bids.layout import SCANNER_FIELDS, Scan, entity_keys
 from neuroharmony_bids.errors import NeuroharmonyError, UsageError
 from neuroharmony_bids.harmonize.features import (
     ASEG_REGIONS,
@@ -146,9 +146,21 @@ def report_path(output_dir: str | os.PathLike, scan: Scan) -> Path:
     return scan_dir(output_dir, scan) / f"{scan.prefix}_report.html"
 
 
-def is_done(output_dir: str | os.PathLike, scan: Scan) -> bool:
-    """All four per-scan files exist (they are written atomically, so existing = complete)."""
-    return all(p.is_file() for p in scan_outputs(output_dir, scan).values())
+def missing_outputs(output_dir: str | os.PathLike, scan: Scan, report: bool = False) -> list[str]:
+    """Which of the scan's outputs do not exist yet (``report``: the HTML report counts too).
+
+    Files are written atomically, so an existing file is complete; a run stopped between a
+    scan's data files and its report leaves only the report missing.
+    """
+    paths = dict(scan_outputs(output_dir, scan))
+    if report:
+        paths["report"] = report_path(output_dir, scan)
+    return [name for name, path in paths.items() if not path.is_file()]
+
+
+def is_done(output_dir: str | os.PathLike, scan: Scan, report: bool = False) -> bool:
+    """All the scan's outputs exist (the four files, and the report when ``report``)."""
+    return not missing_outputs(output_dir, scan, report)
 
 
 # --------------------------------------------------------------------------- dataset level
@@ -269,25 +281,7 @@ def write_dataset_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "dataset_description.json"
     text = json.dumps(description, indent=2, sort_keys=True) + "\n"
-    if path.is_file() and not overwrite:
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            existing = None
-        if existing is not None and existing != json.loads(text):
-            old = existing.get("NeuroharmonyModel", {}) if isinstance(existing, dict) else {}
-            old_v = (
-                (existing.get("GeneratedBy") or [{}])[0].get("Version")
-                if isinstance(existing, dict)
-                else None
-            )
-            raise UsageError(
-                f"{output_dir} already holds results of {PIPELINE_NAME} {old_v} with model "
-                f"{old.get('name')} (sha256 {str(old.get('sha256'))[:12]}...); this run uses "
-                f"{__version__} with model {description['NeuroharmonyModel'].get('name')} "
-                f"(sha256 {str(description['NeuroharmonyModel'].get('sha256'))[:12]}...) or "
-                f"another input dataset. Use a new output folder, or --overwrite to replace them"
-            )
+    _check_existing_description(path, json.loads(text), overwrite)
     _write_if_changed(path, text)
     desc = pd.DataFrame(
         {"desc_id": [f"desc-{k}" for k in DESCRIPTIONS], "description": list(DESCRIPTIONS.values())}
@@ -297,6 +291,40 @@ def write_dataset_files(
     _write_if_changed(output_dir / "README.md", README)
     _write_if_changed(output_dir / ".bidsignore", BIDSIGNORE)
     return path
+
+
+def _check_existing_description(path: Path, new: dict[str, Any], overwrite: bool) -> None:
+    """Refuse (64) a folder of another dataset always, and our results of another model or
+    version unless ``overwrite``."""
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return
+    if existing == new:
+        return
+    if not isinstance(existing, dict):
+        existing = {}
+    generated = existing.get("GeneratedBy")
+    first = generated[0] if isinstance(generated, list) and generated else {}
+    first = first if isinstance(first, dict) else {}
+    if first.get("Name") != PIPELINE_NAME:
+        raise UsageError(
+            f"{path.parent} holds another dataset ({path} names "
+            f"{first.get('Name') or existing.get('Name') or 'no pipeline'}, not "
+            f"{PIPELINE_NAME}); it is never written into, whatever the flags. Use a new output "
+            f"folder"
+        )
+    if overwrite:
+        return
+    old = existing.get("NeuroharmonyModel") or {}
+    model = new.get("NeuroharmonyModel") or {}
+    raise UsageError(
+        f"{path.parent} already holds results of {PIPELINE_NAME} {first.get('Version')} with "
+        f"model {old.get('name')} (sha256 {str(old.get('sha256'))[:12]}...); this run uses "
+        f"{__version__} with model {model.get('name')} (sha256 "
+        f"{str(model.get('sha256'))[:12]}...) or another input dataset. Use a new output "
+        f"folder, or --overwrite to replace them"
+    )
 
 
 def read_dataset_description(output_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -317,11 +345,24 @@ def canonical_volumes(volumes: Mapping[str, float]) -> dict[str, float]:
 
 
 def id_columns(scan: Scan) -> dict[str, str]:
-    """``participant_id`` (and ``session_id`` when the scan has a session)."""
+    """``participant_id``, then one column per entity the scan has, in BIDS order
+    (``session_id`` = ``ses-1``, ``acq_id`` = ``acq-mprage``, ``run_id`` = ``run-2``, ...).
+
+    Rows are identified by the full entities, so several T1w of one person stay apart.
+    """
     out = {"participant_id": scan.participant_id}
-    if scan.session_id:
-        out["session_id"] = scan.session_id
+    for key, value in scan.entities:
+        out[entity_column(key)] = f"{key}-{value}"
     return out
+
+
+def entity_column(key: str) -> str:
+    """Table column of a BIDS entity key: ``ses`` → ``session_id``, ``acq`` → ``acq_id``."""
+    return "session_id" if key == "ses" else f"{key}_id"
+
+
+#: Identifier columns of every table, in order (participant, then BIDS entities).
+ID_COLUMNS: list[str] = ["participant_id"] + [entity_column(k) for _, k in entity_keys()]
 
 
 def _region_description(name: str) -> str:
@@ -345,8 +386,9 @@ def column_dictionary(columns: Sequence[str]) -> dict[str, dict[str, Any]]:
     for col in columns:
         if col == "participant_id":
             out[col] = {"Description": "BIDS participant label (sub-<label>)"}
-        elif col == "session_id":
-            out[col] = {"Description": "BIDS session label (ses-<label>)"}
+        elif col in ID_COLUMNS:
+            key = col[: -len("_id")] if col != "session_id" else "ses"
+            out[col] = {"Description": f"BIDS {key} entity of the T1w image ({key}-<label>)"}
         elif col == "bids_name":
             out[col] = {"Description": "The scan's BIDS name (MRIQC's bids_name)"}
         elif col == "age":
@@ -482,12 +524,15 @@ __all__ = [
     "PIPELINE_NAME",
     "REGION_ORDER",
     "canonical_volumes",
+    "ID_COLUMNS",
     "column_dictionary",
+    "entity_column",
     "dataset_description",
     "format_cell",
     "format_tsv",
     "id_columns",
     "is_done",
+    "missing_outputs",
     "logs_dir",
     "model_identity",
     "morph_path",

@@ -1,7 +1,16 @@
 """The input dataset's T1w scans: entities, paths and scanner metadata, through pybids.
 
 pybids never touches the network; BIDS validation is a separate step (:mod:`.validate`), so
-the layout is built with ``validate=False``.
+the layout is built with ``validate=False``. Entities are parsed by pybids
+(``parse_file_entities``) from each file's path *relative to the dataset root*: pybids 0.22
+reads them from the absolute path (pybids issue #1270), so a dataset stored under a folder
+named like a datatype (``/data/func/ds``, ``/scratch/anat/study``) would otherwise have no
+``anat`` image at all.
+
+Every T1w image is one scan, identified by all its entities (sub, ses, acq, ce, rec, run, ...).
+A file whose name is not a BIDS name (a label with ``-``, ``.`` or ``+``, entities out of
+order; possible with ``--skip-bids-validation``) is still returned, with a ``problem``, so that
+the participant level refuses it by name instead of losing it.
 """
 
 from __future__ import annotations
@@ -11,8 +20,13 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from neuroharmony_bids.errors import InvalidBIDSError, NothingSelectedError
 
@@ -25,18 +39,54 @@ SCANNER_FIELDS = (
     "SoftwareVersions",
 )
 
+#: Sidecar fields that name a site when no site column is given (one owner: the group tables
+#: and the group report both use :func:`scanner_site`).
+SITE_FIELDS = ("Manufacturer", "ManufacturersModelName", "DeviceSerialNumber")
+
+#: T1w image extensions.
+IMAGE_EXTENSIONS = (".nii", ".nii.gz")
 
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9]+$")
+#: pybids entities that are not part of a scan's identity.
+_NOT_IDENTITY = ("subject", "suffix", "datatype", "extension")
+
+
+@lru_cache(maxsize=1)
+def _bids_entities() -> tuple[Any, ...]:
+    """pybids' BIDS entity definitions, loaded once (``parse_file_entities`` otherwise reloads
+    its configuration on every call: 3.5 ms per file)."""
+    from bids.layout.models import Config
+
+    return tuple(Config.load("bids").entities.values())
+
+
+@lru_cache(maxsize=1)
+def entity_keys() -> tuple[tuple[str, str], ...]:
+    """pybids' entity names with their file-name keys, in BIDS order (``acquisition`` →
+    ``acq``), read from pybids' own configuration."""
+    out = []
+    for entity in _bids_entities():
+        name = entity.name
+        found = re.search(r"([a-zA-Z]+)-\(", entity.pattern or "")
+        if found and name not in _NOT_IDENTITY:
+            out.append((name, found.group(1)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class Scan:
-    """One T1w image: its BIDS entities, path and scanner metadata."""
+    """One T1w image: its BIDS entities, path and scanner metadata.
+
+    ``problem`` says why the scan cannot be processed (a name that is not BIDS, an unreadable
+    sidecar); such a scan is failed by the participant level, never silently dropped.
+    """
 
     subject: str
     path: Path
     entities: tuple[tuple[str, str], ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    problem: str | None = field(default=None, compare=False)
+    stem: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def session(self) -> str | None:
@@ -53,6 +103,8 @@ class Scan:
     @property
     def prefix(self) -> str:
         """``sub-X[_ses-Y][_acq-Z][_run-N]``: the stem shared by all outputs of this scan."""
+        if self.stem is not None:  # a non-BIDS name: the file's own stem
+            return self.stem
         return "_".join([f"sub-{self.subject}"] + [f"{k}-{v}" for k, v in self.entities])
 
     @property
@@ -68,18 +120,86 @@ class Scan:
 
     def relpath(self, bids_dir: str | os.PathLike) -> str:
         """Path of the image relative to the dataset root (POSIX), symlinked roots included."""
-        path, root = Path(self.path), Path(bids_dir)
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:  # pybids resolves symlinks; the user may have passed a link
-            return path.resolve().relative_to(root.resolve()).as_posix()
+        return _relative(Path(self.path), Path(bids_dir))
+
+
+def _relative(path: Path, root: Path) -> str:
+    text, base = str(path), str(root).rstrip("/") + "/"
+    if text.startswith(base):
+        return text[len(base) :]
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # pybids resolves symlinks; the user may have passed a link
+        return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+@lru_cache(maxsize=65536)
+def entities_of(relpath: str) -> dict[str, Any]:
+    """pybids' entities of a path relative to the dataset root (never of the absolute path).
+
+    What ``bids.layout.parse_file_entities`` returns, through the same ``Entity.match_file``
+    calls, without building a database-backed BIDSFile per path (0.8 ms each).
+    """
+    target = SimpleNamespace(path="/" + relpath.lstrip("/"))
+    out = {}
+    for entity in _bids_entities():
+        value = entity.match_file(target)
+        if value is not None:
+            out[entity.name] = value
+    return out
+
+
+def scan_from_relpath(bids_dir: str | os.PathLike, relpath: str) -> Scan:
+    """The scan of an image path relative to the root; ``problem`` set if it is not BIDS."""
+    ents = entities_of(relpath)
+    subject = str(ents.get("subject", ""))
+    pairs = tuple((key, str(ents[name])) for name, key in entity_keys() if name in ents)
+    scan = Scan(subject=subject, path=Path(bids_dir) / relpath, entities=pairs)
+    name = relpath.rsplit("/", 1)[-1]
+    expected = f"{scan.rel_dir}/{scan.bids_name}{ents.get('extension', '')}"
+    labels = [subject, *(v for _, v in pairs)]
+    if relpath == expected and all(_LABEL_RE.match(v) for v in labels):
+        return scan
+    stem = name.removesuffix(".gz").removesuffix(".nii").removesuffix("_T1w")
+    raw_sub = stem.split("_", 1)[0].removeprefix("sub-")
+    return Scan(
+        subject=raw_sub,
+        path=scan.path,
+        stem=stem,
+        problem=(
+            f"{relpath}: not a BIDS file name (expected sub-<label>[/ses-<label>]/anat/"
+            f"sub-<label>[_ses-<label>][_acq-<label>][_ce-<label>][_rec-<label>][_run-<index>]"
+            f"_T1w.nii[.gz], labels of letters and digits only). Rename it (the BIDS validator "
+            f"names the problem; see --skip-bids-validation)"
+        ),
+    )
+
+
+def parse_scan_name(filename: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``sub-01_ses-1_acq-mp_run-2_T1w.nii.gz`` → ("01", (("ses","1"), ("acq","mp"), ("run","2"))).
+
+    Entities come from pybids, in BIDS order (the order BIDS fixes for file names).
+    """
+    ents = entities_of(filename)
+    if "subject" not in ents:
+        raise InvalidBIDSError(f"{filename}: not a BIDS file name (sub-<label>_..._T1w)")
+    pairs = tuple((key, str(ents[name])) for name, key in entity_keys() if name in ents)
+    return str(ents["subject"]), pairs
+
+
+def scan_from_name(bids_dir: str | os.PathLike, bids_name: str) -> Scan:
+    """The scan named ``sub-X[_ses-Y]..._T1w`` (e.g. an output's prefix) in ``bids_dir``."""
+    subject, pairs = parse_scan_name(f"{bids_name}.nii.gz")
+    scan = Scan(subject=subject, path=Path(), entities=pairs)
+    return Scan(subject, Path(bids_dir) / scan.rel_dir / f"{bids_name}.nii.gz", pairs)
 
 
 def load_layout(bids_dir: str | os.PathLike, database_dir: str | os.PathLike | None = None):
     """A pybids layout of the raw dataset (derivatives not indexed, no validation, no network).
 
-    Sidecar metadata is not indexed (that is most of pybids' indexing time on large datasets);
-    :func:`sidecar_metadata` reads the few sidecars of the selected scans instead.
+    Sidecar metadata is not indexed (that triples pybids' indexing time on large datasets and
+    one malformed sidecar would stop it); :func:`sidecar_metadata` reads the few sidecars of
+    the selected scans instead.
     """
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
@@ -110,6 +230,42 @@ def scanner_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {k: metadata[k] for k in SCANNER_FIELDS if k in metadata and metadata[k] is not None}
 
 
+def scanner_site(table: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """Each row's site named by its scanner (:data:`SITE_FIELDS` joined), and how.
+
+    None when the table has no scanner metadata at all.
+    """
+    cols = [c for c in SITE_FIELDS if c in table and table[c].notna().any()]
+    if not cols:
+        return None, "unknown (no scanner metadata: " + ", ".join(SITE_FIELDS) + ")"
+    parts = table[cols].astype(object).where(table[cols].notna(), None)
+    labels = [
+        " ".join(str(v) for v in row if v is not None and str(v) != "nan") or np.nan
+        for row in parts.itertuples(index=False)
+    ]
+    return pd.Series(labels, index=table.index, dtype=object), (
+        "scanner metadata (" + " + ".join(cols) + " from the T1w sidecars)"
+    )
+
+
+def t1w_images(layout: Any) -> list[str]:
+    """Paths (relative to the root, POSIX) of every T1w image pybids indexed.
+
+    No ``datatype`` or ``extension`` filter in the query: pybids 0.22 takes the datatype from
+    the absolute path (#1270), and a non-BIDS label (``sub-01.x``) gives a wrong extension;
+    both are checked on the relative path instead, so nothing named ``*_T1w.nii[.gz]`` is lost.
+    """
+    root = Path(layout.root)
+    out = []
+    for path in layout.get(suffix="T1w", return_type="filename"):
+        if not str(path).endswith(tuple("_T1w" + e for e in IMAGE_EXTENSIONS)):
+            continue
+        rel = _relative(Path(path), root)
+        if entities_of(rel).get("datatype") == "anat":
+            out.append(rel)
+    return sorted(out)
+
+
 def find_scans(
     bids_dir: str | os.PathLike,
     participant_label: Sequence[str] = (),
@@ -119,21 +275,13 @@ def find_scans(
     """Every T1w image (per subject, session, acquisition and run) the filters select.
 
     Labels come without their ``sub-``/``ses-`` prefix, as :class:`Settings` holds them.
-
     Raises NothingSelectedError (18) when the filters match nothing, naming what exists.
     """
     bids_dir = Path(bids_dir).resolve()
     subjects, sessions = tuple(participant_label), tuple(session_label)
     layout = layout if layout is not None else load_layout(bids_dir)
-    # One query, entities parsed from names: pybids' get_subjects()/get_entities() cost
-    # seconds on 1,000 subjects.
-    every = [
-        (f, *parse_scan_name(Path(f.path).name))
-        for f in layout.get(
-            suffix="T1w", extension=[".nii", ".nii.gz"], datatype="anat", return_type="object"
-        )
-    ]
-    all_subjects = sorted({sub for _, sub, _ in every})
+    every = [scan_from_relpath(bids_dir, rel) for rel in t1w_images(layout)]
+    all_subjects = sorted({s.subject for s in every})
     missing = [s for s in subjects if s not in all_subjects]
     if subjects and len(missing) == len(subjects):
         shown = ", ".join(all_subjects[:10]) + (" ..." if len(all_subjects) > 10 else "")
@@ -143,9 +291,9 @@ def find_scans(
             f"{shown or 'none'})"
         )
     selected = [
-        (f, sub, ents)
-        for f, sub, ents in every
-        if (not subjects or sub in subjects) and (not sessions or dict(ents).get("ses") in sessions)
+        s
+        for s in every
+        if (not subjects or s.subject in subjects) and (not sessions or s.session in sessions)
     ]
     if not selected:
         what = []
@@ -153,119 +301,94 @@ def find_scans(
             what.append(f"participants {', '.join(subjects)}")
         if sessions:
             what.append(f"sessions {', '.join(sessions)}")
-        have = ", ".join(sorted({dict(e).get("ses") for _, _, e in every} - {None})) or "none"
+        have = ", ".join(sorted({s.session for s in every} - {None})) or "none"  # type: ignore[arg-type]
         raise NothingSelectedError(
             f"no T1w image (sub-*/[ses-*/]anat/*_T1w.nii[.gz]) in {bids_dir}"
             + (f" for {' and '.join(what)}" if what else "")
             + (f"; sessions in the dataset: {have}" if sessions else "")
             + ". Check the labels, or the dataset layout"
         )
-    cache: dict[Any, Any] = {}
-    scans = [
-        Scan(
-            subject=sub,
-            path=Path(f.path),
-            entities=ents,
-            metadata=scanner_metadata(sidecar_metadata(bids_dir, Path(f.path), cache)),
-        )
-        for f, sub, ents in selected
-    ]
+    sidecars = _SidecarIndex(layout, bids_dir)
+    scans = []
+    for scan in selected:
+        if scan.problem is None:
+            try:
+                meta = scanner_metadata(sidecars.metadata(scan))
+            except InvalidBIDSError as exc:
+                scan = Scan(scan.subject, scan.path, scan.entities, problem=str(exc))
+            else:
+                scan = Scan(scan.subject, scan.path, scan.entities, metadata=meta)
+        scans.append(scan)
     scans.sort(key=lambda s: s.prefix)
     return scans
 
 
-def _entities_of(name: str) -> dict[str, str] | None:
-    """Key-value entities of a sidecar name (``sub-01_acq-x_T1w.json`` or ``T1w.json``)."""
-    parts = name[: -len(".json")].split("_")[:-1]
-    out = {}
-    for part in parts:
-        key, sep, value = part.partition("-")
-        if not sep:
-            return None
-        out[key] = value
-    return out
+class _SidecarIndex:
+    """The dataset's ``*T1w.json`` sidecars (found by pybids), by folder, read on demand."""
 
+    def __init__(self, layout: Any, root: Path) -> None:
+        self.root = root
+        self.by_dir: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for path in layout.get(suffix="T1w", extension=".json", return_type="filename"):
+            rel = _relative(Path(path), root)
+            ents = {k: str(v) for k, v in entities_of(rel).items() if k not in _NOT_IDENTITY[1:]}
+            folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            self.by_dir.setdefault(folder, []).append((rel, ents))
+        for items in self.by_dir.values():  # fewer entities first: more specific files win
+            items.sort(key=lambda item: (len(item[1]), item[0]))
+        self.cache: dict[str, Any] = {}
 
-def sidecar_metadata(
-    bids_dir: str | os.PathLike, image: str | os.PathLike, cache: dict[Any, Any] | None = None
-) -> dict[str, Any]:
-    """The image's JSON metadata after the BIDS inheritance principle.
+    def metadata(self, scan: Scan) -> dict[str, Any]:
+        """The BIDS inheritance principle: sidecars whose entities are all the image's, from
+        the root down to the image's folder, merged; deeper and more specific files win."""
+        image = entities_of(scan.relpath(self.root))
+        image = {k: str(v) for k, v in image.items() if k not in _NOT_IDENTITY[1:]}
+        rel_dir = scan.relpath(self.root).rsplit("/", 1)[0]
+        parts = rel_dir.split("/")
+        merged: dict[str, Any] = {}
+        for depth in range(len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            for rel, ents in self.by_dir.get(folder, ()):
+                if all(image.get(k) == v for k, v in ents.items()):
+                    data = self._read(rel)
+                    if isinstance(data, dict):
+                        merged.update(data)
+        return merged
 
-    Sidecars ``*_T1w.json`` whose entities are all among the image's, from the dataset root
-    down to the image's folder, are merged; deeper (more specific) files win.
-    """
-    cache = {} if cache is None else cache
-    bids_dir = Path(bids_dir).resolve()
-    image = Path(image)
-    _, ents = parse_scan_name(image.name)
-    subject = image.name.split("_", 1)[0][4:]
-    image_ents = {"sub": subject, **dict(ents)}
-    suffix = image.name.split(".", 1)[0].rsplit("_", 1)[-1]
-    folders = [bids_dir]
-    try:
-        rel = image.parent.resolve().relative_to(bids_dir)
-    except ValueError:
-        rel = Path()
-    for part in rel.parts:
-        folders.append(folders[-1] / part)
-    merged: dict[str, Any] = {}
-    for folder in folders:
-        key = ("listing", folder)
-        names = cache.get(key)
-        if names is None:
+    def _read(self, rel: str) -> Any:
+        if rel not in self.cache:
+            path = self.root / rel
             try:
-                names = sorted(n for n in os.listdir(folder) if n.endswith(f"{suffix}.json"))
-            except OSError:
-                names = []
-            cache[key] = names
-        for name in names:
-            if not (name == f"{suffix}.json" or name.endswith(f"_{suffix}.json")):
-                continue
-            side = _entities_of(name)
-            if side is None or any(image_ents.get(k) != v for k, v in side.items()):
-                continue
-            path = folder / name
-            data = cache.get(path)
-            if data is None:
-                try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise InvalidBIDSError(
-                        f"{path}: unreadable JSON sidecar ({exc}); fix or remove it"
-                    ) from None
-                cache[path] = data
-            if isinstance(data, dict):
-                merged.update(data)
-    return merged
+                self.cache[rel] = json.loads(path.read_text(encoding="utf-8"))
+            except RecursionError:
+                self.cache[rel] = InvalidBIDSError(
+                    f"{path}: JSON sidecar nested too deeply to read; a T1w sidecar is a flat "
+                    f"mapping of acquisition parameters. Fix or remove it"
+                )
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                self.cache[rel] = InvalidBIDSError(
+                    f"{path}: unreadable JSON sidecar ({exc}); fix or remove it"
+                )
+        value = self.cache[rel]
+        if isinstance(value, InvalidBIDSError):
+            raise InvalidBIDSError(str(value))
+        return value
 
 
-def parse_scan_name(filename: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """``sub-01_ses-1_acq-mp_run-2_T1w.nii.gz`` → ("01", (("ses","1"), ("acq","mp"), ("run","2"))).
-
-    Entities keep the file's own order (BIDS fixes it), so the output prefix reproduces the
-    input name. Pure string work: pybids' per-file entity queries cost ~10 ms each.
-    """
-    stem = filename.split(".", 1)[0]
-    parts = stem.split("_")
-    if not parts[0].startswith("sub-") or len(parts) < 2:
-        raise InvalidBIDSError(f"{filename}: not a BIDS file name (sub-<label>_..._T1w)")
-    pairs = []
-    for part in parts[1:-1]:
-        key, sep, value = part.partition("-")
-        if not sep:
-            raise InvalidBIDSError(f"{filename}: {part!r} is not a key-value entity")
-        pairs.append((key, value))
-    return parts[0][4:], tuple(pairs)
+def sidecar_metadata(bids_dir: str | os.PathLike, image: str | os.PathLike) -> dict[str, Any]:
+    """One image's JSON metadata after the BIDS inheritance principle (see ``_SidecarIndex``)."""
+    root = Path(bids_dir).resolve()
+    layout = load_layout(root)
+    scan = scan_from_relpath(root, _relative(Path(image), root))
+    return _SidecarIndex(layout, root).metadata(scan)
 
 
 def scans_per_subject(layout: Any) -> dict[str, int]:
-    """How many T1w images each subject has (all sessions)."""
+    """How many T1w images each subject has in the whole dataset (all sessions)."""
     counts: dict[str, int] = {}
-    for path in layout.get(
-        suffix="T1w", extension=[".nii", ".nii.gz"], datatype="anat", return_type="filename"
-    ):
-        sub = parse_scan_name(Path(path).name)[0]
-        counts[sub] = counts.get(sub, 0) + 1
+    for rel in t1w_images(layout):
+        subject = str(entities_of(rel).get("subject", ""))
+        counts[subject] = counts.get(subject, 0) + 1
     return counts
 
 
@@ -284,13 +407,21 @@ def freesurfer_subject_candidates(scan: Scan, single_scan_subject: bool) -> list
 
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "SCANNER_FIELDS",
+    "SITE_FIELDS",
     "Scan",
+    "entities_of",
+    "entity_keys",
     "find_scans",
     "freesurfer_subject_candidates",
     "load_layout",
     "parse_scan_name",
+    "scan_from_name",
+    "scan_from_relpath",
     "scanner_metadata",
+    "scanner_site",
     "scans_per_subject",
     "sidecar_metadata",
+    "t1w_images",
 ]

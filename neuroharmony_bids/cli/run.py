@@ -24,6 +24,7 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from neuroharmony_bids._version import __version__  # noqa: E402
+from neuroharmony_bids.bids.derivatives import PIPELINE_NAME  # noqa: E402
 from neuroharmony_bids.errors import NeuroharmonyError, UsageError  # noqa: E402
 from neuroharmony_bids.settings import Settings  # noqa: E402
 from neuroharmony_bids.workflows.results import fmt_duration  # noqa: E402
@@ -31,31 +32,85 @@ from neuroharmony_bids.workflows.results import fmt_duration  # noqa: E402
 LOGGER_NAME = "neuroharmony_bids"
 
 
+def input_folders(settings: Settings) -> list[tuple[str, Path]]:
+    """Every folder this run reads and must never write into: (what, resolved path).
+
+    The dataset, ``--mriqc-dir``, ``--freesurfer-dir``, and every other pipeline's folder in
+    ``bids_dir/derivatives`` (``mriqc``, ``freesurfer``, ``fmriprep``, ...).
+    """
+    bids_dir = settings.bids_dir.resolve()
+    out = [("the input dataset", bids_dir)]
+    for flag, value in (("--mriqc-dir", settings.mriqc_dir), ("--freesurfer-dir",
+                                                              settings.freesurfer_dir)):  # fmt: skip
+        if value is not None:
+            out.append((f"the {flag} folder", Path(value).resolve()))
+    derivatives = bids_dir / "derivatives"
+    try:
+        entries = sorted(p for p in derivatives.iterdir() if p.is_dir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        if not _holds_our_outputs(entry):
+            out.append((f"the input derivatives folder {entry.name}", entry.resolve()))
+    return out
+
+
+def _holds_our_outputs(folder: Path) -> bool:
+    """An empty folder, or one whose dataset_description.json names this pipeline."""
+    try:
+        if not any(folder.iterdir()):
+            return True
+    except OSError:
+        return False
+    from neuroharmony_bids.bids.derivatives import read_dataset_description
+
+    desc = read_dataset_description(folder)
+    if desc is None:
+        return False
+    generated = desc.get("GeneratedBy") or [{}]
+    return isinstance(generated, list) and bool(generated) and isinstance(generated[0], dict) \
+        and generated[0].get("Name") == PIPELINE_NAME  # fmt: skip
+
+
 def check_paths(settings: Settings) -> None:
-    """Usage checks on the folders: input exists, output outside the input dataset (except
-    under ``bids_dir/derivatives/<name>``) and writable."""
+    """Usage checks on the folders (exit 64, whatever the flags): the input exists; the output
+    folder is, contains, or sits inside no input folder (only ``bids_dir/derivatives/<new
+    name>`` inside the dataset); it is writable; a folder of another pipeline is never ours."""
     bids_dir = settings.bids_dir.resolve()
     out = settings.output_dir.resolve()
     if not bids_dir.is_dir():
         raise UsageError(f"bids_dir {settings.bids_dir}: no such folder")
     derivatives = bids_dir / "derivatives"
-    if out == bids_dir or out == derivatives:
+    suggestion = (
+        f"Use a new folder such as {derivatives / 'neuroharmony'} or a folder outside the dataset"
+    )
+    if out == derivatives:
         raise UsageError(
-            f"output_dir {settings.output_dir} is the input dataset's "
-            f"{'root' if out == bids_dir else 'derivatives folder'}; use a subfolder such as "
-            f"{derivatives / 'neuroharmony'} or a folder outside the dataset"
+            f"output_dir {settings.output_dir} is the input dataset's derivatives folder. "
+            f"{suggestion}"
         )
-    if out.is_relative_to(bids_dir) and not out.is_relative_to(derivatives):
-        raise UsageError(
-            f"output_dir {settings.output_dir} is inside the input dataset {bids_dir}; the "
-            f"outputs would corrupt it. Use {derivatives / 'neuroharmony'} or a folder outside "
-            f"the dataset"
-        )
-    if bids_dir.is_relative_to(out):
-        raise UsageError(
-            f"output_dir {settings.output_dir} contains the input dataset {bids_dir}; choose a "
-            f"separate folder"
-        )
+    for what, folder in input_folders(settings):
+        if folder == bids_dir and out.is_relative_to(derivatives):
+            continue  # bids_dir/derivatives/<name>: checked against each pipeline's folder
+        if out == folder or out.is_relative_to(folder) or folder.is_relative_to(out):
+            relation = (
+                "is" if out == folder else "is inside" if out.is_relative_to(folder) else
+                "contains"
+            )  # fmt: skip
+            raise UsageError(
+                f"output_dir {settings.output_dir} {relation} {what} ({folder}); writing there "
+                f"would change data this run reads (--overwrite does not change this). "
+                f"{suggestion}"
+            )
+    for parent in [out, *out.parents]:
+        if parent == derivatives or parent == parent.parent:
+            break
+        if (parent / "dataset_description.json").is_file() and not _holds_our_outputs(parent):
+            raise UsageError(
+                f"output_dir {settings.output_dir}: {parent} holds another dataset "
+                f"(its dataset_description.json is not from {PIPELINE_NAME}); it is never "
+                f"written into, whatever the flags. {suggestion}"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".nhtmp-probe-", dir=out)
@@ -68,11 +123,12 @@ def check_paths(settings: Settings) -> None:
         ) from None
     if settings.work_dir is not None:
         work = settings.work_dir.resolve()
-        if work.is_relative_to(bids_dir) and not work.is_relative_to(derivatives):
-            raise UsageError(
-                f"--work-dir {settings.work_dir} is inside the input dataset; use a scratch "
-                f"folder outside it"
-            )
+        for what, folder in input_folders(settings):
+            if work == folder or work.is_relative_to(folder):
+                raise UsageError(
+                    f"--work-dir {settings.work_dir} is inside {what} ({folder}); use a "
+                    f"scratch folder outside it"
+                )
 
 
 def versions() -> dict[str, str]:
@@ -157,6 +213,22 @@ def _write_citation(settings, logger: logging.Logger) -> None:
         logger.info("citation boilerplate: %s", logs / "CITATION.md")
 
 
+def validate(settings: Settings, logger: logging.Logger) -> None:
+    """BIDS validation once per dataset state: a stamp in ``output_dir/logs`` records the
+    fingerprint of the last dataset that passed, so re-runs and the group level skip it."""
+    from neuroharmony_bids.bids.validate import validate_once
+
+    stamp = settings.output_dir / "logs" / "bids_validation.json"
+    warnings, seconds = validate_once(settings.bids_dir, stamp)
+    if warnings is None:
+        logger.info(
+            "BIDS validation skipped: the dataset is unchanged since it passed (%s; %.1f s "
+            "to check)", stamp, seconds,
+        )  # fmt: skip
+    else:
+        logger.info("BIDS validation passed (%d warnings) in %.1f s", len(warnings), seconds)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the app on ``argv`` (without the program name); return the exit code."""
     from neuroharmony_bids.cli.parser import PROG, build_parser, settings_from_args
@@ -181,15 +253,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         if log_file is not None:
             logger.info("log file: %s", log_file)
         if not settings.skip_bids_validation:
-            from neuroharmony_bids.bids.validate import validate_dataset
-
-            t0 = time.monotonic()
-            warnings = validate_dataset(settings.bids_dir)
-            logger.info(
-                "BIDS validation passed (%d warnings) in %.1f s",
-                len(warnings),
-                time.monotonic() - t0,
-            )
+            validate(settings, logger)
         if settings.analysis_level == "participant":
             from neuroharmony_bids.workflows.participant import run_participant
 
@@ -249,4 +313,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
-__all__ = ["check_paths", "main", "run", "setup_logging", "versions"]
+__all__ = ["check_paths", "input_folders", "main", "run", "setup_logging", "validate", "versions"]

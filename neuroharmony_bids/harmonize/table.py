@@ -14,7 +14,11 @@ import pandas as pd
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
 
-ID_COLUMNS = ("participant_id", "session_id", "run", "acq_id")
+#: Columns that together identify a scan (the BIDS App adds bids_name and one column per BIDS
+#: entity, so several T1w of one person are distinct rows).
+ID_COLUMNS = (
+    "participant_id", "session_id", "run", "acq_id", "ce_id", "rec_id", "run_id", "bids_name",
+)  # fmt: skip
 #: Small structures FreeSurfer legitimately reports as 0 mm³ in healthy brains.
 ZERO_ALLOWED = ("Inf-Lat-Vent", "vessel", "hypointensities", "5th-Ventricle", "choroid-plexus")
 

@@ -1,4 +1,8 @@
-"""FreeSurfer as a tool: the license lookup, whether recon-all can run, the recon-all node.
+"""FreeSurfer as a tool: the license lookup, whether recon-all can run, the state of a subject.
+
+recon-all itself runs through Nipype's ``ReconAll`` (:mod:`neuroharmony_bids.workflows.tools`).
+What a subject folder's ``scripts/`` files mean (``IsRunning.*``, ``recon-all.done``,
+``recon-all.error``) was read from FreeSurfer 7.3.2's ``recon-all`` and checked by running it.
 
 Reading recon-all's outputs is :mod:`neuroharmony_bids.io.freesurfer_stats`; fake outputs for
 tests are :mod:`neuroharmony_bids.testing.freesurfer_outputs`.
@@ -8,7 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from neuroharmony_bids._version import __version__
@@ -59,39 +66,125 @@ def recon_all_status(license_file: Path | None) -> str | None:
     return None
 
 
-def init_recon_all_node(
-    name: str,
-    t1w_file: str | os.PathLike,
-    subject_id: str,
-    subjects_dir: str | os.PathLike,
-    license_file: str | os.PathLike,
-    omp_nthreads: int = 1,
-    mem_gb: float | None = None,
-):
-    """A Nipype node running ``recon-all -all`` on one T1w into ``subjects_dir/subject_id``."""
-    from nipype.interfaces.freesurfer import ReconAll
-    from nipype.pipeline import engine as pe
+#: After this long without a write to ``scripts/recon-all.log``, an ``IsRunning`` file whose
+#: process cannot be checked (another host) is taken as left by a killed run (sMRIPrep's
+#: ``fs_isRunning`` uses the same 24 h).
+STALE_AFTER_SECONDS = 24 * 3600
 
-    Path(subjects_dir).mkdir(parents=True, exist_ok=True)
-    node = pe.Node(
-        ReconAll(
-            directive="all",
-            subject_id=subject_id,
-            T1_files=[str(t1w_file)],
-            subjects_dir=str(subjects_dir),
-            openmp=max(1, int(omp_nthreads)),
-        ),
-        name=name,
-        n_procs=max(1, int(omp_nthreads)),
-        mem_gb=mem_gb or 4.0,
-    )
-    node.interface.inputs.environ = {"FS_LICENSE": str(license_file)}
-    return node
+#: The stats files a complete recon-all leaves and this app reads.
+STATS_FILES = ("aseg.stats", "lh.aparc.stats", "rh.aparc.stats")
+
+
+@dataclass(frozen=True)
+class SubjectState:
+    """What a FreeSurfer subject folder holds, judged from the files recon-all itself writes.
+
+    ``status`` is one of ``absent``, ``complete`` (stats present and, when recon-all kept its
+    log there, a ``recon-all.done`` of a finished run), ``running`` (an ``IsRunning`` file of a
+    live process), ``interrupted`` (an ``IsRunning`` file left by a killed run), ``failed``
+    (``recon-all.error``, or ``recon-all.done`` holding ``1`` as recon-all's error exit writes)
+    or ``incomplete`` (anything else: stats missing, no done file after a logged run).
+    """
+
+    path: Path
+    status: str
+    detail: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def resumable(self) -> bool:
+        """Whether ``recon-all`` without ``-i`` can continue it (the input was imported)."""
+        return (self.path / "mri" / "orig" / "001.mgz").is_file()
+
+
+def _key_values(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        key, _, value = line.strip().partition(" ")
+        if key.isupper() and key not in out:
+            out[key] = value.strip()
+    return out
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _running_state(subject_dir: Path, flags: list[Path], now: float) -> SubjectState:
+    info = _key_values(flags[0])
+    host, pid = info.get("HOST"), info.get("PROCESSID", "").split()
+    log = subject_dir / "scripts" / "recon-all.log"
+    age = now - (log.stat().st_mtime if log.is_file() else flags[0].stat().st_mtime)
+    names = ", ".join(f.name for f in flags)
+    if host == socket.gethostname() and pid and pid[0].isdigit():
+        alive = _process_alive(int(pid[0]))
+        status = "running" if alive else "interrupted"
+        why = f"process {pid[0]} on this host is {'alive' if alive else 'gone'}"
+    else:
+        status = "running" if age < STALE_AFTER_SECONDS else "interrupted"
+        why = f"started on host {host or 'unknown'}, log last written {age / 3600:.1f} h ago"
+    return SubjectState(subject_dir, status, f"scripts/{names} ({why})")
+
+
+def subject_state(subject_dir: str | os.PathLike, now: float | None = None) -> SubjectState:
+    """Whether recon-all finished on ``subject_dir``: never read a half-written subject."""
+    subject_dir = Path(subject_dir)
+    if not subject_dir.is_dir():
+        return SubjectState(subject_dir, "absent")
+    scripts = subject_dir / "scripts"
+    flags = sorted(scripts.glob("IsRunning*"))
+    if flags:
+        return _running_state(subject_dir, flags, time.time() if now is None else now)
+    error, done = scripts / "recon-all.error", scripts / "recon-all.done"
+    done_info = _key_values(done) if done.is_file() else {}
+    # a finished run's done file is "SUBJECT ..." key lines (END_TIME since FreeSurfer 6, DATE
+    # before); recon-all's error exit writes just "1" in it
+    if error.is_file() or (done.is_file() and "SUBJECT" not in done_info):
+        cmd = _key_values(error).get("CMD", "") if error.is_file() else ""
+        return SubjectState(
+            subject_dir, "failed", "recon-all exited with errors" + (f" in: {cmd}" if cmd else "")
+        )
+    missing = [n for n in STATS_FILES if not (subject_dir / "stats" / n).is_file()]
+    if missing:
+        return SubjectState(subject_dir, "incomplete", f"stats/{', '.join(missing)} missing")
+    if (scripts / "recon-all.log").is_file() and not done_info:
+        return SubjectState(
+            subject_dir, "incomplete", "recon-all logged a run but never finished it"
+        )
+    return SubjectState(subject_dir, "complete")
+
+
+def remove_isrunning(state: SubjectState) -> list[Path]:
+    """Delete the ``IsRunning`` files of an interrupted run (recon-all refuses to start while
+    they exist); never those of a live one."""
+    if state.status != "interrupted":
+        raise ValueError(f"{state.path}: recon-all is {state.status}; IsRunning files kept")
+    removed = sorted((state.path / "scripts").glob("IsRunning*"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 __all__ = [
     "CONTAINER_IMAGE",
+    "STALE_AFTER_SECONDS",
+    "STATS_FILES",
+    "SubjectState",
     "find_fs_license",
-    "init_recon_all_node",
     "recon_all_status",
+    "remove_isrunning",
+    "subject_state",
 ]

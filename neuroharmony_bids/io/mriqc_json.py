@@ -6,6 +6,12 @@ as top-level numbers plus ``bids_meta`` (entities and sidecar metadata) and ``pr
 ``group_T1w.tsv`` with a ``bids_name`` column. Older releases put the JSONs flat in
 ``<out>/derivatives/``, newer ones mirror the BIDS tree (``<out>/sub-X/[ses-Y/]anat/``); both
 are searched.
+
+MRIQC marks an IQM it could not compute in two ways, both seen in real files
+(``tests/data/real/mriqc``): a bare ``NaN`` token (or ``null``, ``n/a`` in the group table), and
+``-1`` (``fber`` is -1 when the background is empty, e.g. a defaced or zero-filled image, in
+MRIQC 22-24). Both are read as NaN and named in :attr:`IQMReading.unavailable`, so that the caller
+flags the IQM and uses the others instead of setting the scan aside.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from neuroharmony_bids.errors import DataError, MissingInputError
+from neuroharmony_bids.harmonize.features import ALL_IQMS
 
 #: Keys of an MRIQC JSON that are not IQMs.
 META_KEYS = ("bids_meta", "provenance")
@@ -30,6 +37,24 @@ _FIX_HINT = (
     "Re-run MRIQC on this scan (the container has it), or point --mriqc-dir at a complete MRIQC "
     "output folder."
 )
+
+
+#: IQMs that are >= 0 by definition, for which MRIQC's -1 means "could not compute" (the
+#: ``summary_*`` statistics, e.g. a kurtosis, can be negative and are taken as written).
+SENTINEL_IQMS = frozenset(n for n in ALL_IQMS if not n.startswith("summary_"))
+
+
+@dataclass(frozen=True)
+class IQMReading:
+    """The IQMs of one scan, with NaN where MRIQC could not compute one.
+
+    ``unavailable`` maps each such IQM to what the file held (``NaN``, ``null``, ``-1``,
+    ``absent``) so the caller can name it in its flags.
+    """
+
+    values: dict[str, float]
+    unavailable: dict[str, str]
+    where: str
 
 
 @dataclass(frozen=True)
@@ -49,21 +74,50 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def _check_iqms(values: Mapping[str, Any], required: Iterable[str], where: str) -> None:
+def _reading(raw: Mapping[str, Any], where: str) -> IQMReading:
+    """Numeric IQMs from flattened ``raw`` values, sentinels and gaps as NaN and named."""
+    values: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or (isinstance(value, str) and not _is_na_text(value)):
+            continue
+        if value is None or (isinstance(value, str) and _is_na_text(value)):
+            values[key], unavailable[key] = math.nan, "null" if value is None else repr(value)
+            continue
+        if not isinstance(value, (int, float)):
+            continue
+        number = float(value)
+        if math.isnan(number):
+            values[key], unavailable[key] = math.nan, "NaN"
+        elif number == -1.0 and key in SENTINEL_IQMS:
+            values[key], unavailable[key] = math.nan, "-1 (MRIQC's value for 'not computed')"
+        else:
+            values[key] = number
+    return IQMReading(values=values, unavailable=unavailable, where=where)
+
+
+def _is_na_text(value: str) -> bool:
+    return value.strip().lower() in ("", "n/a", "na", "nan")
+
+
+def _require(reading: IQMReading, required: Iterable[str]) -> dict[str, float]:
     for name in required:
-        if name not in values:
-            raise DataError(f"{where}: IQM {name!r} is missing (the model needs it). {_FIX_HINT}")
-        value = values[name]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if name not in reading.values:
             raise DataError(
-                f"{where}: IQM {name!r} is empty/NaN; MRIQC could not compute it for this "
-                f"scan. Check the scan (e.g. MRIQC's report) or re-run MRIQC. {_FIX_HINT}"
+                f"{reading.where}: IQM {name!r} is missing (the model needs it). {_FIX_HINT}"
             )
+        if name in reading.unavailable:
+            raise DataError(
+                f"{reading.where}: IQM {name!r} is empty/NaN ({reading.unavailable[name]}): "
+                f"MRIQC could not compute it for this scan (its report shows why). {_FIX_HINT}"
+            )
+    return reading.values
 
 
-def read_iqm_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, float]:
-    """Numeric IQMs of one MRIQC JSON (``bids_meta``/``provenance`` dropped, nested keys joined
-    with ``_`` as MRIQC's group TSV does); a missing or NaN ``required`` IQM is a DataError."""
+def read_iqms(path: str | os.PathLike) -> IQMReading:
+    """All numeric IQMs of one MRIQC JSON (``bids_meta``/``provenance`` dropped, nested keys
+    joined with ``_`` as MRIQC's group TSV does); NaN, ``null`` and -1 sentinels are NaN and
+    named in ``unavailable``. A file that is not JSON, or holds no T1w IQM, is a DataError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -90,16 +144,13 @@ def read_iqm_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict
         if key in META_KEYS:
             continue
         _flatten(key, value, flat)
-    iqms: dict[str, float] = {}
-    for key, value in flat.items():
-        if isinstance(value, bool):
-            continue
-        if value is None:
-            iqms[key] = float("nan")
-        elif isinstance(value, (int, float)):
-            iqms[key] = float(value)
-    _check_iqms(iqms, required, str(path))
-    return iqms
+    return _reading(flat, str(path))
+
+
+def read_iqm_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, float]:
+    """Numeric IQMs of one MRIQC JSON (NaN where MRIQC could not compute one, see
+    :func:`read_iqms`); a missing or NaN ``required`` IQM is a DataError."""
+    return _require(read_iqms(path), required)
 
 
 def read_iqm_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -115,14 +166,26 @@ def read_iqm_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_group_tsv(path: str | os.PathLike) -> pd.DataFrame:
-    """An MRIQC ``group_T1w.tsv`` indexed by ``bids_name`` (e.g. ``sub-01_ses-1_T1w``)."""
+    """An MRIQC ``group_T1w.tsv`` indexed by ``bids_name`` (e.g. ``sub-01_ses-1_T1w``).
+
+    Early MRIQC (0.9-0.10) group tables have no ``bids_name``; they name each scan with
+    ``subject_id`` (and ``session_id``, ``run_id`` when present), from which it is rebuilt.
+    """
     path = Path(path)
     try:
-        table = pd.read_csv(path, sep="\t", na_values=["n/a", "NaN", "nan", ""])
+        table = pd.read_csv(
+            path,
+            sep="\t",
+            na_values=["n/a", "NaN", "nan", ""],
+            dtype={c: str for c in ("bids_name", *_OLD_ID_COLUMNS)},
+            float_precision="round_trip",  # the C parser's default is off by 1 ulp at times
+        )
     except FileNotFoundError:
         raise MissingInputError(f"MRIQC group table not found: {path}. {_FIX_HINT}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read as a TSV ({exc}). {_FIX_HINT}") from None
+    if "bids_name" not in table.columns and "subject_id" in table.columns:
+        table.insert(0, "bids_name", [_old_bids_name(row) for _, row in table.iterrows()])
     if "bids_name" not in table.columns:
         raise DataError(
             f"{path}: no 'bids_name' column; MRIQC group tables name each scan in it "
@@ -135,22 +198,40 @@ def read_group_tsv(path: str | os.PathLike) -> pd.DataFrame:
     return table.set_index("bids_name")
 
 
+#: Scan-naming columns of MRIQC 0.9-0.10 group tables, in BIDS entity order.
+_OLD_ID_COLUMNS = {"subject_id": "sub", "session_id": "ses", "run_id": "run"}
+
+
+def _old_bids_name(row: pd.Series) -> str:
+    parts = [
+        f"{entity}-{row[col].strip().removeprefix(entity + '-')}"
+        for col, entity in _OLD_ID_COLUMNS.items()
+        if col in row.index and isinstance(row[col], str) and row[col].strip()
+    ]
+    return "_".join(parts + ["T1w"])
+
+
+def group_row_iqms(table: pd.DataFrame, bids_name: str, path: str | os.PathLike) -> IQMReading:
+    """The IQMs of one ``bids_name`` row of a group table (``n/a``, NaN, -1 as in
+    :func:`read_iqms`)."""
+    if bids_name not in table.index:
+        raise MissingInputError(f"{path}: no row with bids_name {bids_name!r}. {_FIX_HINT}")
+    line = int(table.index.get_loc(bids_name)) + 2
+    raw: dict[str, Any] = {}
+    for key, value in table.loc[bids_name].items():
+        num = pd.to_numeric(value, errors="coerce")
+        if isinstance(value, str) and pd.isna(num) and not _is_na_text(value):
+            continue
+        raw[str(key)] = float(num)
+    return _reading(raw, f"{path}, line {line} ({bids_name})")
+
+
 def iqms_from_group_row(
     table: pd.DataFrame, bids_name: str, path: str | os.PathLike, required: Iterable[str] = ()
 ) -> dict[str, float]:
-    """The numeric IQMs of one ``bids_name`` row of a group table."""
-    if bids_name not in table.index:
-        raise MissingInputError(f"{path}: no row with bids_name {bids_name!r}. {_FIX_HINT}")
-    row = table.loc[bids_name]
-    iqms = {}
-    for key, value in row.items():
-        num = pd.to_numeric(value, errors="coerce")
-        if isinstance(value, str) and pd.isna(num):
-            continue
-        iqms[str(key)] = float(num)
-    line = int(table.index.get_loc(bids_name)) + 2
-    _check_iqms(iqms, required, f"{path}, line {line} ({bids_name})")
-    return iqms
+    """The numeric IQMs of one ``bids_name`` row of a group table; a missing or NaN
+    ``required`` IQM is a DataError."""
+    return _require(group_row_iqms(table, bids_name, path), required)
 
 
 def candidate_json_paths(mriqc_dir: Path, bids_name: str, rel_dir: str) -> list[Path]:
@@ -192,12 +273,16 @@ def find_iqm_source(
 
 
 __all__ = [
+    "IQMReading",
     "IQMSource",
+    "SENTINEL_IQMS",
     "META_KEYS",
     "candidate_json_paths",
     "find_iqm_source",
+    "group_row_iqms",
     "iqms_from_group_row",
     "read_group_tsv",
     "read_iqm_json",
     "read_iqm_metadata",
+    "read_iqms",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from neuroharmony_bids.atomic import write_text
+from neuroharmony_bids.bids.layout import scanner_site
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize.features import (
     ETIV,
@@ -25,19 +26,15 @@ from neuroharmony_bids.reports import figures
 from neuroharmony_bids.reports.html import Section, esc, fmt, key_values, note, render, table
 from neuroharmony_bids.reports.model_summary import model_section
 
-#: Scanner metadata used to name a "site" when the table has no site column.
-SCANNER_COLUMNS = ("Manufacturer", "ManufacturersModelName")
-
 
 def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
     """The site of each scan and how it was found (a ``site`` column, else scanner metadata)."""
     if "site" in table_ and table_["site"].notna().any():
         return table_["site"].fillna("unknown").astype(str), "the table's 'site' column"
-    cols = [c for c in SCANNER_COLUMNS if c in table_ and table_[c].notna().any()]
-    if cols:
-        labels = table_[cols].fillna("unknown").astype(str).agg(" ".join, axis=1)
-        return labels, "scanner metadata (" + " + ".join(cols) + ")"
-    return None, "no 'site' column and no scanner metadata (Manufacturer, ManufacturersModelName)"
+    labels, source = scanner_site(table_)
+    if labels is not None:
+        return labels.fillna("unknown").astype(str), source
+    return None, "no 'site' column and " + source
 
 
 def region_columns(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> list[str]:
@@ -54,7 +51,9 @@ def region_columns(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> l
 def _align(raw: pd.DataFrame, harmonized: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw and harmonized tables row-aligned (the harmonizer keeps rows in order)."""
     if len(raw) != len(harmonized):
-        keys = [k for k in ("participant_id", "session_id") if k in raw and k in harmonized]
+        keys = [k for k in ("bids_name",) if k in raw and k in harmonized] or [
+            k for k in ("participant_id", "session_id") if k in raw and k in harmonized
+        ]
         if not keys:
             raise DataError(
                 f"group report: raw table has {len(raw)} rows and harmonized has "
@@ -380,6 +379,48 @@ def _quality_section(
     return Section("quality", "Quality: IQMs, out-of-range and failed scans", "\n".join(parts))
 
 
+def _uncertainty_section(model: Any, sites: pd.Series | None) -> Section:
+    """Per scanner: how sure its correction is, and how many more scans would halve that."""
+    title = "How sure the corrections are, per scanner"
+    if sites is None or not hasattr(model, "scanner_uncertainty"):
+        return Section("uncertainty", title, note("No site labels: cannot group scans by scanner."))
+    rows = []
+    single = model.scanner_uncertainty(1)
+    for site, n in sites.value_counts().sort_index().items():
+        joint = model.scanner_uncertainty(int(n))
+        more = model.scans_to_halve(int(n))
+        rows.append(
+            (
+                site,
+                int(n),
+                float(single["sd_pct"].median()),
+                float(joint["sd_pct"].median()),
+                float(joint["sd_mm3"].median()),
+                "more than 100,000" if more is None else more,
+            )
+        )
+    body = [
+        "<p>The posterior SD of each scanner's correction (median over regions, in % of the "
+        "region's reference volume and in mm³). A scan harmonized on its own carries the "
+        "single-scan uncertainty; the scans of one scanner harmonized together "
+        "(<code>group_desc-jointharmonized_morph.tsv</code>) carry the joint one, which "
+        "shrinks as the scanner contributes more scans. The last column is how many more scans "
+        "of that scanner would halve it.</p>",
+        table(
+            rows,
+            (
+                "scanner",
+                "scans",
+                "SD single scan (%)",
+                "SD joint (%)",
+                "SD joint (mm³)",
+                "more scans to halve the joint SD",
+            ),
+        ),
+    ]
+    return Section("uncertainty", title, "\n".join(body))
+
+
 def build_group_report(
     raw: pd.DataFrame,
     harmonized: pd.DataFrame,
@@ -414,6 +455,7 @@ def build_group_report(
         _site_section(raw, harmonized, regions, sites, site_source, raw_keys, harm_keys),
         _biology_section(raw, sites, raw_keys, harm_keys),
         _quality_section(raw, harmonized, model, failed, drift),
+        _uncertainty_section(model, sites),
         model_section(model, model_info),
     ]
     return render(

@@ -5,9 +5,10 @@ Steps, with why:
 1. Query the dataset (pybids) and skip scans whose four outputs already exist (re-runs are
    no-ops unless ``--overwrite``).
 2. Locate each scan's MRIQC IQMs and FreeSurfer subject among existing derivatives. Only for
-   the scans lacking them, build a Nipype workflow of MRIQC / recon-all nodes
-   (:func:`init_tools_wf`) and run it with the chosen plugin; if a tool is not installed, stop
-   with exit 66 naming the tool, the flag pointing at existing outputs, and the container.
+   the scans lacking them, run the tools workflow (:mod:`neuroharmony_bids.workflows.tools`),
+   which hands back their outputs, or per-scan failures quoting the tool; if a tool is not
+   installed, stop with exit 66 naming the tool, the flag pointing at existing outputs, and
+   the container.
 3. Parse everything in one pass and harmonize all scans in one vectorized call: one Nipype node
    per scan would cost far more than the work itself.
 4. Write the per-scan derivatives atomically. A scan that fails (missing age, truncated stats
@@ -18,7 +19,6 @@ Steps, with why:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,37 +35,18 @@ from neuroharmony_bids.bids.covariates import read_covariates
 from neuroharmony_bids.bids.layout import (
     Scan,
     find_scans,
-    freesurfer_subject_candidates,
     load_layout,
     scans_per_subject,
 )
-from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError, UsageError
+from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
-from neuroharmony_bids.interfaces import freesurfer as fs
-from neuroharmony_bids.interfaces import mriqc as mq
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.workflows.results import Progress, RunResult
+from neuroharmony_bids.workflows.tools import ScanPlan, _few, check_tools, locate_inputs, run_tools
 
 LOGGER = logging.getLogger("neuroharmony_bids")
-
-
-@dataclass
-class ScanPlan:
-    """Where one scan's inputs are (or will be, once a tool ran)."""
-
-    scan: Scan
-    iqm_source: mriqc_json.IQMSource | None = None
-    fs_subject_dir: Path | None = None
-
-    @property
-    def needs_mriqc(self) -> bool:
-        return self.iqm_source is None
-
-    @property
-    def needs_recon_all(self) -> bool:
-        return self.fs_subject_dir is None
 
 
 @dataclass
@@ -113,186 +94,6 @@ def required_iqms(model: Any) -> list[str]:
     return list(CORE_IQMS)
 
 
-# --------------------------------------------------------------------------- locating inputs
-
-
-def locate_inputs(
-    settings: Settings, scans: Sequence[Scan], subject_counts: Mapping[str, int]
-) -> list[ScanPlan]:
-    """Find each scan's MRIQC IQMs and FreeSurfer subject among existing outputs."""
-    mriqc_dirs = settings.mriqc_dirs()
-    fs_dirs = settings.freesurfer_dirs()
-    group_tables: dict[Path, pd.DataFrame] = {}
-    plans = []
-    for scan in scans:
-        plan = ScanPlan(scan)
-        plan.iqm_source = mriqc_json.find_iqm_source(
-            mriqc_dirs, scan.bids_name, scan.rel_dir, group_tables
-        )
-        names = freesurfer_subject_candidates(scan, subject_counts.get(scan.subject, 0) == 1)
-        for fdir in fs_dirs:
-            for name in names:
-                if (fdir / name / "stats" / "aseg.stats").is_file():
-                    plan.fs_subject_dir = fdir / name
-                    break
-            if plan.fs_subject_dir is not None:
-                break
-        plans.append(plan)
-    return plans
-
-
-def _searched(dirs: Sequence[Path], defaults: Sequence[Path]) -> str:
-    shown = [str(d) for d in dirs] or [str(d) + " (absent)" for d in defaults]
-    return ", ".join(shown)
-
-
-def check_tools(settings: Settings, plans: Sequence[ScanPlan]) -> Path | None:
-    """Raise MissingInputError (66) when a needed tool cannot run; return the FS license."""
-    need_mq = [p.scan.bids_name for p in plans if p.needs_mriqc]
-    need_fs = [p.scan.bids_name for p in plans if p.needs_recon_all]
-    problems = []
-    license_file = None
-    if need_mq:
-        why = mq.mriqc_status()
-        if why:
-            problems.append(
-                f"MRIQC IQMs are missing for {len(need_mq)} scan(s) ({_few(need_mq)}); searched "
-                f"{_searched(settings.mriqc_dirs(), [settings.bids_dir / 'derivatives' / 'mriqc'])}"
-                f", and MRIQC cannot run here: {why}. Point --mriqc-dir at existing MRIQC "
-                f"outputs (sub-X_T1w.json or group_T1w.tsv)"
-            )
-    if need_fs:
-        example_fs = next(p.scan.prefix for p in plans if p.needs_recon_all)
-        license_file = fs.find_fs_license(settings.fs_license_file, settings.environ or os.environ)
-        why = fs.recon_all_status(license_file)
-        if why:
-            problems.append(
-                f"FreeSurfer stats are missing for {len(need_fs)} scan(s) ({_few(need_fs)}); "
-                f"searched "
-                f"{_searched(settings.freesurfer_dirs(), [settings.bids_dir / 'derivatives' / 'freesurfer'])}"
-                f" for subjects named like {example_fs}"
-                f", and recon-all cannot run here: {why}. Point --freesurfer-dir at an existing "
-                f"FreeSurfer SUBJECTS_DIR"
-            )
-    if problems:
-        raise MissingInputError(
-            "; ".join(problems)
-            + f", or run the container {fs.CONTAINER_IMAGE}, which has MRIQC and FreeSurfer "
-            "(FreeSurfer still needs --fs-license-file)"
-        )
-    return license_file
-
-
-def _few(names: Sequence[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-# --------------------------------------------------------------------------- running tools
-
-
-def plugin_settings(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """Nipype plugin and its arguments: ``--use-plugin`` YAML, with --nprocs/--mem-gb filled in."""
-    plugin, args = ("MultiProc" if settings.nprocs > 1 else "Linear"), {}
-    if settings.use_plugin is not None:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(settings.use_plugin).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(
-                f"--use-plugin {settings.use_plugin}: cannot read YAML ({exc})"
-            ) from None
-        if not isinstance(data, dict) or "plugin" not in data:
-            raise UsageError(
-                f"--use-plugin {settings.use_plugin}: expected a mapping with 'plugin' (e.g. "
-                f"MultiProc, SLURMGraph) and optional 'plugin_args'"
-            )
-        plugin = str(data["plugin"])
-        args = dict(data.get("plugin_args") or {})
-    if plugin == "MultiProc":
-        args.setdefault("n_procs", settings.nprocs)
-        if settings.mem_gb:
-            args.setdefault("memory_gb", settings.mem_gb)
-        args.setdefault("raise_insufficient", False)
-    return plugin, args
-
-
-def init_tools_wf(
-    settings: Settings,
-    plans: Sequence[ScanPlan],
-    license_file: Path | None,
-    name: str = "neuroharmony_tools_wf",
-):
-    """Nipype workflow running MRIQC (per participant) and recon-all (per scan) where needed.
-
-    Outputs land in ``output_dir/sourcedata/{mriqc,freesurfer}`` where :func:`locate_inputs`
-    finds them afterwards.
-    """
-    from nipype.pipeline import engine as pe
-
-    work = settings.effective_work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    wf = pe.Workflow(name=name, base_dir=str(work))
-    wf.config["execution"] = {
-        "crashdump_dir": str(D.logs_dir(settings.output_dir) / "crash"),
-        "crashfile_format": "txt",
-        "stop_on_first_crash": "false",
-        "remove_unnecessary_outputs": "false",
-    }
-    mriqc_subjects = sorted({p.scan.subject for p in plans if p.needs_mriqc})
-    for sub in mriqc_subjects:
-        wf.add_nodes(
-            [
-                mq.init_mriqc_node(
-                    name=f"mriqc_sub_{sub}",
-                    bids_dir=settings.bids_dir,
-                    output_dir=settings.output_dir / "sourcedata" / "mriqc",
-                    participant_label=sub,
-                    work_dir=work / "mriqc",
-                    session_ids=list(settings.session_label),
-                    nprocs=settings.nprocs,
-                    omp_nthreads=settings.omp_nthreads,
-                    mem_gb=settings.mem_gb,
-                )
-            ]
-        )
-    for plan in plans:
-        if plan.needs_recon_all:
-            wf.add_nodes(
-                [
-                    fs.init_recon_all_node(
-                        name=f"recon_all_{plan.scan.prefix.replace('-', '_')}",
-                        t1w_file=plan.scan.path,
-                        subject_id=plan.scan.prefix,
-                        subjects_dir=settings.output_dir / "sourcedata" / "freesurfer",
-                        license_file=license_file,  # type: ignore[arg-type]
-                        omp_nthreads=settings.omp_nthreads,
-                        mem_gb=settings.mem_gb,
-                    )
-                ]
-            )
-    return wf
-
-
-def run_tools(
-    settings: Settings, plans: list[ScanPlan], license_file: Path | None, log: logging.Logger
-) -> None:
-    """Run the tools workflow; scans whose outputs still miss afterwards fail individually."""
-    wf = init_tools_wf(settings, plans, license_file)
-    plugin, args = plugin_settings(settings)
-    n_mq = len({p.scan.subject for p in plans if p.needs_mriqc})
-    n_fs = sum(p.needs_recon_all for p in plans)
-    log.info(
-        "running %d MRIQC and %d recon-all job(s) through Nipype (%s plugin); this takes hours "
-        "per recon-all", n_mq, n_fs, plugin,
-    )  # fmt: skip
-    try:
-        wf.run(plugin=plugin, plugin_args=args)
-    except RuntimeError as exc:  # some nodes crashed; the others finished
-        log.warning("some MRIQC/recon-all jobs failed (%s); crash files in %s", exc,
-                    D.logs_dir(settings.output_dir) / "crash")  # fmt: skip
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -313,17 +114,22 @@ def parse_scan(
             f"no FreeSurfer stats for {scan.bids_name} (recon-all did not produce them; see "
             f"logs/crash)"
         )
-    if src.kind == "json":
-        iqms = mriqc_json.read_iqm_json(src.path, required)
-        meta = mriqc_json.read_iqm_metadata(src.path)
-        mriqc_version = meta.get("provenance", {}).get("version")
-    else:
-        if src.path not in group_tables:
-            group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
-        iqms = mriqc_json.iqms_from_group_row(
-            group_tables[src.path], scan.bids_name, src.path, required
-        )
-        mriqc_version = None
+    try:
+        if src.kind == "json":
+            iqms = mriqc_json.read_iqm_json(src.path, required)
+            meta = mriqc_json.read_iqm_metadata(src.path)
+            mriqc_version = meta.get("provenance", {}).get("version")
+        else:
+            if src.path not in group_tables:
+                group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
+            table = group_tables[src.path]
+            iqms = mriqc_json.iqms_from_group_row(table, scan.bids_name, src.path, required)
+            mriqc_version = None
+    except RecursionError:  # json's recursion limit: a crafted or corrupt file
+        raise DataError(
+            f"{src.path}: JSON nested too deeply to be an MRIQC IQM file; re-run MRIQC for "
+            f"{scan.bids_name} or remove the file"
+        ) from None
     iqms = {k: v for k, v in iqms.items() if k in ALL_IQMS}
     raw_volumes = fs_stats.read_subject_volumes(plan.fs_subject_dir)
     warnings = [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
@@ -351,23 +157,23 @@ def parse_scan(
 
 
 def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.DataFrame:
-    """One row per scan: ids, age, sex, IQMs (MRIQC names), volumes (FreeSurfer 7 names)."""
-    has_ses = any(i.scan.session for i in inputs)
+    """One row per scan: ids and entities, age, sex, IQMs (MRIQC names), volumes (FS 7 names)."""
     iqm_names = [n for n in ALL_IQMS if any(n in i.iqms for i in inputs)]
     regions = [r for r in D.REGION_ORDER if any(r in i.volumes for i in inputs)]
+    ids = [{"bids_name": i.scan.bids_name, **D.id_columns(i.scan)} for i in inputs]
+    present = {k for row in ids for k in row}
+    id_cols = ["bids_name"] + [c for c in D.ID_COLUMNS if c in present]
     records = []
-    for item in inputs:
-        rec: dict[str, Any] = {"bids_name": item.scan.bids_name, **D.id_columns(item.scan)}
-        if has_ses and "session_id" not in rec:
-            rec["session_id"] = np.nan
+    for item, rec in zip(inputs, ids, strict=True):
+        rec = {c: rec.get(c, np.nan) for c in id_cols}
         rec["age"] = covariates.at[item.scan.bids_name, "age"]
         rec["sex"] = covariates.at[item.scan.bids_name, "sex"]
         rec.update({n: item.iqms.get(n, np.nan) for n in iqm_names})
         rec.update({r: item.volumes.get(r, np.nan) for r in regions})
         records.append(rec)
-    cols = ["bids_name", "participant_id"] + (["session_id"] if has_ses else [])
-    cols += ["age", "sex", *iqm_names, *regions]
-    return pd.DataFrame.from_records(records, columns=cols)
+    return pd.DataFrame.from_records(
+        records, columns=[*id_cols, "age", "sex", *iqm_names, *regions]
+    )
 
 
 def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
@@ -387,6 +193,7 @@ def harmonize_rows(
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Harmonize all rows at once; if the batch is refused, bisect to isolate the bad rows.
 
+    Rows are validated once (:func:`precheck_rows`); the bisection is only a safety net.
     Without a site column every scan is harmonized on its own, so splitting the batch does not
     change any result; k bad rows cost O(k log n) calls instead of n.
     """
@@ -412,23 +219,32 @@ def harmonize_rows(
     return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
 
 
-# --------------------------------------------------------------------------- main entry
+# --------------------------------------------------------------------------- the driver's steps
 
 
-def run_participant(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
-    """The participant level (see the module docstring). Returns what happened per scan."""
-    log = logger or LOGGER
-    out = settings.output_dir
+@dataclass
+class Harmonized:
+    """What the harmonize step returns: the input table, its harmonized rows (by bids_name)."""
+
+    table: pd.DataFrame
+    harmonized: pd.DataFrame
+    inputs: list[ScanInputs]
+    covariates: pd.DataFrame
+
+
+def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
+    """Step 1: the selected T1w scans (pybids) and the layout."""
     t0 = time.monotonic()
-    started = time.time()
     layout = load_layout(settings.bids_dir)
     scans = find_scans(
         settings.bids_dir, settings.participant_label, settings.session_label, layout=layout
     )
     log.info("%d T1w scan(s) selected (indexing took %.1f s)", len(scans), time.monotonic() - t0)
-    result = RunResult("participant", total=len(scans))
-    harmonize_table, _, _ = harmonization_core()
-    model, info = load_model_and_info(settings)
+    return scans, layout
+
+
+def prepare_output(settings: Settings, info: Mapping[str, Any], log: logging.Logger) -> dict:
+    """Step 2: the output folder's dataset-level files; returns the model's identity."""
     ident = D.model_identity(info)
     log.info(
         "model: %s (version %s, sha256 %s)",
@@ -436,90 +252,200 @@ def run_participant(settings: Settings, logger: logging.Logger | None = None) ->
     )  # fmt: skip
     description = D.dataset_description(
         settings.bids_dir,
-        out,
+        settings.output_dir,
         info,
         container=(settings.environ or {}).get("NEUROHARMONY_CONTAINER"),
     )
-    D.write_dataset_files(out, description, overwrite=settings.overwrite)
+    D.write_dataset_files(settings.output_dir, description, overwrite=settings.overwrite)
+    return ident
 
-    pending = []
+
+def pending_scans(
+    settings: Settings, scans: Sequence[Scan], result: RunResult, log: logging.Logger
+) -> list[Scan]:
+    """Step 3: scans to (re)compute: refused names fail, finished scans are skipped.
+
+    A scan is finished when all its outputs exist, its report included (unless
+    ``--no-participant-reports``): a run stopped while writing reports is completed.
+    """
+    out = settings.output_dir
+    pending, completing = [], []
     for scan in scans:
-        if not settings.overwrite and D.is_done(out, scan):
-            result.skipped.append(scan.bids_name)
-        else:
+        if scan.problem is not None:
+            _fail(result, out, scan, scan.problem, 65, log)
+            continue
+        if settings.overwrite:
             pending.append(scan)
+            continue
+        missing = D.missing_outputs(out, scan, report=settings.participant_reports)
+        if not missing:
+            result.skipped.append(scan.bids_name)
+            continue
+        pending.append(scan)
+        if missing == ["report"]:
+            completing.append(scan.bids_name)
     if result.skipped:
         log.info(
             "%d scan(s) already have outputs and are skipped (--overwrite recomputes them)",
             len(result.skipped),
         )
-    if not pending:
-        _remove_stale_temps(out, scans, started, log)
-        return result
+    if completing:
+        log.info(
+            "%d scan(s) have their data files but no report (an interrupted run); completing "
+            "them: %s",
+            len(completing), _few(completing),
+        )  # fmt: skip
+    return pending
 
-    plans = locate_inputs(settings, pending, scans_per_subject(layout))
+
+def locate_and_run_tools(
+    settings: Settings, pending: Sequence[Scan], layout: Any, log: logging.Logger
+) -> list[ScanPlan]:
+    """Step 4: each scan's MRIQC and FreeSurfer outputs, running the tools where missing."""
+    counts = scans_per_subject(layout)
+    plans = locate_inputs(settings, pending, counts)
     if any(p.needs_mriqc or p.needs_recon_all for p in plans):
-        license_file = check_tools(settings, plans)
-        run_tools(settings, [p for p in plans if p.needs_mriqc or p.needs_recon_all],
-                  license_file, log)  # fmt: skip
-        redo = locate_inputs(settings, [p.scan for p in plans], scans_per_subject(layout))
-        plans = redo
+        run_tools(settings, plans, check_tools(settings, plans), log)
+    return plans
 
+
+def shared_subjects(plans: Sequence[ScanPlan], log: logging.Logger) -> dict[str, list[str]]:
+    """FreeSurfer subject folders that stand for several T1w scans: {bids_name: all of them}.
+
+    A SUBJECTS_DIR named per session (``sub-X_ses-Y``) has one folder for all runs and
+    acquisitions of that session; each such scan's sidecar and the log say so.
+    """
+    by_dir: dict[Path, list[str]] = {}
+    for plan in plans:
+        if plan.fs_subject_dir is not None:
+            by_dir.setdefault(plan.fs_subject_dir, []).append(plan.scan.bids_name)
+    out = {}
+    for folder, names in sorted(by_dir.items()):
+        if len(names) > 1:
+            log.warning(
+                "FreeSurfer subject %s stands for %d T1w scans (%s): their volumes are the same",
+                folder, len(names), ", ".join(names),
+            )  # fmt: skip
+            out.update({name: names for name in names})
+    return out
+
+
+def collect_inputs(
+    settings: Settings,
+    plans: Sequence[ScanPlan],
+    model: Any,
+    result: RunResult,
+    progress: Progress,
+    log: logging.Logger,
+) -> tuple[list[ScanInputs], pd.DataFrame]:
+    """Step 5: covariates and parsed tool outputs of every scan; bad scans fail one by one."""
     covs = read_covariates(
         settings.bids_dir,
-        pending,
+        [p.scan for p in plans],
         age_column=settings.age_column,
         sex_column=settings.sex_column,
         sex_mapping=settings.sex_mapping_dict,
     )
     required = required_iqms(model)
-    progress = Progress("participant", len(pending), log)
+    shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
     group_tables: dict[Path, pd.DataFrame] = {}
     for plan in plans:
         name = plan.scan.bids_name
+        if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
+            _fail(result, settings.output_dir, plan.scan, plan.failure, plan.failure_code, log)
+            progress.update()
+            continue
         if name in covs.errors:
-            _fail(result, out, plan.scan, covs.errors[name], 65, log)
+            _fail(result, settings.output_dir, plan.scan, covs.errors[name], 65, log)
             progress.update()
             continue
         try:
             item = parse_scan(plan, required, group_tables)
-            inputs.append(item)
-            for warning in item.warnings:
-                result.warnings.append(warning)
-                log.warning("%s: %s", name, warning)
         except NeuroharmonyError as exc:
-            _fail(result, out, plan.scan, str(exc), exc.exit_code, log)
+            _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
-    if inputs:
-        table = build_table(inputs, covs.table)
-        t1 = time.monotonic()
-        harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
-        log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
-        by_name = {str(b): i for i, b in enumerate(harmonized["bids_name"])}
-        model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
-        jobs = []
-        for item in inputs:
-            scan = item.scan
-            if scan.bids_name in row_failures:
-                _fail(result, out, scan, row_failures[scan.bids_name], 65, log)
-                progress.update()
-                continue
-            provenance = dict(item.provenance)
-            provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
-            provenance["Scanner"] = dict(scan.metadata)
-            provenance["Covariates"] = {
-                "age": float(covs.table.at[scan.bids_name, "age"]),
-                "sex": covs.table.at[scan.bids_name, "sex"],
-            }
-            provenance["Model"] = model_meta
-            hrow = harmonized.iloc[by_name[scan.bids_name]].to_dict()
-            jobs.append((scan, item.volumes, hrow, provenance))
-        write_outputs(out, jobs, result, progress)
-        if settings.participant_reports and result.succeeded:
-            _participant_reports(settings, table, harmonized, model, inputs, result, log)
-    _remove_stale_temps(out, scans, started, log)
-    result.outputs["output_dir"] = str(out)
+            continue
+        if name in shared:
+            item.provenance["FreeSurfer"]["StandsForScans"] = shared[name]
+        inputs.append(item)
+        for warning in item.warnings:
+            result.warnings.append(warning)
+            log.warning("%s: %s", name, warning)
+    return inputs, covs.table
+
+
+def harmonize_scans(
+    inputs: list[ScanInputs],
+    covariates: pd.DataFrame,
+    model: Any,
+    log: logging.Logger,
+) -> tuple[Harmonized, dict[str, str]]:
+    """Step 6: one vectorized harmonization of every parsed scan; returns row failures."""
+    harmonize_table, _, _ = harmonization_core()
+    table = build_table(inputs, covariates)
+    t1 = time.monotonic()
+    harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
+    log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
+    return Harmonized(table, harmonized, inputs, covariates), row_failures
+
+
+def write_scans(
+    settings: Settings,
+    done: Harmonized,
+    row_failures: Mapping[str, str],
+    ident: Mapping[str, Any],
+    result: RunResult,
+    progress: Progress,
+    log: logging.Logger,
+) -> None:
+    """Step 7: the per-scan derivatives (atomic; failed rows recorded)."""
+    out = settings.output_dir
+    by_name = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
+    model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
+    jobs = []
+    for item in done.inputs:
+        scan = item.scan
+        if scan.bids_name in row_failures:
+            _fail(result, out, scan, row_failures[scan.bids_name], 65, log)
+            progress.update()
+            continue
+        provenance = dict(item.provenance)
+        provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
+        provenance["Scanner"] = dict(scan.metadata)
+        provenance["Covariates"] = {
+            "age": float(done.covariates.at[scan.bids_name, "age"]),
+            "sex": done.covariates.at[scan.bids_name, "sex"],
+        }
+        provenance["Model"] = model_meta
+        hrow = done.harmonized.iloc[by_name[scan.bids_name]].to_dict()
+        jobs.append((scan, item.volumes, hrow, provenance))
+    write_outputs(out, jobs, result, progress)
+
+
+def run_participant(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
+    """The participant level: plan scans, collect inputs, harmonize, write outputs, report.
+
+    The model file is loaded once; rows are validated once (see the module docstring).
+    """
+    log = logger or LOGGER
+    started = time.time()
+    scans, layout = plan_scans(settings, log)
+    model, info = load_model_and_info(settings)
+    ident = prepare_output(settings, info, log)
+    result = RunResult("participant", total=len(scans))
+    pending = pending_scans(settings, scans, result, log)
+    if pending:
+        plans = locate_and_run_tools(settings, pending, layout, log)
+        progress = Progress("participant", len(pending), log)
+        inputs, covariates = collect_inputs(settings, plans, model, result, progress, log)
+        if inputs:
+            done, row_failures = harmonize_scans(inputs, covariates, model, log)
+            write_scans(settings, done, row_failures, ident, result, progress, log)
+            if settings.participant_reports and result.succeeded:
+                write_reports(settings, done, model, info, result, log)
+    _remove_stale_temps(settings.output_dir, scans, started, log)
+    result.outputs["output_dir"] = str(settings.output_dir)
     return result
 
 
@@ -527,7 +453,9 @@ def _remove_stale_temps(
     out: Path, scans: Sequence[Scan], started: float, log: logging.Logger
 ) -> None:
     """Delete temporary files a killed earlier run left in this run's folders."""
-    folders = {out, D.logs_dir(out) / "failed"} | {D.scan_dir(out, s) for s in scans}
+    folders = {out, D.logs_dir(out) / "failed"} | {
+        D.scan_dir(out, s) for s in scans if s.problem is None
+    }
     removed = [p for f in sorted(folders) for p in D.remove_stale_temps(f, started)]
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
@@ -563,16 +491,15 @@ def _fail(
     log.warning("%s failed: %s", scan.bids_name, reason)
 
 
-def _participant_reports(
+def write_reports(
     settings: Settings,
-    table: pd.DataFrame,
-    harmonized: pd.DataFrame,
+    done: Harmonized,
     model: Any,
-    inputs: Sequence[ScanInputs],
+    info: Mapping[str, Any],
     result: RunResult,
     log: logging.Logger,
 ) -> None:
-    """Per-scan HTML reports (written by the reports package when it is installed)."""
+    """Step 8: per-scan HTML reports (part of a scan's outputs; a re-run completes them)."""
     try:
         from neuroharmony_bids.reports.participant import write_participant_report
     except ImportError as exc:
@@ -580,22 +507,22 @@ def _participant_reports(
         result.warnings.append(msg)
         log.warning("%s", msg)
         return
-    done = set(result.succeeded)
-    raw_idx = {str(b): i for i, b in enumerate(table["bids_name"])}
-    harm_idx = {str(b): i for i, b in enumerate(harmonized["bids_name"])}
-    progress = Progress("participant reports", len(done), log)
-    for item in inputs:
+    finished = set(result.succeeded)
+    raw_idx = {str(b): i for i, b in enumerate(done.table["bids_name"])}
+    harm_idx = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
+    progress = Progress("participant reports", len(finished), log)
+    for item in done.inputs:
         name = item.scan.bids_name
-        if name not in done:
+        if name not in finished:
             continue
-        raw_row = table.iloc[raw_idx[name]].copy()
+        raw_row = done.table.iloc[raw_idx[name]].copy()
         for key, value in item.scan.metadata.items():
             raw_row[key] = value
         try:
             write_participant_report(
                 D.report_path(settings.output_dir, item.scan),
                 raw_row,
-                harmonized.iloc[harm_idx[name]],
+                done.harmonized.iloc[harm_idx[name]],
                 model,
             )
         except Exception as exc:  # a report must not undo the scan's data outputs
@@ -606,19 +533,22 @@ def _participant_reports(
 
 
 __all__ = [
+    "Harmonized",
     "ScanInputs",
-    "ScanPlan",
     "build_table",
-    "check_tools",
+    "collect_inputs",
     "harmonization_core",
     "harmonize_rows",
-    "init_tools_wf",
+    "harmonize_scans",
     "load_model_and_info",
-    "locate_inputs",
+    "locate_and_run_tools",
     "parse_scan",
-    "plugin_settings",
+    "pending_scans",
+    "plan_scans",
     "precheck_rows",
+    "prepare_output",
     "required_iqms",
     "run_participant",
-    "run_tools",
+    "write_reports",
+    "write_scans",
 ]

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Benchmark: the participant level over real FreeSurfer/FastSurfer and MRIQC outputs.
+
+Builds a BIDS dataset whose derivatives are the real-format corpus of ``tests/data/real``
+(each subject with aseg.stats and cortical stats: FreeSurfer 5.3, 6.0, 7.0, 7.4.1 x2 and the
+FastSurfer layout), each paired with a real MRIQC JSON (21.0.0rc2 ... 24.1, two with
+``fber = -1``, one with a ``NaN`` token). Images are stand-ins and age/sex are stand-in
+covariates (the run reuses the existing derivatives). Then runs ``run.py bids out participant``
+as a user would and prints:
+
+- read N/N: corpus files the readers accept (every stats file, IQM JSON and group table);
+- values exact N/N: scans whose ``*_desc-raw_morph.tsv`` holds exactly the numbers of their
+  stats files (read here with a regex, independently of the parser);
+- harmonized N/N: scans with ``nh_status = harmonized``;
+- per scan: FreeSurfer version, status, regions harmonized, flagged inputs, or why it failed.
+
+    python bench/real_outputs.py [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+REAL = REPO / "tests" / "data" / "real"
+
+#: (subject label, stats folder, MRIQC JSON, stand-in age, stand-in sex)
+PAIRS = [
+    ("fs53", "freesurfer/5.3/copy-hcp", "21.0.0rc2/sub-01_T1w.json", 28, "M"),
+    ("fs60", "freesurfer/6.0/nfmrix-sub-01", "22.0.0rc1/sub-0001_T1w.json", 24, "F"),
+    ("fs70", "freesurfer/7.0/soichi", "22.0.6/sub-113_T1w.json", 31, "M"),
+    (
+        "fs741",
+        "freesurfer/7.4.1/nimh-dasb-sub-01",
+        "22.0.6/copy-nan-qi_1_sub-113_T1w.json",
+        26,
+        "F",
+    ),
+    ("fs741b", "freesurfer/7.4.1/copy-fs741", "23.0.1/sub-0206_T1w.json", 22, "M"),
+    (
+        "fastsurfer",
+        "fastsurfer/2.x/copy-assembled",
+        "24.1.0.dev0/sub-001_ses-pilot003_acq-morphobox_T1w.json",
+        29,
+        "F",
+    ),
+]
+
+
+def read_corpus() -> tuple[int, int, list[str]]:
+    """How many corpus files the readers accept, and why the others were refused."""
+    from neuroharmony_bids.errors import NeuroharmonyError
+    from neuroharmony_bids.io import freesurfer_stats as fs_stats
+    from neuroharmony_bids.io import mriqc_json
+
+    files = sorted(REAL.rglob("*.stats")) + sorted(REAL.rglob("*.json"))
+    files += sorted(REAL.rglob("*.tsv")) + sorted(REAL.rglob("*stats2table.txt"))
+    ok, errors = 0, []
+    for path in files:
+        try:
+            if path.name == "aseg.stats":
+                fs_stats.parse_aseg_stats(path)
+            elif path.suffix == ".stats":
+                fs_stats.parse_aparc_stats(path, require_dk="DKT" not in path.name)
+            elif path.suffix == ".json":
+                mriqc_json.read_iqms(path)
+            elif path.name == "group_T1w.tsv":
+                mriqc_json.read_group_tsv(path)
+            else:
+                fs_stats.read_stats_table(path)
+            ok += 1
+        except NeuroharmonyError as exc:
+            errors.append(f"{path.relative_to(REAL)}: {exc}")
+    return ok, len(files), errors
+
+
+def text_volumes(stats_dir: Path) -> dict[str, float]:
+    """Volumes as written in the files: aseg rows (column 4 = Volume_mm3, 5 = StructName),
+    ``# Measure`` lines in mm^3, DK GrayVol (column 4) of ?h.aparc.stats."""
+    out: dict[str, float] = {}
+    aseg = (stats_dir / "aseg.stats").read_text()
+    for line in aseg.splitlines():
+        m = re.match(r"^# Measure [^,]+, ([\w-]+)[, ].*, ([-\d.]+), mm\^3$", line)
+        if m:
+            out[{"eTIV": "EstimatedTotalIntraCranialVol"}.get(m.group(1), m.group(1))] = float(
+                m.group(2)
+            )
+        elif line.strip() and not line.startswith("#"):
+            cells = line.split()
+            out[cells[4]] = float(cells[3])
+    for hemi in ("lh", "rh"):
+        path = stats_dir / f"{hemi}.aparc.stats"
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip() and not line.startswith("#"):
+                    cells = line.split()
+                    out[f"{hemi}_{cells[0]}_volume"] = float(cells[3])
+    return out
+
+
+def build(root: Path) -> tuple[Path, Path, Path]:
+    import pandas as pd
+
+    from neuroharmony_bids.testing import build_bids_dataset
+
+    bids = root / "bids"
+    rows = pd.DataFrame(
+        [
+            {"SUB_ID": s, "AGE_AT_SCAN": age, "sex": sex, "SITE_ID": s, "vendor": "stand-in"}
+            for s, _, _, age, sex in PAIRS
+        ]
+    )
+    build_bids_dataset(bids, rows, freesurfer=False, mriqc=False, model_column=None)
+    fs_dir, mq_dir = root / "freesurfer", root / "mriqc"
+    for sub, stats, iqm, _, _ in PAIRS:
+        shutil.copytree(REAL / stats / "stats", fs_dir / f"sub-{sub}" / "stats")
+        target = mq_dir / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REAL / "mriqc" / iqm, target)
+    return bids, fs_dir, mq_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, help="build in this folder and keep it")
+    args = ap.parse_args(argv)
+
+    import pandas as pd
+
+    from neuroharmony_bids.harmonize.features import canonical_region
+    from neuroharmony_bids.io import freesurfer_stats as fs_stats
+
+    ok, total, errors = read_corpus()
+    print(f"read: {ok}/{total} corpus files")
+    for err in errors:
+        print(f"  refused: {err}")
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="nh-real-"))
+    if args.keep and root.exists():
+        shutil.rmtree(root)
+    bids, fs_dir, mq_dir = build(root)
+    out = root / "out"
+    cmd = [
+        sys.executable,
+        str(REPO / "run.py"),
+        str(bids),
+        str(out),
+        "participant",
+        "--skip-bids-validation",
+        "--no-participant-reports",
+        "--freesurfer-dir",
+        str(fs_dir),
+        "--mriqc-dir",
+        str(mq_dir),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    print(f"participant level: exit {proc.returncode}")
+    stderr = proc.stderr
+
+    n = len(PAIRS)
+    exact = harmonized = with_output = 0
+    lines = []
+    for sub, stats, iqm, _, _ in PAIRS:
+        release = fs_stats.read_subject(REAL / stats).release
+        raw_tsv = out / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-raw_morph.tsv"
+        harm_tsv = out / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-harmonized_morph.tsv"
+        label = f"sub-{sub} ({stats.split('/')[0]} {release}, MRIQC {iqm.split('/')[0]})"
+        if not raw_tsv.is_file():
+            why = next((ln for ln in stderr.splitlines() if f"sub-{sub}_T1w failed" in ln), "")
+            why = why.split(" failed: ", 1)[-1] or "no message"
+            lines.append(f"  {label}: no output: {why[:300]}{' ...' if len(why) > 300 else ''}")
+            continue
+        with_output += 1
+        raw = pd.read_csv(raw_tsv, sep="\t", float_precision="round_trip").iloc[0]
+        written = {canonical_region(k): v for k, v in text_volumes(REAL / stats / "stats").items()}
+        compared = [c for c in raw.index if c in written]
+        wrong = [c for c in compared if not math.isclose(float(raw[c]), written[c], abs_tol=0)]
+        if compared and not wrong:
+            exact += 1
+        detail = f"values {len(compared) - len(wrong)}/{len(compared)} exact"
+        if wrong:
+            detail += f" (differ: {', '.join(wrong[:5])})"
+        if harm_tsv.is_file():
+            h = pd.read_csv(harm_tsv, sep="\t").iloc[0]
+            harmonized += h.get("nh_status") == "harmonized"
+            flags = h.get("nh_out_of_range_features")
+            detail += (
+                f"; {h.get('nh_status')}, {h.get('nh_n_regions')} regions, confidence "
+                f"{h.get('nh_confidence')}, flagged: {flags if isinstance(flags, str) else 'none'}"
+            )
+        lines.append(f"  {label}: {detail}")
+    print(f"values exact: {exact}/{n} scans ({with_output} scans had a raw output table)")
+    print(f"harmonized: {harmonized}/{n} scans")
+    print("per scan:")
+    print("\n".join(lines))
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"kept in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
