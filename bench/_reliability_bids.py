@@ -356,11 +356,13 @@ def large_dataset_validates(table: pd.DataFrame, tmp: Path, n: int = 5000) -> li
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("several T1w per subject (runs, acquisitions, shared FreeSurfer)", several_t1w),
+    Scenario(
+        "several T1w per subject (runs, acquisitions, shared FreeSurfer)", several_t1w, slow=True
+    ),
     Scenario("dataset under a folder named func/ or anat/", datatype_parent),
     Scenario("output folder overlapping an input folder", overlapping_outputs),
     Scenario("deeply nested JSON in one sidecar / MRIQC file", nested_json),
-    Scenario("non-alphanumeric labels listed, not lost", odd_labels),
+    Scenario("non-alphanumeric labels listed, not lost", odd_labels, slow=True),
     Scenario("missing reports completed on re-run", missing_reports),
     Scenario("SIGTERM then re-run leaves every scan complete", sigterm_then_rerun, slow=True),
     Scenario("5,000 participants validate once", large_dataset_validates, slow=True),

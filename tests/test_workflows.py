@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _validator import VALIDATION_FLAGS
 
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.bids import failures as F
@@ -53,9 +52,7 @@ def main_run(abide_table, tmp_path_factory):
     bids = root / "bids"
     build_bids_dataset(bids, rows)
     out = root / "out"
-    codes = {
-        "participant": run([str(bids), str(out), "participant", "--nprocs", "2", *VALIDATION_FLAGS])
-    }
+    codes = {"participant": run([str(bids), str(out), "participant", "--nprocs", "2"])}
     codes["group"] = run([str(bids), str(out), "group", "--skip-bids-validation"])
     return {"bids": bids, "out": out, "rows": rows, "codes": codes}
 
