@@ -104,7 +104,8 @@ RUN /opt/neuroharmony/env/bin/python -m pip install --no-cache-dir \
     && rm -f /tmp/requirements.lock
 
 # TemplateFlow: the MRIQC image's own cache (TEMPLATEFLOW_HOME=/templateflow), read-only and
-# offline at run time. Stop here if a file MRIQC's T1w workflow reads is not in it.
+# offline at run time. Stop here if a file MRIQC's T1w workflow reads is not in it, or if any
+# file there is unreadable for a `-u` user (checked, not chmod-ed: that would copy the cache).
 ENV TEMPLATEFLOW_HOME="/templateflow" \
     TEMPLATEFLOW_AUTOUPDATE="0"
 RUN tpl="$TEMPLATEFLOW_HOME/tpl-MNI152NLin2009cAsym/tpl-MNI152NLin2009cAsym" \
@@ -113,7 +114,8 @@ RUN tpl="$TEMPLATEFLOW_HOME/tpl-MNI152NLin2009cAsym/tpl-MNI152NLin2009cAsym" \
         test -s "${tpl}_${suffix}.nii.gz" \
             || { echo "TemplateFlow file ${tpl}_${suffix}.nii.gz is missing" >&2; exit 1; }; \
     done \
-    && chmod -R a+rX "$TEMPLATEFLOW_HOME"
+    && unreadable="$(find "$TEMPLATEFLOW_HOME" ! -perm -a=r -print -quit)" \
+    && { test -z "$unreadable" || { echo "$unreadable is not readable by every user" >&2; exit 1; }; }
 
 # Shared HOME, writable whatever `-u` says; every cache under /tmp for `--read-only`.
 # (No USER: the image runs as root, like the MRIQC image it starts from.)

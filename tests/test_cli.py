@@ -118,6 +118,7 @@ def no_derivatives(abide_table, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.bids_validator
 def test_invalid_bids_exits_16(no_derivatives, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(no_derivatives, bad, ignore=shutil.ignore_patterns("derivatives"))
@@ -147,6 +148,7 @@ def test_missing_tools_and_derivatives_exit_66(no_derivatives, tmp_path, capsys,
     assert not list(out.glob("sub-*"))
 
 
+@pytest.mark.bids_validator
 def test_run_is_logged(abide_table, tmp_path, capsys):
     bids = tmp_path / "bids"
     build_bids_dataset(bids, abide_rows(abide_table, 2, seed=9, drop_failed=True))
@@ -171,6 +173,7 @@ def test_parse_settings_rejects_missing_folders(tmp_path):
         parse_settings(["/d", "/o", "participant", "--mriqc-dir", str(tmp_path / "none")])
 
 
+@pytest.mark.bids_validator
 def test_output_under_input_derivatives_is_allowed(abide_table, tmp_path):
     bids = tmp_path / "bids"
     build_bids_dataset(bids, abide_rows(abide_table, 2, seed=12, drop_failed=True))

@@ -27,6 +27,7 @@ def test_tiny_t1w_is_a_deterministic_valid_nifti(tmp_path):
     assert gzip.decompress(data)[344:348] == b"n+1\x00"
 
 
+@pytest.mark.bids_validator
 def test_abide_dataset_is_valid_bids_with_real_layout_derivatives(abide_table, tmp_path):
     rows = abide_rows(abide_table, 4, seed=2)
     fx = build_bids_dataset(tmp_path / "ds", rows)

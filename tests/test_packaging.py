@@ -1,5 +1,5 @@
-"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock file, wheel,
-Boutiques descriptor, brainlife and SLURM recipes."""
+"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock files and
+bootstrap, the CI entry point, wheel, Boutiques descriptor, brainlife and SLURM recipes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _tool(name: str) -> str:
     """A console script of the environment running the tests (the locked venv in CI)."""
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
-        pytest.fail(f"{name} is not installed: it is pinned in requirements.lock")
+        pytest.fail(f"{name} is not installed: it is pinned in requirements-test.lock")
     return found
 
 
@@ -251,7 +251,7 @@ def test_path_puts_the_mriqc_env_before_freesurfer():
     assert path.index("/opt/conda/bin") < path.index("$FREESURFER_HOME/bin") < path.index("$PATH")
 
 
-def test_templateflow_files_checked_at_build_time_cover_mriqcs_t1w_workflow():
+def test_templateflow_files_checked_at_build_time_cover_mriqcs_t1w_workflow(tmp_path):
     """The build stops unless the MRIQC image's /templateflow holds the T1w workflow's files."""
     check = [r for w, r in dockerfile_instructions() if w == "RUN" and "TemplateFlow file" in r]
     assert len(check) == 1
@@ -265,7 +265,24 @@ def test_templateflow_files_checked_at_build_time_cover_mriqcs_t1w_workflow():
         "res-01_label-GM_probseg",
         "res-01_label-WM_probseg",
     } <= suffixes
-    assert 'test -s "${tpl}_${suffix}.nii.gz"' in check[0]
+    # run the check itself on a stand-in cache: complete, one file missing, one unreadable
+    tpl = tmp_path / "templateflow" / "tpl-MNI152NLin2009cAsym"
+    tpl.mkdir(parents=True)
+    for suffix in suffixes:
+        (tpl / f"tpl-MNI152NLin2009cAsym_{suffix}.nii.gz").write_bytes(b"\x1f\x8b")
+    env = {"PATH": os.environ["PATH"], "TEMPLATEFLOW_HOME": str(tmp_path / "templateflow")}
+
+    def check_runs() -> subprocess.CompletedProcess:
+        return _run(["/bin/bash", "-o", "pipefail", "-c", check[0]], env=env)
+
+    assert check_runs().returncode == 0
+    probseg = tpl / "tpl-MNI152NLin2009cAsym_res-01_label-GM_probseg.nii.gz"
+    probseg.chmod(0o600)
+    res = check_runs()
+    assert res.returncode == 1 and "GM_probseg.nii.gz is not readable by every user" in res.stderr
+    probseg.unlink()
+    res = check_runs()
+    assert res.returncode == 1 and "GM_probseg.nii.gz is missing" in res.stderr
 
 
 def test_dockerfile_labels_and_version_build_arg():
@@ -644,11 +661,81 @@ def test_bootstrap_stamp_covers_every_lock_file_it_installed(tmp_path):
     assert len(log.read_text().splitlines()) == n + 3
 
 
+def test_bootstrap_replaces_a_stamp_of_the_old_single_hash_format(tmp_path):
+    venv, log = _fake_venv(tmp_path)
+    (venv / ".lock-sha256").write_text(
+        "e717fd36e85ad73760e29d88ed7dabf3639f324b998ba41da9bdedd2dab73fbd\n"
+    )
+    assert _bootstrap(venv, "requirements.lock").returncode == 0
+    assert len(log.read_text().splitlines()) == 3  # installed: the old stamp names no file
+    stamp = (venv / ".lock-sha256").read_text().splitlines()
+    assert len(stamp) == 1 and stamp[0].endswith("  requirements.lock")
+
+
 def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
     venv, log = _fake_venv(tmp_path)
     res = _bootstrap(venv, "requirements-nope.lock")
     assert res.returncode == 66 and "requirements-nope.lock not found" in res.stderr
     assert not log.exists()
+
+
+def _hard_imports(path: Path) -> set[str]:
+    """Top-level names a file imports unconditionally: not inside try/except ImportError, and
+    not a name the file checks with pytest.importorskip."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    guarded: set[int] = set()
+    guarded_names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            h.type is not None and "ImportError" in ast.unparse(h.type) for h in node.handlers
+        ):
+            guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    names = set()
+    for node in ast.walk(tree):  # names a test checks with pytest.importorskip are optional
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("importorskip"):
+            if node.args and isinstance(node.args[0], ast.Constant):
+                guarded_names.add(str(node.args[0].value).split(".")[0])
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - guarded_names
+
+
+@pytest.mark.parametrize(
+    ("folders", "locks"),
+    [
+        (("neuroharmony_bids",), ("requirements.lock",)),
+        (("tests", "bench", "scripts"), ("requirements.lock", "requirements-test.lock")),
+    ],
+)
+def test_every_import_is_pinned_in_the_lock_that_installs_it(folders, locks):
+    """The package imports only runtime-lock distributions; tests, benchmarks and scripts also
+    the test lock's. Optional imports (try/except ImportError, pytest.importorskip) are free."""
+    from importlib.metadata import packages_distributions
+
+    local = {p.stem for f in folders for p in (REPO / f).rglob("*.py")} | {
+        "neuroharmony_bids",
+        "bench",
+        "conftest",
+    }
+    pinned = set()
+    for lock in locks:
+        pinned |= set(_lock_pins(lock))
+    providers = packages_distributions()
+    missing = {}
+    for folder in folders:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for name in _hard_imports(path) - local - set(sys.stdlib_module_names):
+                dists = {canonicalize_name(d) for d in providers.get(name, [])}
+                if not dists & pinned:
+                    missing.setdefault(name, path.relative_to(REPO).as_posix())
+    assert not missing, f"imported but not pinned in {' or '.join(locks)}: {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -855,6 +942,60 @@ def test_generator_translates_every_kind_of_argparse_option(tmp_path):
     args = p.parse_args(_simulated_command(path, invocation)[1:])
     assert args.participant_label == ["01", "02"] and args.nprocs == 4
     assert args.skip_bids_validation and args.train and args.analysis_level == "participant"
+
+
+# --------------------------------------------------------------------------- CI entry point
+
+
+@pytest.mark.slow
+def test_ci_runs_the_readme_commands_in_a_fresh_clone_with_nothing_but_pypi(tmp_path):
+    """.ci/run on a throwaway repository whose two README scripts record what they see: they
+    run in a fresh clone, with an empty HOME, no PIP_* variable but PIP_CONFIG_FILE=/dev/null
+    (so the real pip of a real venv reads no configuration file), and the shared data path."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    (repo / "scripts").mkdir()
+    shutil.copy(REPO / ".ci" / "run", repo / ".ci" / "run")
+    record = 'env | sort > {seen}/{name}.env\npwd > {seen}/{name}.pwd\nls -A "$HOME" > {seen}/{name}.home\n'
+    (repo / "scripts" / "run_example.sh").write_text(
+        "set -e\n" + record.format(seen=seen, name="example") + "python3 -m venv .venv\n"
+    )
+    (repo / "scripts" / "run_tests.sh").write_text(
+        record.format(seen=seen, name="tests") + 'echo "1 passed, 0 failed"\n'
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        assert _run([*git, *cmd]).returncode == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("chromium", "jq"):  # present, so .ci/run installs nothing
+        _stub(bin_dir, name, "exit 0\n")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PIP_INDEX_URL": "http://pip.invalid/simple",  # would break an install if it leaked
+        "PIP_FIND_LINKS": "/nonexistent",
+        "NEUROHARMONY_SHARED_DATA": "/shared/data",
+        "TMPDIR": str(tmp_path),
+    }
+    res = _run(["bash", str(repo / ".ci" / "run")], env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.rstrip().endswith("1 passed, 0 failed")
+    for name in ("example", "tests"):
+        lines = (seen / f"{name}.env").read_text().splitlines()
+        got = dict(line.split("=", 1) for line in lines if "=" in line)
+        assert [k for k in got if k.startswith("PIP_")] == ["PIP_CONFIG_FILE"], name
+        assert got["PIP_CONFIG_FILE"] == "/dev/null"
+        assert got["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+        assert got["NEUROHARMONY_SHARED_DATA"] == "/shared/data"
+        assert got["HOME"].startswith(str(tmp_path)) and got["HOME"] != os.environ.get("HOME")
+        clone = (seen / f"{name}.pwd").read_text().strip()
+        assert clone != str(repo) and clone.startswith(str(tmp_path))
+    assert (seen / "example.home").read_text() == ""  # HOME starts empty
+    # the scratch clone (venv included) is removed afterwards
+    assert not Path(clone).exists()
 
 
 # --------------------------------------------------------------------------- brainlife

@@ -57,6 +57,7 @@ def main_run(abide_table, tmp_path_factory):
     return {"bids": bids, "out": out, "rows": rows, "codes": codes}
 
 
+@pytest.mark.bids_validator
 def test_participant_and_group_succeed(main_run):
     assert main_run["codes"] == {"participant": 0, "group": 0}
     out = main_run["out"]
@@ -65,10 +66,12 @@ def test_participant_and_group_succeed(main_run):
     assert not (out / "logs" / "failed").exists() or not list((out / "logs" / "failed").iterdir())
 
 
+@pytest.mark.bids_validator
 def test_bids_validator_accepts_output(main_run):
     assert validator_errors(main_run["out"]) == []
 
 
+@pytest.mark.bids_validator
 def test_raw_tables_hold_the_freesurfer_volumes(main_run):
     out, rows = main_run["out"], main_run["rows"]
     for _, row in rows.iterrows():
@@ -85,6 +88,7 @@ def test_raw_tables_hold_the_freesurfer_volumes(main_run):
         assert "Left-Thalamus" in raw.columns and "Left-Thalamus-Proper" not in raw.columns
 
 
+@pytest.mark.bids_validator
 def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
     """The app feeds the core exactly the table's age, sex, IQMs and volumes."""
     out, rows = main_run["out"], main_run["rows"]
@@ -118,18 +122,21 @@ def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
     assert not np.allclose(raw0["Left-Hippocampus"], harm0["Left-Hippocampus"])
 
 
+@pytest.mark.bids_validator
 def test_dataset_description_names_the_model(main_run):
     desc = json.loads((main_run["out"] / "dataset_description.json").read_text())
     assert desc["NeuroharmonyModel"]["sha256"] == model_info()["sha256"]
     assert desc["DatasetType"] == "derivative"
 
 
+@pytest.mark.bids_validator
 def test_participant_reports_written(main_run):
     reports = list(main_run["out"].glob("sub-*/anat/*_report.html"))
     assert len(reports) == len(main_run["rows"])
     assert "<html" in reports[0].read_text()[:500].lower()
 
 
+@pytest.mark.bids_validator
 def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     bids, out = main_run["bids"], main_run["out"]
     before = snapshot(out)
@@ -150,6 +157,7 @@ def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     assert any((out / p).stat().st_mtime_ns != stats[p] for p in before)
 
 
+@pytest.mark.bids_validator
 def test_group_tables(main_run):
     out, rows = main_run["out"], main_run["rows"]
     raw = pd.read_csv(out / "group_desc-raw_morph.tsv", sep="\t")
@@ -178,6 +186,7 @@ def test_group_tables(main_run):
     assert (out / "group_report.html").is_file()
 
 
+@pytest.mark.bids_validator
 def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_bytes(Path(model_info()["path"]).read_bytes())
@@ -193,6 +202,7 @@ def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
     assert "pass the same --model" in capsys.readouterr().err
 
 
+@pytest.mark.bids_validator
 def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     bids = tmp_path / "bids"
     shutil.copytree(main_run["bids"], bids)
@@ -246,6 +256,7 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     assert sorted(F.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
 
 
+@pytest.mark.bids_validator
 def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(main_run["out"], out)
@@ -264,6 +275,7 @@ def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
     assert "harmonized_tsv" in failed["reason"].iloc[0]
 
 
+@pytest.mark.bids_validator
 def test_group_exit_codes(main_run, tmp_path):
     empty = tmp_path / "empty"
     assert run([str(main_run["bids"]), str(empty), "group", "--skip-bids-validation"]) == 66
@@ -271,6 +283,7 @@ def test_group_exit_codes(main_run, tmp_path):
     assert run([*argv, "--participant-label", "nobody"]) == 18
 
 
+@pytest.mark.bids_validator
 def test_train_then_use_the_trained_model(main_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(main_run["out"], out)
@@ -309,6 +322,7 @@ def sessions_run(abide_table, tmp_path_factory):
     return {"bids": bids, "out": out, "rows": rows, "code": code}
 
 
+@pytest.mark.bids_validator
 def test_sessions_and_mriqc_group_tsv(sessions_run):
     assert sessions_run["code"] == 0
     out = sessions_run["out"]

@@ -534,6 +534,7 @@ class NeuroHarmonizer(BaseEstimator):
         site_column: str | None = None,
         sex_mapping: Mapping[str, str] | None = None,
         return_sd: bool = False,
+        person_column: str | None = None,
     ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Harmonize every model region present in ``table``; add ``nh_*`` flag columns.
 
@@ -593,16 +594,23 @@ class NeuroHarmonizer(BaseEstimator):
                 gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
                 var[rows] = v
         a0, b0 = self.scale_prior_
+        persons = None if person_column is None else table[person_column].astype(str)
         for j in np.flatnonzero(counts > 1):
             rows = gidx == j
-            n = int(counts[j])
-            mbar = mu[rows].mean(0)
+            zs, ms = z[rows], mu[rows]
+            if persons is not None:  # one vote per person: a person's scans averaged first
+                key = persons[rows].to_numpy()
+                zs = pd.DataFrame(zs).groupby(key, sort=True).mean().to_numpy()
+                ms = pd.DataFrame(ms).groupby(key, sort=True).mean().to_numpy()
+            n = len(zs)
+            mbar = ms.mean(0)
             G = _posterior_gain(T1, S, n)
-            g = mbar + G @ (z[rows].mean(0) - mbar)
+            g = mbar + G @ (zs.mean(0) - mbar)
             gamma[rows] = g
             var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
-            ss = ((z[rows] - g) ** 2).sum(0)
-            scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
+            if n > 1:
+                ss = ((zs - g) ** 2).sum(0)
+                scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
         raw = prep.volumes[regions].to_numpy()
         harmonized = mean + sigma * (z - gamma) / scale
         sd = sigma * np.sqrt(var) / scale

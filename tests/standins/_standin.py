@@ -32,7 +32,9 @@ def data_dir() -> Path:
     """Folder holding the real-format files the stand-ins copy."""
     value = os.environ.get("NEUROHARMONY_STANDIN_DATA")
     if not value or not Path(value).is_dir():
-        sys.exit(f"stand-in: NEUROHARMONY_STANDIN_DATA={value!r} is not a folder of outputs to copy")
+        sys.exit(
+            f"stand-in: NEUROHARMONY_STANDIN_DATA={value!r} is not a folder of outputs to copy"
+        )
     return Path(value)
 
 
