@@ -439,3 +439,14 @@ def test_profile_weight_override_leaves_the_model_alone(table, model):
     assert parse_settings(["/d", "/o", "participant"]).profile_weight is None
     with pytest.raises(SystemExit):
         parse_settings(["/d", "/o", "participant", "--profile-weight", "-1"])
+
+
+def test_refit_does_not_reuse_gains_of_the_previous_fit(table):
+    model = NeuroHarmonizer().fit(table[table.site != "site0"], "site")
+    model.transform(table.head(3))  # fills the per-model gain cache
+    model.fit(table[table.site != "site5"], "site")
+    fresh = NeuroHarmonizer().fit(table[table.site != "site5"], "site")
+    np.testing.assert_allclose(
+        model.transform(table.head(3))[REGIONS].to_numpy(float),
+        fresh.transform(table.head(3))[REGIONS].to_numpy(float),
+    )

@@ -240,6 +240,7 @@ class NeuroHarmonizer(BaseEstimator):
     def fit(self, table: pd.DataFrame, site: str | Sequence = "site", sex_mapping=None):
         """Fit on a multi-site table. ``site`` is a column name or one label per row."""
         self._validate_params()
+        self.__dict__.pop("_gain_cache", None)  # gains of a previous fit are stale
         table = table.reset_index(drop=True)
         site_values = self._site_values(table, site)
         prep = prepare(table, covariates=self.covariates, sex_mapping=sex_mapping)
