@@ -228,6 +228,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=["raw", "oracle", "original", "ours"])
     p.add_argument("--original-trees", type=int, default=100)
     p.add_argument("--ours", default="default", help="MODULE:FACTORY, factory(train) → apply")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="extra rows: factories of bench/_variants.py (e.g. fit_prior_only fit_weight_2)",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute oracle/original")
     p.add_argument("--json", type=Path, help="write every figure (per site too) here")
     return p.parse_args(argv)
@@ -285,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         if fit_factory is None:
             print(f"ours: not available ({ours_name})")
 
+    variants = {}
+    for name in args.variants:
+        factory, why = load_ours(f"_variants:{name}")
+        if factory is None:
+            sys.exit(f"unknown variant {name}: {why}")
+        variants[name] = factory
     oracle = oracle_fn(df[C.REGIONS], df[C.SITE].to_numpy(), C.covariates(df), CACHE_VERSION)
     scenarios = ["standard"] + (["drift"] if args.drift else [])
     per_site: dict[str, dict[str, dict[str, dict]]] = {sc: {} for sc in scenarios}
@@ -325,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                 methods[sc]["ours"] = apply(t, None)
             changed_h["ours"] = apply(test_changed, None)
             timings["ours"] += time.perf_counter() - tt
+        for name, factory in variants.items():
+            vapply = factory(train)
+            methods["standard"][name] = vapply(test, None)
+            changed_h[name] = vapply(test_changed, None)
         for sc in scenarios:
             for name, h in methods[sc].items():
                 ch = (test_changed, changed_h[name]) if sc == "standard" else None
@@ -379,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict[str, dict]] = {}
     for sc in scenarios:
         summary[sc] = {}
-        for name in [r for r in ("raw", "oracle", "original", "ours") if r in per_site[sc]]:
+        for name in [
+            r for r in ("raw", "oracle", "original", "ours", *variants) if r in per_site[sc]
+        ]:
             pairs = pooled[sc][name]
             cat = (
                 pd.concat([a for a, _ in pairs], ignore_index=True),

@@ -36,6 +36,7 @@ from neuroharmony_bids.testing.fixtures import (  # noqa: E402
     build_bids_dataset,
     volume_columns,
 )
+from neuroharmony_bids.testing.hostile import MODEL_VARIANTS, model_variant  # noqa: E402
 
 RUN_PY = REPO / "run.py"
 FAST = ["--skip-bids-validation", "--no-participant-reports"]
@@ -56,10 +57,14 @@ def make_dataset(root: Path, table: pd.DataFrame, n: int = 3, seed: int = 0):
     Rows with a zero/negative volume (failed segmentations in ABIDE, refused by design) are
     left out so that a scan fails only where a scenario breaks it on purpose.
     """
+    return build_bids_dataset(root, abide_rows(usable_rows(table), n, seed=seed))
+
+
+def usable_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """ABIDE rows without a failed segmentation (a zero volume where most scans have one)."""
     vols = table[volume_columns(list(table.columns))].fillna(1)
     usually_positive = vols.columns[(vols > 0).mean() > 0.9]  # not e.g. 5th-Ventricle
-    usable = table[(vols[usually_positive] > 0).all(axis=1)]
-    return build_bids_dataset(root, abide_rows(usable, n, seed=seed))
+    return table[(vols[usually_positive] > 0).all(axis=1)]
 
 
 # --------------------------------------------------------------------------- running the app
@@ -271,6 +276,15 @@ def _pickle_model(tmp: Path, protocol: int) -> list[str]:
     return _model_file(tmp, pickle.dumps(_Pickled(str(marker)), protocol=protocol))
 
 
+def _fifo_model(tmp: Path) -> list[str]:
+    os.mkfifo(tmp / "model.json")  # reading it would block until a writer appears
+    return ["--model", str(tmp / "model.json")]
+
+
+def _hostile_model(tmp: Path, name: str) -> list[str]:
+    return _model_file(tmp, model_variant(name))
+
+
 def _unwritable_out(ds, tmp: Path) -> Path:
     if os.geteuid() == 0:  # root ignores permission bits: /proc refuses new folders
         return Path("/proc/neuroharmony-out")
@@ -382,6 +396,11 @@ BAD_INPUTS: list[BadInput] = [
              ("model.json", "pickle")),
     BadInput("model file crafted pickle (protocol 0)", lambda ds, t: _pickle_model(t, 0), 65,
              ("model.json",)),
+    BadInput("model file is a FIFO", lambda ds, t: _fifo_model(t), 65, ("model.json", "FIFO")),
+    BadInput("model file is /dev/zero", lambda ds, t: ["--model", "/dev/zero"], 65,
+             ("/dev/zero", "not a regular file")),
+    *[BadInput(f"model file: {name}", lambda ds, t, name=name: _hostile_model(t, name), 65,
+               ("model.json", says)) for name, (_, says) in MODEL_VARIANTS.items()],
 ]  # fmt: skip
 
 
@@ -419,6 +438,191 @@ def run_bad_input(case: BadInput, table: pd.DataFrame, tmp: Path) -> list[str]:
     if marker.exists():
         problems.append("the crafted pickle was executed (marker file created)")
     return problems
+
+
+# --------------------------------------------------------------------------- table CLI
+
+
+def abide_scan_table(table: pd.DataFrame, n: int = 40, seed: int = 0) -> pd.DataFrame:
+    """``n`` ABIDE rows as a user hands them to ``neuroharmony harmonize`` (ids, age, sex, IQMs
+    with their ``iqm_`` prefix, FreeSurfer 6 volumes), failed segmentations left out."""
+    rows = usable_rows(table).sample(n=n, random_state=seed).reset_index(drop=True)
+    rows.insert(0, "participant_id", "sub-" + rows["SUB_ID"].astype(str))
+    return rows.rename(columns={"AGE_AT_SCAN": "age"})
+
+
+@dataclass
+class TableCase:
+    """One ``neuroharmony`` (table CLI) scenario: build files in ``tmp``, return the argv."""
+
+    name: str
+    build: Callable  # (table, tmp: Path) -> argv for neuroharmony_bids.cli.table.main
+    code: int
+    says: tuple[str, ...]
+    check: Callable | None = None  # (tmp) -> list of problems, for cases that succeed
+
+
+def _csv(table: pd.DataFrame, tmp: Path, name: str = "scans.csv") -> Path:
+    path = tmp / name
+    table.to_csv(path, index=False, sep="\t" if name.endswith(".tsv") else ",")
+    return path
+
+
+def _harm(inp: Path, tmp: Path, *extra: str) -> list[str]:
+    return ["harmonize", str(inp), str(tmp / "out.csv"), *extra]
+
+
+def _dup_columns(t: pd.DataFrame, tmp: Path) -> list[str]:
+    path = _csv(t, tmp)
+    header, rest = path.read_text().split("\n", 1)
+    path.write_text(header.replace("Left-Hippocampus", "age", 1) + "\n" + rest)
+    return _harm(path, tmp)
+
+
+def _wide_header(t: pd.DataFrame, tmp: Path) -> list[str]:
+    path = tmp / "wide.csv"
+    path.write_text(",".join(["a"] * 1_000_000) + "\n")
+    return _harm(path, tmp)
+
+
+def _unwritable_table_out(t: pd.DataFrame, tmp: Path) -> list[str]:
+    out = "/proc/neuroharmony-out/out.csv" if os.geteuid() == 0 else "/nonexistent-nh/out.csv"
+    return ["harmonize", str(_csv(t, tmp)), out]
+
+
+def _same_file(t: pd.DataFrame, tmp: Path) -> list[str]:
+    path = _csv(t, tmp)
+    return ["harmonize", str(path), str(path)]
+
+
+_FORMULAS = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3"]
+
+
+def _formulas(t: pd.DataFrame, tmp: Path) -> list[str]:
+    t = t.copy()
+    t.loc[: len(_FORMULAS) - 1, "participant_id"] = _FORMULAS
+    t["SITE_ID"] = t["SITE_ID"].astype(object)
+    t.loc[5, "SITE_ID"] = "=1+2"
+    return _harm(_csv(t, tmp), tmp)
+
+
+def _formulas_check(tmp: Path) -> list[str]:
+    got = pd.read_csv(tmp / "out.csv", dtype={"participant_id": str, "SITE_ID": str})
+    problems = []
+    if list(got["participant_id"][: len(_FORMULAS)]) != ["'" + f for f in _FORMULAS]:
+        problems.append(f"formula cells not neutralised: {list(got['participant_id'][:4])}")
+    if got["SITE_ID"][5] != "'=1+2":
+        problems.append(f"site formula not neutralised: {got['SITE_ID'][5]!r}")
+    src = pd.read_csv(tmp / "scans.csv")
+    if not (got["age"] == src["AGE_AT_SCAN" if "AGE_AT_SCAN" in src else "age"]).all():
+        problems.append("numbers changed")
+    return problems
+
+
+def _late_text_cell(t: pd.DataFrame, tmp: Path) -> list[str]:
+    import neuroharmony_bids.tabular as tabular
+
+    tabular.BLOCK_BYTES = 16 * 1024  # several blocks: the bad cell is past the first one
+    t = t.astype({"age": object})
+    t.loc[30, "age"] = "thirty"
+    return _harm(_csv(t, tmp), tmp)
+
+
+def _table_model(name: str):
+    def build(t: pd.DataFrame, tmp: Path) -> list[str]:
+        path = tmp / "model.json"
+        if name == "FIFO":
+            os.mkfifo(path)
+        else:
+            path.write_bytes(model_variant(name))
+        return _harm(_csv(t, tmp), tmp, "--model", str(path))
+
+    return build
+
+
+def _info_minimal(t: pd.DataFrame, tmp: Path) -> list[str]:
+    (tmp / "model.json").write_bytes(model_variant("minimal document"))
+    return ["info", str(tmp / "model.json")]
+
+
+def _compare_noise(t: pd.DataFrame, tmp: Path) -> list[str]:
+    from neuroharmony_bids.harmonize.io import DEFAULT_MODEL
+    from neuroharmony_bids.testing.hostile import reseal
+
+    doc = json.loads(Path(DEFAULT_MODEL).read_bytes())
+    doc["state"]["combat_"]["alpha"]["data"][0] *= 1 + 3e-15  # BLAS-level noise
+    (tmp / "rebuilt.json").write_bytes(reseal(doc))
+    return ["info", "--compare", str(DEFAULT_MODEL), str(tmp / "rebuilt.json")]
+
+
+TABLE_INPUTS: list[TableCase] = [
+    TableCase("repeated column names", _dup_columns, 65, ("repeated column name", "'age'")),
+    TableCase("million-column header", _wide_header, 65, ("line 1", "1,000,000 columns")),
+    TableCase("missing input", lambda t, tmp: _harm(tmp / "nope.csv", tmp), 66,
+              ("nope.csv", "does not exist")),
+    TableCase("unwritable output", _unwritable_table_out, 64, ("cannot write the output",)),
+    TableCase("input given as output", _same_file, 64, ("input table itself",)),
+    TableCase("formula cells (CSV injection)", _formulas, 0, (), check=_formulas_check),
+    TableCase("text cell in a later block", _late_text_cell, 65, ("column 'age', row 31",)),
+    TableCase("model FIFO", _table_model("FIFO"), 65, ("FIFO",)),
+    TableCase("model with null in ComBat", _table_model("null in a ComBat array"), 65,
+              ("gamma",)),
+    TableCase("model array too large", _table_model("array larger than the regions imply"), 65,
+              ("within_cov_",)),
+    TableCase("model 1e999", _table_model("out-of-range float 1e999"), 65, ("1e999",)),
+    TableCase("info on a minimal document", _info_minimal, 65, ("model.json",)),
+    TableCase("info --compare of a rebuild", _compare_noise, 0, ()),
+]  # fmt: skip
+
+
+def run_table_case(case: TableCase, table: pd.DataFrame, tmp: Path) -> list[str]:
+    """Run one table-CLI case in this process; return the problems (empty: handled)."""
+    import neuroharmony_bids.tabular as tabular
+    from neuroharmony_bids.cli.table import main
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    block = tabular.BLOCK_BYTES
+    err = io.StringIO()
+    code = 0
+    try:
+        argv = case.build(abide_scan_table(table), tmp)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    finally:
+        tabular.BLOCK_BYTES = block
+    stderr = err.getvalue()
+    problems = []
+    if code != case.code:
+        problems.append(f"exit code {code}, expected {case.code}; stderr: {stderr[-600:]}")
+    problems += [
+        f"message does not say {p!r}: {stderr[-400:]}" for p in case.says if p not in stderr
+    ]
+    if "Traceback" in stderr or len(stderr.strip().splitlines()) > 1:
+        problems.append(f"not one clear line: {stderr[-600:]}")
+    if case.code != 0 and (tmp / "out.csv").exists():
+        problems.append("an output was written although the command failed")
+    problems += [f"temporary file left: {p}" for p in temp_leftovers(tmp)]
+    if case.check is not None and code == 0:
+        problems += case.check(tmp)
+    return problems
+
+
+def markdown_escaped() -> list[str]:
+    """Hostile version strings in CITATION.md render as literal text (no link, HTML, heading)."""
+    from markdown_it import MarkdownIt
+
+    from neuroharmony_bids.reports.citation import citation_markdown
+
+    md = citation_markdown({
+        "freesurfer": "7 | x |\n# H [a](javascript:alert(1)) <script>alert(1)</script>",
+        "mriqc": "<img src=x onerror=alert(1)>", "model": "m` <b>x</b>",
+    })  # fmt: skip
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    return [f"CITATION.md renders {bad!r}" for bad in
+            ("<script", "<img", "<b>", 'href="javascript', "<h1>H") if bad in html]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- kills
@@ -550,6 +754,16 @@ def _pct(ok: int, n: int) -> str:
     return f"{ok}/{n} ({100.0 * ok / n:.1f} %)" if n else "0/0 (n/a)"
 
 
+def _run_cases(label, cases, runner, table, tmp: Path, tally: dict, failures: list) -> None:
+    """Run ``runner(case, table, folder)`` for each case; count and record the problems."""
+    ok = 0
+    for i, case in enumerate(cases):
+        probs = runner(case, table, tmp / f"{label.split()[0]}{i}")
+        ok += not probs
+        failures += [f"{label} {case.name!r}: {x}" for x in probs]
+    tally[f"{label}s handled"] = (ok, len(cases))
+
+
 def main() -> int:
     import argparse
 
@@ -568,12 +782,11 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nh-reliability-") as tmpdir:
         tmp = Path(tmpdir)
-        ok = 0
-        for i, case in enumerate(BAD_INPUTS):
-            probs = run_bad_input(case, table, tmp / f"bad{i}")
-            ok += not probs
-            failures += [f"bad input {case.name!r}: {x}" for x in probs]
-        tally["bad inputs handled"] = (ok, len(BAD_INPUTS))
+        _run_cases("bad input", BAD_INPUTS, run_bad_input, table, tmp, tally, failures)
+        _run_cases("table input", TABLE_INPUTS, run_table_case, table, tmp, tally, failures)
+        probs = markdown_escaped()
+        failures += probs
+        tally["Markdown outputs escaped"] = (int(not probs), 1)
 
         ok = 0
         modes = ["delay", "first-output", "mid-write"]
@@ -595,6 +808,11 @@ def main() -> int:
         res, probs = disk_full(ds, tmp / "full" / "out")
         failures += [f"disk full: {x}" for x in probs]
         tally["disk full handled"] = (int(not probs), 1)
+
+        from bench._reliability_bids import SCENARIOS  # the BIDS layer's own cases
+
+        _run_cases("BIDS layer case", SCENARIOS, lambda c, t, p: c.run(t, p), table, tmp,
+                   tally, failures)  # fmt: skip
 
     fuzz = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

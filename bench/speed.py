@@ -194,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joint", action="store_true", help="also time ours in joint mode")
     p.add_argument("--original", action="store_true", help="also time the original (slow)")
     p.add_argument("--original-trees", type=int, default=100)
+    p.add_argument(
+        "--table-rows",
+        type=int,
+        default=200_000,
+        help="rows for `neuroharmony harmonize` vs pyarrow read+write (0: skip)",
+    )
+    p.add_argument("--only-table", action="store_true", help="only the table I/O comparison")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -206,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU cores visible: {os.cpu_count()} (threads: {threads}); "
         f"times are best of {args.repeat}, memory = tracemalloc peak"
     )
+    if args.table_rows:
+        from _table_io import table_io
+
+        table = C.for_model(resample(C.load_abide(), args.table_rows))
+        print("\n`neuroharmony harmonize` vs pyarrow read+write of the same CSV")
+        print(C.markdown_table([{"what": k, "figure": v} for k, v in table_io(table)],
+                               [("what", "", ""), ("figure", "", "")]))  # fmt: skip
+        if args.only_table:
+            return 0
     rows = run(args)
     print()
     print(

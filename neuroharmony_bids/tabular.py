@@ -24,8 +24,10 @@ import io
 import os
 import re
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from queue import Full, Queue
 from typing import IO
 
 import numpy as np
@@ -190,23 +192,88 @@ class Unstreamable(Exception):
     first block); the caller falls back to :func:`read_table`, whose messages name the cell."""
 
 
+def _byte_blocks(fh: IO[bytes], size: int) -> Iterator[bytes]:
+    """Whole lines, about ``size`` bytes at a time."""
+    while True:
+        data = fh.read(size)
+        if not data:
+            return
+        yield data + fh.readline()
+
+
+def prefetched(items: Iterable, depth: int = 1) -> Iterator:
+    """``items`` produced by a background thread, at most ``depth`` ahead (bounded memory).
+
+    pyarrow parses and writes without the GIL, so reading the next block, harmonizing this one
+    and writing the last one overlap on a multi-core machine. Exceptions reach the consumer.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer)
+            queue.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="neuroharmony-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = queue.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def iter_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[pd.DataFrame]:
-    """The table in blocks of rows (pyarrow streaming reader); raises :class:`Unstreamable`."""
+    """The table in blocks of about ``block_bytes`` of CSV each; raises :class:`Unstreamable`.
+
+    Each block is parsed by pyarrow (multi-threaded) with the column types of the first block,
+    one block ahead of the consumer, so memory stays a few blocks whatever the table's size.
+    """
     pa = _arrow()
     path = check_input(path)
     sep = separator(path)
     names = read_header(path, sep)
     if pa is None:
         raise Unstreamable("pyarrow is not installed")
+    yield from prefetched(_arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES))
+
+
+def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    try:
-        reader = pcsv.open_csv(path, *_arrow_options(sep, names, block_bytes or BLOCK_BYTES))
-        for batch in reader:
-            _plain(batch)
-            yield batch.to_pandas(split_blocks=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise Unstreamable(str(exc)) from None
+    read, parse, convert = _arrow_options(sep, names, size)
+    read = pcsv.ReadOptions(column_names=names, use_threads=True, block_size=2**20)
+    with open(path, "rb") as fh:
+        fh.readline()  # the header, checked by read_header
+        for chunk in _byte_blocks(fh, size):
+            try:
+                table = pcsv.read_csv(pa.BufferReader(chunk), read, parse, convert)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise Unstreamable(str(exc)) from None
+            _plain(table)
+            if table.num_rows == 0:
+                continue
+            fixed = {f.name: f.type for f in table.schema if not pa.types.is_null(f.type)}
+            convert.column_types = {**fixed, **convert.column_types}
+            yield table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 # --------------------------------------------------------------------------- writing
@@ -293,15 +360,16 @@ class TableWriter:
         self.fh.write(text.encode("utf-8"))
 
 
-def write_blocks(path: str | Path, blocks, sep: str | None = None) -> int:
-    """Write an iterable of DataFrame blocks to ``path`` atomically; return cells neutralised."""
+def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
+    """Write blocks to ``path`` atomically (while the next block is made); return cells
+    neutralised. Nothing appears at ``path`` unless every block was written."""
     from neuroharmony_bids.atomic import atomic_path
 
     path = Path(path)
     sep = sep or separator(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = TableWriter(fh, sep)
-        for block in blocks:
+        for block in prefetched(blocks):  # the next block is made while this one is written
             writer.write(block)
     return writer.neutralised
 

@@ -34,6 +34,7 @@ def trained(tmp_path_factory):
     return tmp, table, model
 
 
+@pytest.mark.slow
 def test_train_info_harmonize_round_trip(trained):
     tmp, table, model = trained
     info = run("info", str(model))
@@ -106,55 +107,71 @@ def _no_traceback(res: subprocess.CompletedProcess) -> None:
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def test_repeated_column_names_refused_naming_them(trained, tmp_path):
+@pytest.fixture
+def call(capsys):
+    """Run ``neuroharmony`` in this process (fast): CompletedProcess-like result."""
+
+    def _call(*args: str) -> subprocess.CompletedProcess:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return _call
+
+
+def test_repeated_column_names_refused_naming_them(trained, tmp_path, call):
     _, table, model = trained
     text = table.drop(columns=["site"]).to_csv(index=False)
     header, rest = text.split("\n", 1)
     inp = tmp_path / "dup.csv"
     inp.write_text(header.replace(REGIONS[3], "age") + "\n" + rest)
-    res = run("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
+    res = call("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
     assert res.returncode == 65
     assert "repeated column name" in res.stderr and "'age' in columns" in res.stderr
     _no_traceback(res)
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_million_column_header_fails_fast(trained, tmp_path):
+def test_million_column_header_fails_fast(trained, tmp_path, call):
     _, _, model = trained
     inp = tmp_path / "wide.csv"
     inp.write_text(",".join(["a"] * 1_000_000) + "\n" + "1," * 999_999 + "1\n")
-    res = run("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
+    res = call("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
     assert res.returncode == 65
     assert "wide.csv, line 1: 1,000,000 columns" in res.stderr
     _no_traceback(res)
     inp.write_text(",".join(f"column{i}" for i in range(1_000_000)) + "\n")  # 8 MB header
-    res = run("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
+    res = call("harmonize", str(inp), str(tmp_path / "out.csv"), "--model", str(model))
     assert res.returncode == 65 and "wide.csv, line 1: the header line is longer" in res.stderr
     _no_traceback(res)
 
 
-def test_missing_input_66_unwritable_output_64_same_file_64(trained, tmp_path):
+def test_missing_input_66_unwritable_output_64_same_file_64(trained, tmp_path, call):
     tmp, table, model = trained
-    res = run(
+    res = call(
         "harmonize", str(tmp_path / "nope.csv"), str(tmp_path / "o.csv"), "--model", str(model)
     )
     assert res.returncode == 66 and "does not exist" in res.stderr
     _no_traceback(res)
     src = tmp / "train.tsv"
     blocked = "/proc/nope/out.csv" if os.geteuid() == 0 else "/nonexistent-root-folder/o.csv"
-    res = run("harmonize", str(src), blocked, "--model", str(model))
+    res = call("harmonize", str(src), blocked, "--model", str(model))
     assert res.returncode == 64 and "cannot write the output table" in res.stderr
     _no_traceback(res)
     copy = tmp_path / "same.tsv"
     copy.write_bytes(src.read_bytes())
     before = copy.read_bytes()
-    res = run("harmonize", str(copy), str(copy), "--model", str(model))
+    res = call("harmonize", str(copy), str(copy), "--model", str(model))
     assert res.returncode == 64 and "input table itself" in res.stderr
     _no_traceback(res)
     assert copy.read_bytes() == before
 
 
-def test_formula_cells_neutralised_numbers_untouched(trained, tmp_path):
+def test_formula_cells_neutralised_numbers_untouched(trained, tmp_path, call):
     _, table, model = trained
     t = table.drop(columns=["site"]).head(6).copy()
     t["participant_id"] = t["participant_id"].astype(object)
@@ -166,7 +183,7 @@ def test_formula_cells_neutralised_numbers_untouched(trained, tmp_path):
     inp = tmp_path / "inj.csv"
     t.to_csv(inp, index=False)
     out = tmp_path / "out.csv"
-    res = run("harmonize", str(inp), str(out), "--model", str(model))
+    res = call("harmonize", str(inp), str(out), "--model", str(model))
     assert res.returncode == 0, res.stderr
     assert "5 text cell(s)" in res.stdout
     got = pd.read_csv(out, dtype={"participant_id": str, "note": str})
@@ -177,6 +194,7 @@ def test_formula_cells_neutralised_numbers_untouched(trained, tmp_path):
     assert (got["age"] == t["age"]).all()  # numbers stay numbers
 
 
+@pytest.mark.slow
 def test_streamed_blocks_give_the_same_bytes_and_global_row_numbers(trained, tmp_path, monkeypatch):
     """Tiny blocks (many of them) vs one block: identical output; errors name the table's row."""
     from neuroharmony_bids import tabular
@@ -260,20 +278,20 @@ def test_unexpected_error_is_one_line_and_a_log(trained, tmp_path, monkeypatch, 
     assert len(logs) == 1 and "Traceback" in logs[0].read_text()
 
 
-def test_info_refuses_damaged_models_and_compares(trained, tmp_path):
+def test_info_refuses_damaged_models_and_compares(trained, tmp_path, call):
     from neuroharmony_bids.testing.hostile import model_variant
 
     _, _, model = trained
     minimal = tmp_path / "minimal.json"
     minimal.write_bytes(model_variant("minimal document", model))
-    res = run("info", str(minimal))
+    res = call("info", str(minimal))
     assert res.returncode == 65 and "minimal.json" in res.stderr
     _no_traceback(res)
     fifo = tmp_path / "m.fifo"
     os.mkfifo(fifo)
-    res = run("info", str(fifo))
+    res = call("info", str(fifo))
     assert res.returncode == 65 and "FIFO" in res.stderr
-    res = run("info", "--compare", str(model), str(model))
+    res = call("info", "--compare", str(model), str(model))
     assert res.returncode == 0 and "same file content" in res.stdout
-    res = run("info", "--compare", str(model), str(DEFAULT_MODEL))
+    res = call("info", "--compare", str(model), str(DEFAULT_MODEL))
     assert res.returncode == 1 and "differ beyond rtol=1e-09" in res.stdout

@@ -378,3 +378,24 @@ def test_missing_user_covariate_uses_training_proportion():
     known = model.transform(scans.assign(dx="ASD"), site_column="site")
     unknown_joint = model.transform(scans.assign(dx=np.nan), site_column="site")
     assert not np.allclose(known[REGIONS].to_numpy(), unknown_joint[REGIONS].to_numpy())
+
+
+def test_scanner_uncertainty_falls_with_scans_and_halving_count_is_exact(model):
+    sd = [float(np.median(model.scanner_uncertainty(n)["sd_mm3"])) for n in (1, 2, 5, 20)]
+    assert sd == sorted(sd, reverse=True) and sd[-1] > 0
+    for n in (1, 3, 10):
+        more = model.scans_to_halve(n)
+        assert more is not None and more > 0
+        half = 0.5 * np.median(model.scanner_uncertainty(n)["sd_mm3"])
+        assert np.median(model.scanner_uncertainty(n + more)["sd_mm3"]) <= half
+        if n + more - 1 > n:
+            assert np.median(model.scanner_uncertainty(n + more - 1)["sd_mm3"]) > half
+    # the single-scan SD is the one transform reports for an unflagged scan
+    _, sd1 = model.transform(_one_scan(model), return_sd=True)
+    np.testing.assert_allclose(sd1.iloc[0].to_numpy(), model.scanner_uncertainty(1)["sd_mm3"])
+    with pytest.raises(ValueError, match="n_scans"):
+        model.scanner_uncertainty(0)
+
+
+def _one_scan(model):
+    return synth_table().head(1)

@@ -299,8 +299,8 @@ def test_fs6_and_fs7_layouts_differ_where_freesurfer_did(abide_table, tmp_path):
     aseg7 = (tmp_path / "fs7" / "stats" / "aseg.stats").read_text()
     assert "Left-Thalamus-Proper" in aseg6 and "Left-Thalamus-Proper" not in aseg7
     assert re.search(r"^\s+\d+\s+10\s+\d+\s+[\d.]+\s+Left-Thalamus\s", aseg7, re.M)
-    assert "# Measure lhCorticalWhiteMatter, lhCorticalWhiteMatterVol," in aseg6
-    assert "# Measure lhCerebralWhiteMatter, lhCerebralWhiteMatterVol," in aseg7
+    for aseg in (aseg6, aseg7):  # 6.0 and 7 both say "cerebral" (5.3 said "cortical")
+        assert "# Measure lhCerebralWhiteMatter, lhCerebralWhiteMatterVol," in aseg
     assert "$Id: mri_segstats.c,v 1.121" in aseg6
     assert "# cvs_version 7.3.2" in aseg7
     assert "# BrainVolStatsFixed-NotNeeded because voxelvolume=1mm3" in aseg7
@@ -443,3 +443,55 @@ def test_canonical_volumes_agree_with_table_values(abide_table, tmp_path):
     parsed = fs_stats.read_subject_volumes(tmp_path / "s")
     for col in ("Left-Hippocampus", "lh_superiorfrontal_volume", ETIV, "Left-Thalamus-Proper"):
         assert np.isclose(parsed[col], float(row[col]), atol=0.051)
+
+
+def _layout(text: str) -> tuple[list[str], list[str]]:
+    """What a FreeSurfer file looks like apart from its numbers: the ``# Measure`` lines in
+    mm^3 (the volumes the writer is given) without their value, and the column headers."""
+    measures = [re.sub(r", [-\d.]+, (\S+)$", r", <v>, \1", ln) for ln in text.splitlines()
+                if ln.startswith("# Measure ") and ln.endswith("mm^3")]  # fmt: skip
+    columns = next(ln for ln in text.splitlines() if ln.startswith("# ColHeaders")).split()[2:]
+    return measures, columns
+
+
+@pytest.mark.parametrize(
+    ("subject", "version"),
+    [("freesurfer/6.0/nfmrix-sub-01", "6.0.0"), ("freesurfer/7.4.1/nimh-dasb-sub-01", "7.4.1")],
+)
+def test_writer_renders_the_layout_of_the_real_files(subject, version, tmp_path):
+    """Fed a real subject's own volumes, the fake-file writer prints that version's header
+    measures (names, descriptions, units, order), table columns and structure names."""
+    real = REAL / subject / "stats"
+    volumes = fs_stats.read_subject_volumes(real.parent)
+    fs_out.write_subject_stats(tmp_path / "s", volumes, fs_version=version)
+    for name in ("aseg.stats", "lh.aparc.stats"):
+        real_text = (real / name).read_text()
+        fake_text = (tmp_path / "s" / "stats" / name).read_text()
+        real_measures, real_columns = _layout(real_text)
+        fake_measures, fake_columns = _layout(fake_text)
+        if "-noglobal" in real_text:  # recon-all run with -noglobal: no whole-brain measures
+            real_measures = fake_measures = []
+        if name == "lh.aparc.stats":  # FreeSurfer 6's missing comma is not reproduced
+            real_measures = [
+                m.replace("CortexVol Total", "CortexVol, Total") for m in real_measures
+            ]
+            real_measures = [m for m in real_measures if not m.startswith("# Measure Cortex, ")
+                             or "CortexVol" in m]  # fmt: skip
+            fake_measures = [m for m in fake_measures if not m.startswith("# Measure Cortex, ")
+                             or "CortexVol" in m]  # fmt: skip
+        assert fake_measures == real_measures, name
+        assert fake_columns == real_columns, name
+    real_rows = [r[4] for r in _text_rows((real / "aseg.stats").read_text())]
+    fake_rows = [r[4] for r in _text_rows((tmp_path / "s/stats/aseg.stats").read_text())]
+    assert fake_rows == real_rows
+
+
+def test_fastsurfer_with_fsaparc_is_read_on_its_desikan_files(tmp_path):
+    subject = tmp_path / "sub-01"
+    shutil.copytree(REAL / "fastsurfer/2.x/copy-assembled", subject)
+    for hemi in ("lh", "rh"):  # what --fsaparc adds: FreeSurfer's own DK parcellation stats
+        src = REAL / f"freesurfer/7.4.1/nimh-dasb-sub-01/stats/{hemi}.aparc.stats"
+        shutil.copy(src, subject / "stats" / src.name)
+    result = fs_stats.read_subject(subject)
+    assert (result.pipeline, result.cortical_atlas) == ("FastSurfer", "DK")
+    assert set(DK_REGIONS) <= set(fs_stats.read_subject_volumes(subject))

@@ -41,3 +41,16 @@ def test_crafted_pickle_never_runs(abide_table, tmp_path):
             assert R.run_bad_input(case, abide_table, sub) == []
             assert (sub / "model.json").is_file()
             assert not (sub / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.name.replace(" ", "_")) for c in R.TABLE_INPUTS]
+)
+def test_table_input(case, abide_table, tmp_path):
+    """``neuroharmony`` on hostile tables and model files: exit code, one clear line, no output."""
+    problems = R.run_table_case(case, abide_table, tmp_path)
+    assert not problems, "\n".join(problems)
+
+
+def test_markdown_outputs_escaped():
+    assert R.markdown_escaped() == []

@@ -17,7 +17,7 @@ from neuroharmony_bids.reports.figures import key_region_series
 from neuroharmony_bids.reports.group import build_group_report, region_columns, site_labels
 from neuroharmony_bids.testing.example import simulate_table
 
-GROUP_SECTIONS = ("summary", "site-effects", "biology", "quality", "model")
+GROUP_SECTIONS = ("summary", "site-effects", "biology", "quality", "uncertainty", "model")
 PARTICIPANT_SECTIONS = ("scan", "volumes", "iqms", "model")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -175,4 +175,26 @@ def test_participant_report(tmp_path):
     region = "Left-Hippocampus"
     cells = re.search(rf"<td>{region}</td>(.*?)</tr>", sections["volumes"], re.S).group(1)
     numbers = [float(x) for x in re.findall(r'<td class="num">([-0-9.e+]+)</td>', cells)]
-    assert numbers[2:] == pytest.approx(ref.loc[region, ["mean", "lower", "upper"]], rel=1e-3)
+    assert numbers[2:5] == pytest.approx(ref.loc[region, ["mean", "lower", "upper"]], rel=1e-3)
+    # the correction, its share of the deviation from the reference mean, its posterior SD
+    raw_v, harm_v = float(raw.iloc[i][region]), float(harmonized.iloc[i][region])
+    assert numbers[:2] == pytest.approx([raw_v, harm_v], rel=1e-3)
+    assert numbers[5] == pytest.approx(raw_v - harm_v, rel=1e-2, abs=0.05)
+    share = 100 * (raw_v - harm_v) / (raw_v - ref.loc[region, "mean"])
+    assert numbers[6] == pytest.approx(share, rel=1e-2, abs=0.05)
+    sd = model.scanner_uncertainty(1).loc[region, "sd_mm3"]
+    assert numbers[7] == pytest.approx(sd, rel=1e-3)
+    assert "attributed to the scanner" in sections["volumes"]
+
+
+def test_group_report_says_how_sure_each_scanner_is(group_html):
+    raw, _, model, _, _ = report_inputs()
+    section = _sections(group_html)["uncertainty"]
+    sites = raw["site"].value_counts().sort_index()
+    for site, n in sites.items():
+        row = re.search(rf"<td>{re.escape(str(site))}</td>(.*?)</tr>", section, re.S).group(1)
+        numbers = [float(x) for x in re.findall(r'<td class="num">([-0-9.e+]+)</td>', row)]
+        assert numbers[0] == n
+        joint = model.scanner_uncertainty(int(n))
+        assert numbers[2] == pytest.approx(joint["sd_pct"].median(), rel=1e-3)
+        assert numbers[-1] == model.scans_to_halve(int(n))

@@ -160,8 +160,7 @@ def scan_from_relpath(bids_dir: str | os.PathLike, relpath: str) -> Scan:
     labels = [subject, *(v for _, v in pairs)]
     if relpath == expected and all(_LABEL_RE.match(v) for v in labels):
         return scan
-    stem = name.split(".", 1)[0]
-    stem = stem[: -len("_T1w")] if stem.endswith("_T1w") else stem
+    stem = name.removesuffix(".gz").removesuffix(".nii").removesuffix("_T1w")
     raw_sub = stem.split("_", 1)[0].removeprefix("sub-")
     return Scan(
         subject=raw_sub,

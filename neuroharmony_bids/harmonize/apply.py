@@ -16,6 +16,7 @@ def harmonize_table(
     site_column: str | None = None,
     sex_mapping: Mapping[str, str] | None = None,
     profile_weight: float | None = None,
+    person_column: str | None = None,
 ) -> pd.DataFrame:
     """Harmonize every scan in ``table`` (vectorized; see :meth:`NeuroHarmonizer.transform`).
 
@@ -23,10 +24,14 @@ def harmonize_table(
     ``nh_*`` flag columns are appended. With ``site_column``, scans sharing a site are
     harmonized jointly. ``profile_weight`` overrides the model's single-scan trade-off
     (anatomy kept vs site effect removed) without changing the model object passed in.
+    ``person_column`` (e.g. participant_id): repeated scans of one person count once when a
+    site's effect is estimated.
     """
     if profile_weight is not None:
         model = copy.copy(model).set_params(profile_weight=float(profile_weight))
-    return model.transform(table, site_column=site_column, sex_mapping=sex_mapping)
+    return model.transform(
+        table, site_column=site_column, sex_mapping=sex_mapping, person_column=person_column
+    )
 
 
 def invalid_rows(

@@ -53,7 +53,9 @@ _STATE = (
     "etiv_range_", "ref_harmonized_sd_", "training_summary_", "cv_metrics_", "freesurfer_version_",
 )  # fmt: skip
 #: State a model may lack (older files, or not applicable).
-_OPTIONAL_STATE = ("etiv_mean_", "cv_metrics_", "cv_prior_", "training_summary_")
+_OPTIONAL_STATE = (
+    "etiv_mean_", "cv_metrics_", "cv_prior_", "training_summary_", "freesurfer_version_",
+)  # fmt: skip
 _COMBAT_SKIP = ("site_codes", "residuals")  # training-row data: not needed to apply
 
 
@@ -516,6 +518,9 @@ def check_document(doc: dict) -> list[str]:
     check.pair(state.get("age_range_"), "state.age_range_")
     if state.get("etiv_range_") is not None:
         check.pair(state.get("etiv_range_"), "state.etiv_range_")
+    fs = state.get("freesurfer_version_")
+    if fs is not None and not isinstance(fs, str):
+        check.fail("state.freesurfer_version_", "must be a version string or null")
     for key in ("cv_prior_", "training_summary_", "cv_metrics_"):
         if key in state and not isinstance(state[key], dict):
             check.fail(f"state.{key}", "is not an object")

@@ -532,6 +532,7 @@ class NeuroHarmonizer(BaseEstimator):
         site_column: str | None = None,
         sex_mapping: Mapping[str, str] | None = None,
         return_sd: bool = False,
+        person_column: str | None = None,
     ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Harmonize every model region present in ``table``; add ``nh_*`` flag columns.
 
@@ -591,16 +592,23 @@ class NeuroHarmonizer(BaseEstimator):
                 gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
                 var[rows] = v
         a0, b0 = self.scale_prior_
+        persons = None if person_column is None else table[person_column].astype(str)
         for j in np.flatnonzero(counts > 1):
             rows = gidx == j
-            n = int(counts[j])
-            mbar = mu[rows].mean(0)
+            zs, ms = z[rows], mu[rows]
+            if persons is not None:  # one vote per person: a person's scans averaged first
+                key = persons[rows].to_numpy()
+                zs = pd.DataFrame(zs).groupby(key, sort=True).mean().to_numpy()
+                ms = pd.DataFrame(ms).groupby(key, sort=True).mean().to_numpy()
+            n = len(zs)
+            mbar = ms.mean(0)
             G = _posterior_gain(T1, S, n)
-            g = mbar + G @ (z[rows].mean(0) - mbar)
+            g = mbar + G @ (zs.mean(0) - mbar)
             gamma[rows] = g
             var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
-            ss = ((z[rows] - g) ** 2).sum(0)
-            scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
+            if n > 1:
+                ss = ((zs - g) ** 2).sum(0)
+                scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
         raw = prep.volumes[regions].to_numpy()
         harmonized = mean + sigma * (z - gamma) / scale
         sd = sigma * np.sqrt(var) / scale
@@ -641,6 +649,46 @@ class NeuroHarmonizer(BaseEstimator):
         if return_sd:
             return out, pd.DataFrame(sd, columns=cols, index=out.index)
         return out
+
+    def scanner_uncertainty(self, n_scans: int) -> pd.DataFrame:
+        """Posterior SD of a scanner's correction per region once ``n_scans`` of it are seen.
+
+        One scan: the single-scan estimate (IQM prior and the other regions); several: the
+        joint path. ``sd_mm3`` in mm³, ``sd_pct`` in % of the region's reference volume.
+        """
+        check_is_fitted(self, "combat_")
+        if int(n_scans) < 1:
+            raise ValueError(f"n_scans must be >= 1, got {n_scans!r}")
+        T, S = self.between_cov_, self.within_cov_
+        if int(n_scans) == 1:
+            _, var = self._single_scan_gain(self.regions_, self.profile_weight * T, S, ())
+        else:
+            var = np.maximum(np.diag(T - _posterior_gain(T, S, int(n_scans)) @ T), 0.0)
+        sd = self.combat_.sigma * np.sqrt(var)
+        return pd.DataFrame(
+            {"sd_mm3": sd, "sd_pct": 100.0 * sd / np.abs(self.combat_.alpha)}, index=self.regions_
+        )
+
+    def scans_to_halve(self, n_scans: int, limit: int = 100_000) -> int | None:
+        """How many more scans of one scanner halve its correction's uncertainty.
+
+        Uncertainty is the median over regions of the posterior SD (as in
+        :meth:`scanner_uncertainty`); ``None`` if even ``limit`` scans would not halve it.
+        """
+
+        def median_sd(n: int) -> float:
+            return float(np.median(self.scanner_uncertainty(n)["sd_mm3"]))
+
+        target = 0.5 * median_sd(n_scans)
+        lo, hi = int(n_scans), max(2, int(n_scans) * 2)
+        while median_sd(hi) > target:
+            if hi >= limit:
+                return None
+            lo, hi = hi, min(limit, hi * 2)
+        while hi - lo > 1:  # smallest count at the target (SD falls with n)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if median_sd(mid) <= target else (mid, hi)
+        return hi - int(n_scans)
 
     def predict_correction(self, table: pd.DataFrame, **kwargs) -> pd.DataFrame:
         """Raw minus harmonized volume per region (what the model subtracts)."""

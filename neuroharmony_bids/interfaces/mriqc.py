@@ -94,6 +94,8 @@ class MRIQC(CommandLine):
     _cmd = "mriqc"
     input_spec = _MRIQCInputSpec
     output_spec = _MRIQCOutputSpec
+    #: the node exists only when outputs are missing: never take a cached result for them
+    _always_run = True
 
     def _list_outputs(self):
         sessions = self.inputs.session_id if isdefined(self.inputs.session_id) else ()
@@ -145,6 +147,8 @@ class BIDSDatabase(SimpleInterface):
 
     input_spec = _BIDSDatabaseInputSpec
     output_spec = _BIDSDatabaseOutputSpec
+    #: the dataset may have changed since a cached index (Nipype hashes folder paths only)
+    _always_run = True
 
     def _run_interface(self, runtime):
         from bids import BIDSLayout

@@ -78,7 +78,8 @@ ASEG_MEASURES_FS7: list[tuple[str, str, str, str]] = [
     ("EstimatedTotalIntraCranialVol", "eTIV", "Estimated Total Intracranial Volume", "mm^3"),
 ]  # fmt: skip
 
-# FreeSurfer 6 (mri_segstats v1.121): "cortical" white matter, two extra measures.
+# FreeSurfer 6 (mri_segstats v1.121): two extra measures (BrainSegNotVentSurf,
+# SupraTentorialNotVentVox); white matter is "cerebral" as in 7 (5.3 wrote "cortical").
 ASEG_MEASURES_FS6: list[tuple[str, str, str, str]] = [
     ("BrainSeg", "BrainSegVol", "Brain Segmentation Volume", "mm^3"),
     ("BrainSegNotVent", "BrainSegVolNotVent", "Brain Segmentation Volume Without Ventricles", "mm^3"),
@@ -87,9 +88,9 @@ ASEG_MEASURES_FS6: list[tuple[str, str, str, str]] = [
     ("lhCortex", "lhCortexVol", "Left hemisphere cortical gray matter volume", "mm^3"),
     ("rhCortex", "rhCortexVol", "Right hemisphere cortical gray matter volume", "mm^3"),
     ("Cortex", "CortexVol", "Total cortical gray matter volume", "mm^3"),
-    ("lhCorticalWhiteMatter", "lhCorticalWhiteMatterVol", "Left hemisphere cortical white matter volume", "mm^3"),
-    ("rhCorticalWhiteMatter", "rhCorticalWhiteMatterVol", "Right hemisphere cortical white matter volume", "mm^3"),
-    ("CorticalWhiteMatter", "CorticalWhiteMatterVol", "Total cortical white matter volume", "mm^3"),
+    ("lhCerebralWhiteMatter", "lhCerebralWhiteMatterVol", "Left hemisphere cerebral white matter volume", "mm^3"),
+    ("rhCerebralWhiteMatter", "rhCerebralWhiteMatterVol", "Right hemisphere cerebral white matter volume", "mm^3"),
+    ("CerebralWhiteMatter", "CerebralWhiteMatterVol", "Total cerebral white matter volume", "mm^3"),
     ("SubCortGray", "SubCortGrayVol", "Subcortical gray matter volume", "mm^3"),
     ("TotalGray", "TotalGrayVol", "Total gray matter volume", "mm^3"),
     ("SupraTentorial", "SupraTentorialVol", "Supratentorial volume", "mm^3"),
@@ -430,7 +431,7 @@ def read_subject(subject_dir: str | os.PathLike) -> SubjectStats:
     cvs = aseg.header.get("cvs_version")
     out = SubjectStats(
         subject_dir=subject_dir,
-        pipeline="FreeSurfer",
+        pipeline="FastSurfer" if has_dkt else "FreeSurfer",  # (--fsaparc adds ?h.aparc.stats)
         cortical_atlas="DK",
         volumes=volumes,
         cvs_version=cvs,
@@ -443,7 +444,6 @@ def read_subject(subject_dir: str | os.PathLike) -> SubjectStats:
             out.volumes.update(_aparc_volumes(aparc, hemi, require_dk=True))
             out.notes += [f"{paths[hemi].name}, {note}" for note in aparc.notes]
         return out
-    out.pipeline = "FastSurfer"
     out.cortical_atlas = "DKT"
     for hemi, path in dkt.items():
         out.dkt_volumes.update(parse_aparc_stats(path, hemi, require_dk=False))

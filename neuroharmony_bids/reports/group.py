@@ -379,6 +379,48 @@ def _quality_section(
     return Section("quality", "Quality: IQMs, out-of-range and failed scans", "\n".join(parts))
 
 
+def _uncertainty_section(model: Any, sites: pd.Series | None) -> Section:
+    """Per scanner: how sure its correction is, and how many more scans would halve that."""
+    title = "How sure the corrections are, per scanner"
+    if sites is None or not hasattr(model, "scanner_uncertainty"):
+        return Section("uncertainty", title, note("No site labels: cannot group scans by scanner."))
+    rows = []
+    single = model.scanner_uncertainty(1)
+    for site, n in sites.value_counts().sort_index().items():
+        joint = model.scanner_uncertainty(int(n))
+        more = model.scans_to_halve(int(n))
+        rows.append(
+            (
+                site,
+                int(n),
+                float(single["sd_pct"].median()),
+                float(joint["sd_pct"].median()),
+                float(joint["sd_mm3"].median()),
+                "more than 100,000" if more is None else more,
+            )
+        )
+    body = [
+        "<p>The posterior SD of each scanner's correction (median over regions, in % of the "
+        "region's reference volume and in mm³). A scan harmonized on its own carries the "
+        "single-scan uncertainty; the scans of one scanner harmonized together "
+        "(<code>group_desc-jointharmonized_morph.tsv</code>) carry the joint one, which "
+        "shrinks as the scanner contributes more scans. The last column is how many more scans "
+        "of that scanner would halve it.</p>",
+        table(
+            rows,
+            (
+                "scanner",
+                "scans",
+                "SD single scan (%)",
+                "SD joint (%)",
+                "SD joint (mm³)",
+                "more scans to halve the joint SD",
+            ),
+        ),
+    ]
+    return Section("uncertainty", title, "\n".join(body))
+
+
 def build_group_report(
     raw: pd.DataFrame,
     harmonized: pd.DataFrame,
@@ -413,6 +455,7 @@ def build_group_report(
         _site_section(raw, harmonized, regions, sites, site_source, raw_keys, harm_keys),
         _biology_section(raw, sites, raw_keys, harm_keys),
         _quality_section(raw, harmonized, model, failed, drift),
+        _uncertainty_section(model, sites),
         model_section(model, model_info),
     ]
     return render(

@@ -56,6 +56,8 @@ def _scan_section(raw_row: pd.Series, harm_row: pd.Series) -> Section:
         "nh_out_of_range",
         "nh_out_of_range_features",
         "nh_n_regions",
+        "nh_regions_flagged",
+        "nh_iqms_missing",
     ):
         if key in harm_row:
             pairs[key] = harm_row[key]
@@ -98,6 +100,11 @@ def _volume_section(raw_row: pd.Series, harm_row: pd.Series, model: Any) -> Sect
         pd.to_numeric(harm_row.reindex(cols), errors="coerce").to_numpy(float), index=regions
     )
     outside = (harm_v < reference["lower"]) | (harm_v > reference["upper"])
+    correction = raw_v - harm_v
+    deviation = raw_v - reference["mean"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = 100.0 * correction / deviation
+    sd = _posterior_sd(harm_row, model, regions, cols)
     body = [
         f"<p>Reference: the model's training cohort (harmonized volumes) at age {fmt(age, 3)}, "
         f"sex {sex}; the green band is its 95 % range. {int(outside.sum())} of {len(regions)} "
@@ -107,6 +114,12 @@ def _volume_section(raw_row: pd.Series, harm_row: pd.Series, model: Any) -> Sect
             figures.participant_volumes(raw_v, harm_v, reference, cols),
             "Raw and harmonized volumes against the reference range",
         ),
+        "<p>How much of this scan's deviation from the reference mean was attributed to the "
+        "scanner, per region: the correction (raw − harmonized) as a share of (raw − reference "
+        f"mean); median {fmt(float(np.nanmedian(share)), 3)} %. The rest is kept as this "
+        "person's own anatomy. The posterior SD says how sure the correction is (mm³): with "
+        "one scan it is large; more scans of the same scanner, harmonized together, shrink "
+        "it.</p>",
         "<details><summary>Table of volumes (mm³)</summary>",
         table(
             (
@@ -117,15 +130,42 @@ def _volume_section(raw_row: pd.Series, harm_row: pd.Series, model: Any) -> Sect
                     reference.at[r, "mean"],
                     reference.at[r, "lower"],
                     reference.at[r, "upper"],
+                    correction[r],
+                    share[r] if np.isfinite(share[r]) else None,
+                    sd.get(r),
                 )
                 for r, c in zip(regions, cols, strict=True)
             ),
-            ("region", "raw", "harmonized", "reference mean", "lower 2.5 %", "upper 97.5 %"),
+            (
+                "region",
+                "raw",
+                "harmonized",
+                "reference mean",
+                "lower 2.5 %",
+                "upper 97.5 %",
+                "correction",
+                "% of deviation attributed to the scanner",
+                "posterior SD",
+            ),
             flags=list(outside),
         ),
         "</details>",
     ]
     return Section("volumes", title, "\n".join(body))
+
+
+def _posterior_sd(
+    harm_row: pd.Series, model: Any, regions: list[str], cols: list[str]
+) -> dict[str, float]:
+    """Per region, the correction's posterior SD (mm³): the row's ``<region>_sd`` column when
+    the tables carry it, else the model's single-scan value."""
+    out = {r: _number(harm_row.get(f"{c}_sd")) for r, c in zip(regions, cols, strict=True)}
+    if any(v is not None for v in out.values()) or not hasattr(model, "scanner_uncertainty"):
+        return {r: v for r, v in out.items() if v is not None}
+    if str(harm_row.get("nh_status", "")) == "unharmonized":
+        return {}
+    single = model.scanner_uncertainty(1)["sd_mm3"]
+    return {r: float(single[r]) for r in regions if r in single.index}
 
 
 def _iqm_section(raw_row: pd.Series, harm_row: pd.Series, model: Any) -> Section:

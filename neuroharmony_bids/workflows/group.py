@@ -219,7 +219,7 @@ def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str
 def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.DataFrame | None:
     """Harmonize scans that share a site together (the several-scans-per-scanner path).
 
-    One scan of a site gets the single-scan answer; more scans move each site's estimated
+    One scan of a site gets the single-scan answer; more people move each site's estimated
     location and scale toward what ComBat fitted with that site would give, without touching
     the model's training data. Scans without a site label, or that the model refuses, are left
     out (they are listed in group_failed.tsv by the participant level).
@@ -235,11 +235,14 @@ def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.
         table = table.drop(index=list(bad)).reset_index(drop=True)
     if table.empty:
         return None
-    joint = harmonize_table(table, model, site_column="site")
+    # several T1w of one person (runs, acquisitions, sessions) are one vote, not n people,
+    # when a site's effect is estimated; every scan is then harmonized with that estimate
+    joint = harmonize_table(table, model, site_column="site", person_column="participant_id")
     counts = table["site"].value_counts()
+    people = table.groupby("site")["participant_id"].nunique()
     log.info(
-        "joint harmonization: %d scans from %d site(s) (%d with a single scan)",
-        len(joint), len(counts), int((counts == 1).sum()),
+        "joint harmonization: %d scans of %d people from %d site(s) (%d with a single scan)",
+        len(joint), int(people.sum()), len(counts), int((counts == 1).sum()),
     )  # fmt: skip
     return joint
 
@@ -433,9 +436,8 @@ def check_drift(raw: pd.DataFrame, model: Any, out: Path, result: RunResult, log
     return drift
 
 
-def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
-    """The group level (see the module docstring)."""
-    log = logger or LOGGER
+def load_checked_model(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    """Step 1: the model, once, and the same one the participant level used."""
     out = settings.output_dir
     description = D.read_dataset_description(out)
     if description is None:
@@ -452,6 +454,12 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
             f"{ident.get('name')} (sha256 {str(ident.get('sha256'))[:12]}...); pass the same "
             f"--model as at participant level"
         )
+    return model, info
+
+
+def select_outputs(settings: Settings) -> list[FoundScan]:
+    """Step 2: the per-scan outputs the participant/session filters select."""
+    out = settings.output_dir
     all_found = discover_outputs(out, settings.bids_dir)
     if not all_found:
         raise MissingInputError(
@@ -467,9 +475,15 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
             f"({' '.join(settings.participant_label)} {' '.join(settings.session_label)}); "
             f"outputs exist for {len(all_found)} scan(s)"
         )
-    result = RunResult("group", total=len(found))
+    return found
+
+
+def gather(
+    settings: Settings, found: Sequence[FoundScan], result: RunResult, log: logging.Logger
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Step 3: (raw, harmonized, problems): complete scans' rows; failed and incomplete scans."""
     raw, harmonized, problems = collect_tables(found, log)
-    failures = F.read_failures(out)
+    failures = F.read_failures(settings.output_dir)
     done = set(raw["bids_name"]) if len(raw) else set()
     if len(failures):
         failures = failures[~failures["bids_name"].isin(done)]
@@ -490,13 +504,41 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
         log.warning("%s skipped: %s", p["bids_name"], p["reason"])
     if raw.empty:
         raise MissingInputError(
-            f"none of the {len(found)} scan(s) in {out} has complete outputs; re-run the "
-            f"participant level (see group_failed.tsv)"
+            f"none of the {len(found)} scan(s) in {settings.output_dir} has complete outputs; "
+            f"re-run the participant level (see group_failed.tsv)"
         )
+    return raw, harmonized, problem_table
+
+
+def write_joint(
+    settings: Settings, raw: pd.DataFrame, model: Any, site_source: str, result: RunResult,
+    log: logging.Logger,
+) -> None:  # fmt: skip
+    """Step 5: the joint (per-site) table, when sites are known."""
+    joint = harmonize_jointly(raw, model, log)
+    if joint is None:
+        return
+    path = settings.output_dir / "group_desc-jointharmonized_morph.tsv"
+    _write_table(path, _order(joint))
+    dictionary = D.column_dictionary(list(joint.columns))
+    if "site" in dictionary:
+        dictionary["site"] = {"Description": f"Site, from {site_source}"}
+    D.write_output(path.with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
+    result.outputs["jointharmonized_tsv"] = str(path)
+
+
+def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
+    """The group level: load the model, select and gather the participant outputs, label
+    sites, write the group tables, the joint table, the drift check and the report; train."""
+    log = logger or LOGGER
+    out = settings.output_dir
+    model, info = load_checked_model(settings)
+    found = select_outputs(settings)
+    result = RunResult("group", total=len(found))
+    raw, harmonized, problem_table = gather(settings, found, result, log)
     sites, site_source = site_labels(settings, raw)
-    raw = raw.assign(site=sites.to_numpy())
-    harmonized = harmonized.assign(site=sites.to_numpy())
-    raw, harmonized = _order(raw), _order(harmonized)
+    raw = _order(raw.assign(site=sites.to_numpy()))
+    harmonized = _order(harmonized.assign(site=sites.to_numpy()))
     paths = write_group_tables(out, raw, harmonized, problem_table, site_source)
     result.outputs.update({k: str(v) for k, v in paths.items()})
     result.succeeded = list(raw["bids_name"])
@@ -504,15 +546,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
         "group tables: %d scans, %d failed or incomplete (%s)",
         len(raw), len(problem_table), paths["failed_tsv"],
     )  # fmt: skip
-    joint = harmonize_jointly(raw, model, log)
-    if joint is not None:
-        path = out / "group_desc-jointharmonized_morph.tsv"
-        _write_table(path, _order(joint))
-        dictionary = D.column_dictionary(list(joint.columns))
-        if "site" in dictionary:
-            dictionary["site"] = {"Description": f"Site, from {site_source}"}
-        D.write_output(path.with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
-        result.outputs["jointharmonized_tsv"] = str(path)
+    write_joint(settings, raw, model, site_source, result, log)
     failed_for_report = problem_table.reindex(
         columns=["bids_name", "participant_id", "session_id", "reason"]
     )
@@ -527,6 +561,10 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
 __all__ = [
     "FoundScan",
     "collect_tables",
+    "gather",
+    "load_checked_model",
+    "select_outputs",
+    "write_joint",
     "harmonize_jointly",
     "discover_outputs",
     "read_one_row_tsv",

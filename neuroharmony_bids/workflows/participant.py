@@ -353,7 +353,7 @@ def collect_inputs(
     for plan in plans:
         name = plan.scan.bids_name
         if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
-            _fail(result, settings.output_dir, plan.scan, plan.failure, 1, log)
+            _fail(result, settings.output_dir, plan.scan, plan.failure, plan.failure_code, log)
             progress.update()
             continue
         if name in covs.errors:

@@ -53,8 +53,10 @@ class ScanPlan:
     fs_subject_dir: Path | None = None
     #: our own unfinished FreeSurfer subject, to resume
     fs_resume: fs.SubjectState | None = None
-    #: why this scan cannot get its inputs (the scan fails with it, exit code 1)
+    #: why this scan cannot get its inputs (the scan fails with it and ``failure_code``:
+    #: 1 when a tool failed, 66 when an existing input cannot be used)
     failure: str | None = None
+    failure_code: int = 1
 
     @property
     def needs_mriqc(self) -> bool:
@@ -125,6 +127,7 @@ def _plan_unfinished(plan: ScanPlan, state: fs.SubjectState, own: Path) -> None:
         f"FreeSurfer subject {state.path} is {state.status} ({state.detail}); a subject "
         f"recon-all did not finish is not read. To fix: {how}"
     )
+    plan.failure_code = MissingInputError.exit_code
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -322,6 +325,7 @@ def init_tools_wf(
                 n_procs=omp,
                 mem_gb=5.0,
             )
+            recon.interface._always_run = True  # made only for a missing subject (as sMRIPrep)
             wf.connect([
                 (inputnode, recon, [("subjects_dir", "subjects_dir")]),
                 (recon, merge_ids, [("subject_id", f"in{k}")]),
@@ -358,9 +362,12 @@ class ToolRun:
         if status == "end" and outputs is not None:
             for path in getattr(outputs, "iqm_files", None) or []:
                 self.iqm_files[Path(path).name[: -len(".json")]] = Path(path)
-            sd, ids = getattr(outputs, "subjects_dir", None), getattr(outputs, "subject_id", None)
-            if isinstance(sd, str) and isinstance(ids, str):
-                self.subject_dirs[ids] = Path(sd) / ids
+            # a recon-all node (subject_id), or the outputnode (subject_ids) once all ended
+            sd = getattr(outputs, "subjects_dir", None)
+            ids = getattr(outputs, "subject_id", None) or getattr(outputs, "subject_ids", None)
+            if isinstance(sd, str):
+                for sid in [ids] if isinstance(ids, str) else ids or []:
+                    self.subject_dirs[str(sid)] = Path(sd) / str(sid)
             return
         if status == "exception":
             self.failures[node.name] = _failure_message(node, result)

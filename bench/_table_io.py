@@ -1,0 +1,97 @@
+"""``neuroharmony harmonize`` on a large table vs pyarrow's own read+write of the same file.
+
+Each measurement runs in a fresh process (peak RSS is per process), alternating the two so
+that a busy shared machine slows both alike; the best wall time of each is kept. Printed:
+
+- wall-time ratio CLI / (pyarrow read + write), target ≤ 1.3;
+- peak RSS of the CLI / the input table's size in memory (pyarrow), target ≤ 2;
+- whether two CLI runs give byte-identical files, and whether pandas (and R, when ``Rscript``
+  is on PATH) read the output back with every row and column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+_ARROW = """
+import json, resource, sys, time
+import pyarrow.csv as pc
+t = time.perf_counter()
+table = pc.read_csv(sys.argv[1])
+read = time.perf_counter() - t
+pc.write_csv(table, sys.argv[2])
+print(json.dumps({"wall": time.perf_counter() - t, "read": read, "nbytes": table.nbytes,
+                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+_CLI = """
+import json, resource, sys, time
+t = time.perf_counter()
+from neuroharmony_bids.cli.table import main
+main(["harmonize", sys.argv[1], sys.argv[2]])
+print(json.dumps({"wall": time.perf_counter() - t,
+                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def _child(code: str, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({proc.returncode}): {proc.stderr[-800:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _r_reads(path: Path, rows: int, cols: int) -> str:
+    if shutil.which("Rscript") is None:
+        return "not checked (Rscript not on PATH)"
+    expr = f"d <- read.csv('{path}', check.names=FALSE); cat(nrow(d), ncol(d))"
+    out = subprocess.run(["Rscript", "-e", expr], capture_output=True, text=True)
+    return "yes" if out.stdout.split() == [str(rows), str(cols)] else f"NO: {out.stdout[:200]}"
+
+
+def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
+    """Measure on ``table`` (a DataFrame the shipped model accepts); return printable rows."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with tempfile.TemporaryDirectory(prefix="nh-table-io-") as tmp:
+        src = Path(tmp) / "scans.csv"
+        pcsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), src)
+        arrow, cli = [], []
+        for i in range(repeat):
+            arrow.append(_child(_ARROW, str(src), str(Path(tmp) / "arrow.csv")))
+            cli.append(_child(_CLI, str(src), str(Path(tmp) / f"cli{i}.csv")))
+        a = min(arrow, key=lambda r: r["wall"])
+        c = min(cli, key=lambda r: r["wall"])
+        nbytes = a["nbytes"]
+        first = (Path(tmp) / "cli0.csv").read_bytes()
+        same = all((Path(tmp) / f"cli{i}.csv").read_bytes() == first for i in range(repeat))
+        back = pd.read_csv(Path(tmp) / "cli0.csv")
+        pandas_ok = back.shape[0] == len(table) and back.shape[1] >= table.shape[1]
+        rows = [
+            ("table", f"{len(table):,} rows × {table.shape[1]} columns, "
+                      f"{src.stat().st_size / 2**20:.0f} MiB CSV, {nbytes / 2**20:.0f} MiB in memory"),
+            ("pyarrow read + write", f"{a['wall']:.2f} s (read {a['read']:.2f} s), "
+                                     f"peak RSS {a['rss'] / 2**20:.0f} MiB"),
+            ("neuroharmony harmonize", f"{c['wall']:.2f} s, peak RSS {c['rss'] / 2**20:.0f} MiB"),
+            ("time ratio CLI / pyarrow", f"{c['wall'] / a['wall']:.2f} (target ≤ 1.3)"),
+            ("peak RSS / table in memory", f"{c['rss'] / nbytes:.2f} (target ≤ 2; pyarrow alone: "
+                                           f"{a['rss'] / nbytes:.2f})"),
+            ("output bytes", f"{len(first) / 2**20:.0f} MiB"),
+            (f"byte-identical across {repeat} runs", "yes" if same else "NO"),
+            ("pandas reads it back", "yes" if pandas_ok else f"NO: {back.shape}"),
+            ("R reads it back", _r_reads(Path(tmp) / "cli0.csv", len(back), back.shape[1])),
+        ]  # fmt: skip
+    return rows
