@@ -754,6 +754,16 @@ def _pct(ok: int, n: int) -> str:
     return f"{ok}/{n} ({100.0 * ok / n:.1f} %)" if n else "0/0 (n/a)"
 
 
+def _run_cases(label, cases, runner, table, tmp: Path, tally: dict, failures: list) -> None:
+    """Run ``runner(case, table, folder)`` for each case; count and record the problems."""
+    ok = 0
+    for i, case in enumerate(cases):
+        probs = runner(case, table, tmp / f"{label.split()[0]}{i}")
+        ok += not probs
+        failures += [f"{label} {case.name!r}: {x}" for x in probs]
+    tally[f"{label}s handled"] = (ok, len(cases))
+
+
 def main() -> int:
     import argparse
 
@@ -772,16 +782,8 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nh-reliability-") as tmpdir:
         tmp = Path(tmpdir)
-        for label, cases, runner in (
-            ("bad input", BAD_INPUTS, run_bad_input),
-            ("table input", TABLE_INPUTS, run_table_case),
-        ):
-            ok = 0
-            for i, case in enumerate(cases):
-                probs = runner(case, table, tmp / f"{label.split()[0]}{i}")
-                ok += not probs
-                failures += [f"{label} {case.name!r}: {x}" for x in probs]
-            tally[f"{label}s handled"] = (ok, len(cases))
+        _run_cases("bad input", BAD_INPUTS, run_bad_input, table, tmp, tally, failures)
+        _run_cases("table input", TABLE_INPUTS, run_table_case, table, tmp, tally, failures)
         probs = markdown_escaped()
         failures += probs
         tally["Markdown outputs escaped"] = (int(not probs), 1)
@@ -809,12 +811,8 @@ def main() -> int:
 
         from bench._reliability_bids import SCENARIOS  # the BIDS layer's own cases
 
-        ok = 0
-        for i, scenario in enumerate(SCENARIOS):
-            probs = scenario.run(table, tmp / f"bids{i}")
-            ok += not probs
-            failures += [f"BIDS layer {scenario.name!r}: {x}" for x in probs]
-        tally["BIDS layer cases handled"] = (ok, len(SCENARIOS))
+        _run_cases("BIDS layer case", SCENARIOS, lambda c, t, p: c.run(t, p), table, tmp,
+                   tally, failures)  # fmt: skip
 
     fuzz = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

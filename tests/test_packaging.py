@@ -1,5 +1,5 @@
-"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock file, wheel,
-Boutiques descriptor, brainlife and SLURM recipes."""
+"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock files and
+bootstrap, the CI entry point, wheel, Boutiques descriptor, brainlife and SLURM recipes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _tool(name: str) -> str:
     """A console script of the environment running the tests (the locked venv in CI)."""
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
-        pytest.fail(f"{name} is not installed: it is pinned in requirements.lock")
+        pytest.fail(f"{name} is not installed: it is pinned in requirements-test.lock")
     return found
 
 
@@ -659,6 +659,17 @@ def test_bootstrap_stamp_covers_every_lock_file_it_installed(tmp_path):
     stamp_file.write_text(stamp_file.read_text().replace(stamp[:8], "00000000", 1))
     assert _bootstrap(venv, "requirements-test.lock").returncode == 0
     assert len(log.read_text().splitlines()) == n + 3
+
+
+def test_bootstrap_replaces_a_stamp_of_the_old_single_hash_format(tmp_path):
+    venv, log = _fake_venv(tmp_path)
+    (venv / ".lock-sha256").write_text(
+        "e717fd36e85ad73760e29d88ed7dabf3639f324b998ba41da9bdedd2dab73fbd\n"
+    )
+    assert _bootstrap(venv, "requirements.lock").returncode == 0
+    assert len(log.read_text().splitlines()) == 3  # installed: the old stamp names no file
+    stamp = (venv / ".lock-sha256").read_text().splitlines()
+    assert len(stamp) == 1 and stamp[0].endswith("  requirements.lock")
 
 
 def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
