@@ -40,7 +40,7 @@ MAX_COLUMNS = 20_000
 #: A header line longer than this is not a table header.
 MAX_HEADER_BYTES = 4 * 2**20
 #: Rows per block when streaming (bounded memory, and the reader stays ahead of the writer).
-BLOCK_BYTES = 16 * 2**20
+BLOCK_BYTES = 8 * 2**20
 #: pandas' default missing-value tokens plus BIDS' ``n/a``: the same in both readers.
 NA_VALUES = (
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
