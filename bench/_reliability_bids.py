@@ -192,9 +192,16 @@ def overlapping_outputs(table: pd.DataFrame, tmp: Path) -> list[str]:
     if (_tree_digest(ds.root), _tree_digest(tmp / "external")) != before:
         problems.append("an input folder was modified")
     good = ds.root / "derivatives" / "neuroharmony"
+    (good / "logs").mkdir(parents=True)  # what a run stopped at validation leaves
+    (good / "logs" / "earlier.log").write_text("stopped at validation\n")
     res = run_inprocess([ds.root, good, "participant", *FAST])
     if res.code != 0:
         problems.append(f"the conventional derivatives/neuroharmony was refused: {res.stderr}")
+    own = good / "sourcedata" / "freesurfer"  # tool outputs this app wrote itself
+    shutil.copytree(ds.freesurfer_dir, own)
+    res = run_inprocess([ds.root, good, "participant", *FAST, "--freesurfer-dir", own])
+    if res.code != 0:
+        problems.append(f"--freesurfer-dir under output_dir/sourcedata was refused: {res.stderr}")
     return problems
 
 
