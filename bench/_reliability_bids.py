@@ -192,9 +192,16 @@ def overlapping_outputs(table: pd.DataFrame, tmp: Path) -> list[str]:
     if (_tree_digest(ds.root), _tree_digest(tmp / "external")) != before:
         problems.append("an input folder was modified")
     good = ds.root / "derivatives" / "neuroharmony"
+    (good / "logs").mkdir(parents=True)  # what a run stopped at validation leaves
+    (good / "logs" / "earlier.log").write_text("stopped at validation\n")
     res = run_inprocess([ds.root, good, "participant", *FAST])
     if res.code != 0:
         problems.append(f"the conventional derivatives/neuroharmony was refused: {res.stderr}")
+    own = good / "sourcedata" / "freesurfer"  # tool outputs this app wrote itself
+    shutil.copytree(ds.freesurfer_dir, own)
+    res = run_inprocess([ds.root, good, "participant", *FAST, "--freesurfer-dir", own])
+    if res.code != 0:
+        problems.append(f"--freesurfer-dir under output_dir/sourcedata was refused: {res.stderr}")
     return problems
 
 
@@ -356,11 +363,13 @@ def large_dataset_validates(table: pd.DataFrame, tmp: Path, n: int = 5000) -> li
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("several T1w per subject (runs, acquisitions, shared FreeSurfer)", several_t1w),
+    Scenario(
+        "several T1w per subject (runs, acquisitions, shared FreeSurfer)", several_t1w, slow=True
+    ),
     Scenario("dataset under a folder named func/ or anat/", datatype_parent),
     Scenario("output folder overlapping an input folder", overlapping_outputs),
     Scenario("deeply nested JSON in one sidecar / MRIQC file", nested_json),
-    Scenario("non-alphanumeric labels listed, not lost", odd_labels),
+    Scenario("non-alphanumeric labels listed, not lost", odd_labels, slow=True),
     Scenario("missing reports completed on re-run", missing_reports),
     Scenario("SIGTERM then re-run leaves every scan complete", sigterm_then_rerun, slow=True),
     Scenario("5,000 participants validate once", large_dataset_validates, slow=True),

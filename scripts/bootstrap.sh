@@ -43,7 +43,8 @@ if grep -qvxF -f <(printf '%s\n' "$have") <<<"$want"; then
   # keep the lines of locks installed earlier (e.g. the test lock) that this run did not touch
   {
     printf '%s\n' "$want"
-    printf '%s\n' "$have" | grep -v -F -f <(printf '  %s\n' "${locks[@]}") || true
-  } | sed '/^$/d' | sort -k2 > "$stamp"
+    printf '%s\n' "$have" | grep -E '^[0-9a-f]{64}  [^ ]+$' \
+      | grep -v -F -f <(printf '  %s\n' "${locks[@]}") || true
+  } | sort -k2 > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -32,6 +32,7 @@ from neuroharmony_bids.harmonize.model import (  # noqa: E402
     REGION_Z_LIMIT,
     NeuroHarmonizer,
 )
+from neuroharmony_bids.harmonize.train import train  # noqa: E402
 
 TABLE = "abide1/abide1_fs6_mriqc_pheno.csv"
 
@@ -63,8 +64,7 @@ def main() -> None:
     if not src.is_file():
         sys.exit(f"ABIDE-I table not found at {src}; set NEUROHARMONY_SHARED_DATA or --data")
     table, notes = load_abide(src)
-    model = NeuroHarmonizer(covariates=("dx",), cv=not args.no_cv)
-    model.fit(table, "site")
+    model = train(table, "site", covariates=("dx",), validate=not args.no_cv)
     meta = {
         "name": "neuroharmony-abide1",
         "description": "Shipped model: ABIDE-I, FreeSurfer 6, MRIQC IQMs (mriqc-learn release)",

@@ -194,3 +194,63 @@ def test_freesurfer_subject_candidates():
     assert B.freesurfer_subject_candidates(scan, True)[-1] == "sub-01"
     plain = B.Scan("01", Path("/x"))
     assert B.freesurfer_subject_candidates(plain, True) == ["sub-01"]
+
+
+@pytest.mark.parametrize("parent", ["func", "anat", "dwi"])
+def test_dataset_under_a_datatype_named_folder(sessions_ds, tmp_path, parent):
+    """pybids 0.22 reads the datatype from the absolute path (#1270): entities come from the
+    path relative to the root instead."""
+    root = tmp_path / parent / "study"
+    shutil.copytree(sessions_ds, root)
+    scans = B.find_scans(root)
+    assert [s.prefix for s in scans] == [s.prefix for s in B.find_scans(sessions_ds)]
+    assert all(s.problem is None and s.metadata for s in scans)
+
+
+def test_non_bids_names_are_kept_with_a_problem(sessions_ds, tmp_path):
+    root = tmp_path / "odd"
+    shutil.copytree(sessions_ds, root)
+    anat = root / "sub-1" / "ses-a" / "anat"
+    for path in anat.iterdir():
+        path.rename(path.with_name(path.name.replace("sub-1_ses-a", "sub-1_ses-a_acq-x.y")))
+    scans = {s.bids_name: s for s in B.find_scans(root)}
+    odd = scans["sub-1_ses-a_acq-x.y_T1w"]
+    assert odd.problem and "not a BIDS file name" in odd.problem
+    assert scans["sub-1_ses-b_T1w"].problem is None
+
+
+def test_deeply_nested_sidecar_fails_only_its_scan(sessions_ds, tmp_path):
+    root = tmp_path / "deep"
+    shutil.copytree(sessions_ds, root)
+    side = root / "sub-2" / "ses-a" / "anat" / "sub-2_ses-a_T1w.json"
+    side.write_text('{"a": ' + "[" * 5000 + "]" * 5000 + "}")
+    scans = {s.bids_name: s for s in B.find_scans(root)}
+    assert "nested too deeply" in scans["sub-2_ses-a_T1w"].problem
+    assert [n for n, s in scans.items() if s.problem] == ["sub-2_ses-a_T1w"]
+
+
+def test_fingerprint_follows_the_dataset_not_its_derivatives(sessions_ds, tmp_path):
+    from neuroharmony_bids.bids.validate import dataset_fingerprint
+
+    root = tmp_path / "fp"
+    shutil.copytree(sessions_ds, root)
+    first = dataset_fingerprint(root)
+    (root / "derivatives" / "neuroharmony").mkdir(parents=True)
+    (root / "derivatives" / "neuroharmony" / "x.tsv").write_text("a\n")
+    assert dataset_fingerprint(root) == first
+    (root / "participants.tsv").write_text((root / "participants.tsv").read_text() + "\n")
+    assert dataset_fingerprint(root) != first
+
+
+@pytest.mark.bids_validator
+def test_validation_runs_once_per_dataset_state(real, tmp_path):
+    from neuroharmony_bids.bids.validate import validate_once
+
+    root = tmp_path / "ds"
+    shutil.copytree(real, root)
+    stamp = tmp_path / "logs" / "bids_validation.json"
+    warnings, _ = validate_once(root, stamp)
+    assert warnings is not None and json.loads(stamp.read_text())["dataset"] == str(root)
+    assert validate_once(root, stamp)[0] is None
+    (root / "README").write_text("changed\n")
+    assert validate_once(root, stamp)[0] is not None

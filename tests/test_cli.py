@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from _validator import VALIDATION_FLAGS
 
 from neuroharmony_bids import __version__
 from neuroharmony_bids.cli.parser import build_parser, parse_settings
@@ -154,8 +153,7 @@ def test_run_is_logged(abide_table, tmp_path, capsys):
     bids = tmp_path / "bids"
     build_bids_dataset(bids, abide_rows(abide_table, 2, seed=9, drop_failed=True))
     out = tmp_path / "out"
-    argv = [str(bids), str(out), "participant", "--no-participant-reports", "--nprocs", "1",
-            *VALIDATION_FLAGS]  # fmt: skip
+    argv = [str(bids), str(out), "participant", "--no-participant-reports", "--nprocs", "1"]
     assert run(argv) == 0
     err = capsys.readouterr().err
     assert "participant: 2/2 scans done, elapsed" in err and "remaining" in err
@@ -180,7 +178,7 @@ def test_output_under_input_derivatives_is_allowed(abide_table, tmp_path):
     bids = tmp_path / "bids"
     build_bids_dataset(bids, abide_rows(abide_table, 2, seed=12, drop_failed=True))
     out = bids / "derivatives" / "neuroharmony"
-    argv = [str(bids), str(out), "participant", "--no-participant-reports", *VALIDATION_FLAGS]
+    argv = [str(bids), str(out), "participant", "--no-participant-reports"]
     assert run(argv) == 0
     assert len(list(out.glob("sub-*/anat/*_desc-harmonized_morph.tsv"))) == 2
     # the input still validates, and re-indexing does not pick up our outputs as scans

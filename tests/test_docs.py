@@ -43,8 +43,8 @@ def test_every_documented_option_exists_and_every_option_is_documented():
         for sub in getattr(action, "choices", None) or {}:
             for a in action.choices[sub]._actions:
                 known.update(a.option_strings)
-    # options of other tools mentioned in usage.md
-    known |= {"--network", "--read-only", "--tmpfs"}
+    # options of other tools mentioned in usage.md (docker run; bids-validator-deno)
+    known |= {"--network", "--read-only", "--tmpfs", "--max-rows"}
     assert documented <= known, documented - known
 
 

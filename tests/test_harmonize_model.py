@@ -399,3 +399,25 @@ def test_scanner_uncertainty_falls_with_scans_and_halving_count_is_exact(model):
 
 def _one_scan(model):
     return synth_table().head(1)
+
+
+@pytest.mark.slow
+def test_training_validates_leave_one_site_out_outside_fit(table):
+    from neuroharmony_bids.harmonize.train import train
+
+    plain = NeuroHarmonizer().fit(table, "site")
+    assert plain.cv_metrics_ == {}
+    model = train(table, "site", profile_weight=0.5)
+    assert model.profile_weight == 0.5
+    summary = model.cv_metrics_["summary"]
+    assert set(summary) == {"raw", "single_scan", "joint_all"}
+    assert summary["raw"]["retention"] == 1.0
+    # a single scan keeps the change (up to what other changed regions move: the ventricles'
+    # +15 % can push it past 1); a joint site treats a change shared by half of it as its own
+    assert 0 < summary["joint_all"]["retention"] < summary["single_scan"]["retention"]
+    assert abs(summary["single_scan"]["retention"] - 1) < 0.1
+    assert summary["joint_all"]["n_significant"] <= summary["raw"]["n_significant"]
+    np.testing.assert_allclose(
+        model.transform(table.head(5))[REGIONS].to_numpy(),
+        NeuroHarmonizer(profile_weight=0.5).fit(table, "site").transform(table.head(5))[REGIONS],
+    )

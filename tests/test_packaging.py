@@ -1,5 +1,5 @@
-"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock file, wheel,
-Boutiques descriptor, brainlife and SLURM recipes."""
+"""Packaging contract checks that need no Docker: Dockerfile, Singularity.def, lock files and
+bootstrap, the CI entry point, wheel, Boutiques descriptor, brainlife and SLURM recipes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _tool(name: str) -> str:
     """A console script of the environment running the tests (the locked venv in CI)."""
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
-        pytest.fail(f"{name} is not installed: it is pinned in requirements.lock")
+        pytest.fail(f"{name} is not installed: it is pinned in requirements-test.lock")
     return found
 
 
@@ -661,6 +661,17 @@ def test_bootstrap_stamp_covers_every_lock_file_it_installed(tmp_path):
     assert len(log.read_text().splitlines()) == n + 3
 
 
+def test_bootstrap_replaces_a_stamp_of_the_old_single_hash_format(tmp_path):
+    venv, log = _fake_venv(tmp_path)
+    (venv / ".lock-sha256").write_text(
+        "e717fd36e85ad73760e29d88ed7dabf3639f324b998ba41da9bdedd2dab73fbd\n"
+    )
+    assert _bootstrap(venv, "requirements.lock").returncode == 0
+    assert len(log.read_text().splitlines()) == 3  # installed: the old stamp names no file
+    stamp = (venv / ".lock-sha256").read_text().splitlines()
+    assert len(stamp) == 1 and stamp[0].endswith("  requirements.lock")
+
+
 def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
     venv, log = _fake_venv(tmp_path)
     res = _bootstrap(venv, "requirements-nope.lock")
@@ -668,32 +679,59 @@ def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
     assert not log.exists()
 
 
-def _hard_imports(path: Path) -> set[str]:
-    """Top-level names a file imports unconditionally: not inside try/except ImportError, and
-    not a name the file checks with pytest.importorskip."""
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(hard, optional) modules a file imports. Optional: inside try/except ImportError (full
+    dotted names), or checked with pytest.importorskip (top-level names, excluded from hard)."""
     import ast
 
     tree = ast.parse(path.read_text())
     guarded: set[int] = set()
-    guarded_names: set[str] = set()
+    skipped: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(
             h.type is not None and "ImportError" in ast.unparse(h.type) for h in node.handlers
         ):
             guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    names = set()
-    for node in ast.walk(tree):  # names a test checks with pytest.importorskip are optional
         if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("importorskip"):
             if node.args and isinstance(node.args[0], ast.Constant):
-                guarded_names.add(str(node.args[0].value).split(".")[0])
+                skipped.add(str(node.args[0].value).split(".")[0])
+    hard, optional = set(), set()
     for node in ast.walk(tree):
-        if id(node) in guarded:
-            continue
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            modules = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names - guarded_names
+            modules = [node.module]
+        else:
+            continue
+        if id(node) in guarded:
+            optional |= set(modules)
+        else:
+            hard |= {m.split(".")[0] for m in modules}
+    return hard - skipped, optional
+
+
+def _hard_imports(path: Path) -> set[str]:
+    """Top-level names a file imports unconditionally."""
+    return _imports(path)[0]
+
+
+def test_optional_imports_of_runtime_packages_work():
+    """A runtime-lock package the code imports optionally (with a fallback) must import: a pin
+    that cannot load (e.g. a pyarrow built for NumPy 2 beside the lock's NumPy 1.26) would only
+    switch the fallback on silently."""
+    import importlib
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    runtime = set(_lock_pins())
+    checked = []
+    for path in sorted((REPO / "neuroharmony_bids").rglob("*.py")):
+        for module in sorted(_imports(path)[1]):
+            dists = {canonicalize_name(d) for d in providers.get(module.split(".")[0], [])}
+            if dists & runtime:
+                importlib.import_module(module)  # raises with the reason when it cannot load
+                checked.append(module)
+    assert "pyarrow.csv" in checked
 
 
 @pytest.mark.parametrize(

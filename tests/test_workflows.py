@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _validator import VALIDATION_FLAGS
 
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.bids import failures as F
@@ -53,13 +52,12 @@ def main_run(abide_table, tmp_path_factory):
     bids = root / "bids"
     build_bids_dataset(bids, rows)
     out = root / "out"
-    codes = {
-        "participant": run([str(bids), str(out), "participant", "--nprocs", "2", *VALIDATION_FLAGS])
-    }
+    codes = {"participant": run([str(bids), str(out), "participant", "--nprocs", "2"])}
     codes["group"] = run([str(bids), str(out), "group", "--skip-bids-validation"])
     return {"bids": bids, "out": out, "rows": rows, "codes": codes}
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_participant_and_group_succeed(main_run):
     assert main_run["codes"] == {"participant": 0, "group": 0}
@@ -69,11 +67,13 @@ def test_participant_and_group_succeed(main_run):
     assert not (out / "logs" / "failed").exists() or not list((out / "logs" / "failed").iterdir())
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_bids_validator_accepts_output(main_run):
     assert validator_errors(main_run["out"]) == []
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_raw_tables_hold_the_freesurfer_volumes(main_run):
     out, rows = main_run["out"], main_run["rows"]
@@ -91,6 +91,7 @@ def test_raw_tables_hold_the_freesurfer_volumes(main_run):
         assert "Left-Thalamus" in raw.columns and "Left-Thalamus-Proper" not in raw.columns
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
     """The app feeds the core exactly the table's age, sex, IQMs and volumes."""
@@ -125,6 +126,7 @@ def test_harmonized_tables_equal_the_core_on_the_same_inputs(main_run):
     assert not np.allclose(raw0["Left-Hippocampus"], harm0["Left-Hippocampus"])
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_dataset_description_names_the_model(main_run):
     desc = json.loads((main_run["out"] / "dataset_description.json").read_text())
@@ -132,6 +134,7 @@ def test_dataset_description_names_the_model(main_run):
     assert desc["DatasetType"] == "derivative"
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_participant_reports_written(main_run):
     reports = list(main_run["out"].glob("sub-*/anat/*_report.html"))
@@ -139,6 +142,7 @@ def test_participant_reports_written(main_run):
     assert "<html" in reports[0].read_text()[:500].lower()
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     bids, out = main_run["bids"], main_run["out"]
@@ -160,6 +164,7 @@ def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     assert any((out / p).stat().st_mtime_ns != stats[p] for p in before)
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_group_tables(main_run):
     out, rows = main_run["out"], main_run["rows"]
@@ -189,6 +194,7 @@ def test_group_tables(main_run):
     assert (out / "group_report.html").is_file()
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
     other = tmp_path / "other.json"
@@ -205,6 +211,7 @@ def test_group_with_another_model_is_refused(main_run, tmp_path, capsys):
     assert "pass the same --model" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     bids = tmp_path / "bids"
@@ -259,6 +266,7 @@ def test_failing_scans_do_not_stop_the_others(main_run, tmp_path, capsys):
     assert sorted(F.read_failures(out)["participant_id"]) == sorted([s_aseg, s_iqm, s_zero])
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
     out = tmp_path / "out"
@@ -278,6 +286,7 @@ def test_group_skips_scans_still_being_written(main_run, tmp_path, capsys):
     assert "harmonized_tsv" in failed["reason"].iloc[0]
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_group_exit_codes(main_run, tmp_path):
     empty = tmp_path / "empty"
@@ -286,6 +295,7 @@ def test_group_exit_codes(main_run, tmp_path):
     assert run([*argv, "--participant-label", "nobody"]) == 18
 
 
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_train_then_use_the_trained_model(main_run, tmp_path):
     out = tmp_path / "out"

@@ -56,9 +56,11 @@ def input_folders(settings: Settings) -> list[tuple[str, Path]]:
 
 
 def _holds_our_outputs(folder: Path) -> bool:
-    """An empty folder, or one whose dataset_description.json names this pipeline."""
+    """An empty folder, one with only what a run writes before its dataset_description.json
+    (``logs/``, ``work/``: a run that stopped at validation), or one whose
+    dataset_description.json names this pipeline."""
     try:
-        if not any(folder.iterdir()):
+        if {p.name for p in folder.iterdir()} <= {"logs", "work"}:
             return True
     except OSError:
         return False
@@ -92,6 +94,8 @@ def check_paths(settings: Settings) -> None:
     for what, folder in input_folders(settings):
         if folder == bids_dir and out.is_relative_to(derivatives):
             continue  # bids_dir/derivatives/<name>: checked against each pipeline's folder
+        if folder.is_relative_to(out / "sourcedata"):
+            continue  # tool outputs this app wrote itself (output_dir/sourcedata/...)
         if out == folder or out.is_relative_to(folder) or folder.is_relative_to(out):
             relation = (
                 "is" if out == folder else "is inside" if out.is_relative_to(folder) else

@@ -220,12 +220,17 @@ def _train(args) -> None:
     import hashlib
 
     from neuroharmony_bids.harmonize.io import save_model
-    from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+    from neuroharmony_bids.harmonize.train import train
 
     _check_paths(Path(args.input), Path(args.model), what="model file")
     table = read_table(args.input)
-    model = NeuroHarmonizer(covariates=tuple(args.covariates), cv=args.cv)
-    model.fit(table, args.site_column, sex_mapping=_parse_mapping(args.sex_mapping))
+    model = train(
+        table,
+        args.site_column,
+        covariates=args.covariates,
+        sex_mapping=_parse_mapping(args.sex_mapping),
+        validate=args.cv,
+    )
     meta = {
         "name": args.name or Path(args.model).stem,
         "training_table": Path(args.input).name,

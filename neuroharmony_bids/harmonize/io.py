@@ -529,7 +529,16 @@ def check_document(doc: dict) -> list[str]:
 
 def load_model(path: str | Path | None = None) -> NeuroHarmonizer:
     """Load a model (``None``: the shipped ABIDE-I model) without executing any code."""
+    return _model_from(*read_document(path))
+
+
+def load_model_with_info(path: str | Path | None = None) -> tuple[NeuroHarmonizer, dict]:
+    """The model and :func:`model_info` from one read of the file (the BIDS App's drivers)."""
     doc, sha = read_document(path)
+    return _model_from(doc, sha), _info_from(doc, sha, path)
+
+
+def _model_from(doc: dict, sha: str) -> NeuroHarmonizer:
     params = _decode(doc["params"])
     state = _decode(doc["state"])
     combat = state.pop("combat_")
@@ -550,7 +559,10 @@ def load_model(path: str | Path | None = None) -> NeuroHarmonizer:
 
 def model_info(path: str | Path | None = None) -> dict:
     """Everything a user needs to identify a model, without the arrays (validated as a load)."""
-    doc, sha = read_document(path)
+    return _info_from(*read_document(path), path)
+
+
+def _info_from(doc: dict, sha: str, path: str | Path | None) -> dict:
     state = doc["state"]
     return {
         "path": str(Path(path) if path is not None else DEFAULT_MODEL),

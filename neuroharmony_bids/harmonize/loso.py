@@ -41,7 +41,7 @@ def loso_figures(model, table: pd.DataFrame, site_values: np.ndarray, sex_mappin
     rows = []
     for k, site in enumerate(sites):
         held = codes == k
-        sub = clone(model).set_params(cv=False)
+        sub = clone(model)
         sub.fit(table[~held], site_values[~held], sex_mapping=sex_mapping)
         ref = pd.DataFrame(
             fit_combat(

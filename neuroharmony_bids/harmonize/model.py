@@ -18,14 +18,18 @@ to learn a per-subject map from IQMs to corrections. This model works where the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import LinAlgWarning
 from scipy.stats import chi2
 from sklearn.base import BaseEstimator
 from sklearn.covariance import LedoitWolf
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.utils.validation import check_is_fitted
 
 from neuroharmony_bids.errors import DataError
@@ -63,10 +67,12 @@ def iqm_transform(x: np.ndarray) -> np.ndarray:
 
 
 def _ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    xm, ym = X.mean(0), Y.mean(0)
-    Xc = X - xm
-    coef = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(X.shape[1]), Xc.T @ (Y - ym))
-    return coef, ym - xm @ coef
+    """(coef, intercept) of the linear map ``x @ coef + intercept`` (scikit-learn's Ridge)."""
+    with warnings.catch_warnings():
+        # IQMs nearly constant in training have large robust z: the solve is exact enough
+        warnings.simplefilter("ignore", LinAlgWarning)
+        fit = Ridge(alpha=alpha, fit_intercept=True, solver="cholesky").fit(X, Y)
+    return np.atleast_2d(fit.coef_).T, np.atleast_1d(fit.intercept_)
 
 
 def _prior_fit(
@@ -146,8 +152,8 @@ class NeuroHarmonizer(BaseEstimator):
     freesurfer_version
         FreeSurfer version of the training volumes (a ``freesurfer_version`` column in the
         training table overrides it). Single scans from another version are flagged.
-    cv
-        Also compute leave-one-site-out quality figures into ``cv_metrics_`` (slower).
+
+    Leave-one-site-out validation is not part of ``fit``: see :func:`harmonize.train.train`.
     """
 
     def __init__(
@@ -159,7 +165,6 @@ class NeuroHarmonizer(BaseEstimator):
         profile_weight: float = 1.0,
         profile_update: str = "cross_region",
         freesurfer_version: str | None = "6.0",
-        cv: bool = False,
     ) -> None:
         self.covariates = covariates
         self.ridge_alphas = ridge_alphas
@@ -168,7 +173,6 @@ class NeuroHarmonizer(BaseEstimator):
         self.profile_weight = profile_weight
         self.profile_update = profile_update
         self.freesurfer_version = freesurfer_version
-        self.cv = cv
 
     def _validate_params(self) -> None:
         """Refuse hyperparameters the maths cannot use (scikit-learn: validation in fit)."""
@@ -321,7 +325,7 @@ class NeuroHarmonizer(BaseEstimator):
         )
         self.freesurfer_version_ = self._training_freesurfer_version(table)
         self.training_summary_ = _summarize(table, prep, site_values)
-        self.cv_metrics_ = self._cross_validate(table, site_values, sex_mapping) if self.cv else {}
+        self.cv_metrics_ = {}  # filled by harmonize.train (leave-one-site-out)
         return self
 
     def _training_freesurfer_version(self, table: pd.DataFrame) -> str | None:
@@ -361,7 +365,7 @@ class NeuroHarmonizer(BaseEstimator):
         of the sites' locations: the level where the effect lives, few parameters). Both are
         linear maps ``x @ coef + intercept``; the one with the lowest LOSO error wins.
         """
-        n_sites = codes.max() + 1
+        folds = list(LeaveOneGroupOut().split(X, groups=codes))
         zero_mse = float(np.mean(Y**2))
         candidates = [("scan_ridge", 0, a) for a in self.ridge_alphas]
         candidates += [("site_pca_ridge", k, a) for k in (1, 2, 3) for a in self.ridge_alphas]
@@ -369,13 +373,12 @@ class NeuroHarmonizer(BaseEstimator):
         preds = {}
         for cand in candidates:
             pred = np.zeros_like(Y)
-            for k in range(n_sites):
-                te = codes == k
-                coef, icpt = _prior_fit(X[~te], Y[~te], codes[~te], cand)
+            for tr, te in folds:
+                coef, icpt = _prior_fit(X[tr], Y[tr], codes[tr], cand)
                 # as at apply time: never extrapolate beyond the training IQM range
                 held = X[te]
                 if self.robust_iqms:
-                    held = np.clip(held, X[~te].min(axis=0), X[~te].max(axis=0))
+                    held = np.clip(held, X[tr].min(axis=0), X[tr].max(axis=0))
                 pred[te] = held @ coef + icpt
             key = f"{cand[0]}(k={cand[1]},alpha={cand[2]:g})"
             scores[key] = float(np.mean((pred - Y) ** 2))
@@ -387,9 +390,8 @@ class NeuroHarmonizer(BaseEstimator):
         # rescaled IQM cannot hide among many), and the scaling of the LOSO prediction that
         # would have been optimal for that scan
         dist = np.zeros(len(Y))
-        for k in range(n_sites):
-            te = codes == k
-            ctr = np.median(X[~te], axis=0)
+        for tr, te in folds:
+            ctr = np.median(X[tr], axis=0)
             dist[te] = self._iqm_distance(X[te] - ctr)
         opt = np.einsum("ij,ij->i", p, Y) / np.maximum(np.einsum("ij,ij->i", p, p), 1e-12)
         iso = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
@@ -711,13 +713,6 @@ class NeuroHarmonizer(BaseEstimator):
         return pd.DataFrame(
             {"mean": mean, "lower": mean - half, "upper": mean + half}, index=self.regions_
         )
-
-    # ------------------------------------------------------------------ cross-validation
-    def _cross_validate(self, table, site_values, sex_mapping) -> dict:
-        """LOSO: refit on all sites but one, harmonize the held-out site; compare to ComBat."""
-        from neuroharmony_bids.harmonize.loso import loso_figures
-
-        return loso_figures(self, table, site_values, sex_mapping)
 
 
 def _join_names(flags: np.ndarray, names: Sequence[str]) -> np.ndarray:

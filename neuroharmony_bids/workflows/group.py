@@ -299,12 +299,13 @@ def train_model(
 ) -> dict[str, Path]:
     """Fit a dataset-specific harmonizer on the raw group table; save it with a model card.
 
-    Leave-one-site-out quality figures are computed (``cv=True``): they are what the card
+    Leave-one-site-out quality figures are computed (harmonize.train): they are what the card
     reports, and what tells a user whether the model is worth using on new scanners.
     """
     try:
         from neuroharmony_bids.harmonize.io import save_model
-        from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+        from neuroharmony_bids.harmonize.train import train
+        from neuroharmony_bids.reports.model_card import model_card_text
     except ImportError as exc:
         raise NeuroharmonyError(f"training is unavailable in this installation ({exc})") from exc
     table = raw[raw["site"].notna()].reset_index(drop=True)
@@ -320,9 +321,8 @@ def train_model(
             f"ManufacturersModelName, DeviceSerialNumber) to the T1w sidecars"
         )
     log.info("training a harmonizer on %d scans from %d sites", len(table), n_sites)
-    model = NeuroHarmonizer(cv=True)
     try:
-        model.fit(table, site="site", sex_mapping=settings.sex_mapping_dict or None)
+        model = train(table, "site", sex_mapping=settings.sex_mapping_dict or None)
     except NeuroharmonyError:
         raise
     except ValueError as exc:
@@ -344,61 +344,12 @@ def train_model(
         sha = save_model(model, path, metadata=metadata)
     except OSError as exc:
         raise NeuroharmonyError(f"cannot write {path}: {exc.strerror or exc}") from None
-    card = _write_model_card(path, sha, model, table, settings, site_source)
+    card = D.write_output(
+        path.with_name(path.stem + "_card.md"),
+        model_card_text(path, sha, model, table, settings.bids_dir, site_source),
+    )
     log.info("trained model saved to %s (model card %s)", path, card)
     return {"model": path, "model_card": card}
-
-
-def _write_model_card(
-    path: Path, sha: str, model: Any, table: pd.DataFrame, settings: Settings, site_source: str
-) -> Path:
-    """A short Markdown model card: data, sites, ranges, quality figures, how to use it."""
-    summary = getattr(model, "training_summary_", {}) or {}
-    cv = getattr(model, "cv_metrics_", {}) or {}
-    sites = table["site"].value_counts().sort_index()
-    lines = [
-        f"# Model card: {path.name}",
-        "",
-        f"- File: `{path.name}` (sha256 `{sha}`)",
-        f"- Trained by `neuroharmony-bids` group level `--train` on `{settings.bids_dir}`",
-        f"- Site of each scan: {site_source}",
-        "",
-        "## Training data",
-        "",
-        f"{len(table)} scans from {len(sites)} sites; age {table['age'].min():.1f} to "
-        f"{table['age'].max():.1f} years; sex "
-        + ", ".join(f"{k}: {v}" for k, v in table["sex"].value_counts().sort_index().items())
-        + ".",
-        "",
-        "| site | scans |",
-        "|---|---|",
-        *[f"| {site} | {count} |" for site, count in sites.items()],
-        "",
-        f"Regions harmonized: {len(getattr(model, 'regions_', []) or [])}. IQMs: "
-        + ", ".join(getattr(model, "iqms_", []) or []),
-        "",
-        "## Training summary",
-        "",
-        "```json",
-        json.dumps(summary, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-        "## Leave-one-site-out quality",
-        "",
-        "```json",
-        json.dumps(cv, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-        "## Use",
-        "",
-        f"`neuroharmony-bids BIDS_DIR OUT_DIR participant --model {path}` harmonizes new scans "
-        "(also from scanners not in the training data) to this model's reference. Scans outside "
-        "the training ranges are flagged (`nh_out_of_range`) and, when far outside, left "
-        "unharmonized. A model trained on few sites generalizes less well to new scanners than "
-        "the shipped one: check the leave-one-site-out figures above.",
-        "",
-    ]
-    return D.write_output(path.with_name(path.stem + "_card.md"), "\n".join(lines))
 
 
 def _write_report(

@@ -39,7 +39,9 @@ from neuroharmony_bids.bids.layout import (
     scans_per_subject,
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
+from neuroharmony_bids.harmonize.apply import harmonize_table, invalid_rows
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
+from neuroharmony_bids.harmonize.io import load_model_with_info
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
@@ -63,27 +65,12 @@ class ScanInputs:
 # --------------------------------------------------------------------------- harmonization core
 
 
-def harmonization_core() -> tuple[Callable, Callable, Callable]:
-    """(harmonize_table, load_model, model_info) from the harmonization core."""
-    try:
-        from neuroharmony_bids.harmonize.apply import harmonize_table
-        from neuroharmony_bids.harmonize.io import load_model, model_info
-    except ImportError as exc:  # a broken installation, not a user error
-        raise NeuroharmonyError(
-            f"the harmonization core is missing from this installation ({exc}); reinstall "
-            f"neuroharmony-bids or use the container"
-        ) from exc
-    return harmonize_table, load_model, model_info
-
-
 def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
     """The model (``--model`` or the shipped one) and its identity (name, version, sha256)."""
-    _, load_model, model_info = harmonization_core()
-    model = load_model(settings.model)
+    model, info = load_model_with_info(settings.model)  # one read of the file
     if settings.profile_weight is not None:
         model.set_params(profile_weight=settings.profile_weight)
-    info = dict(model_info(settings.model))
-    return model, info
+    return model, dict(info)
 
 
 def required_iqms(model: Any) -> list[str]:
@@ -182,8 +169,6 @@ def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
     The core validates a whole table and stops at the first bad row; one call costs ~0.3 s
     whatever its size, so the core's own one-pass check sets bad scans aside first.
     """
-    from neuroharmony_bids.harmonize.apply import invalid_rows
-
     names = table["bids_name"].astype(str).to_numpy()
     return {names[pos]: reason for pos, reason in invalid_rows(table, model).items()}
 
@@ -382,7 +367,6 @@ def harmonize_scans(
     log: logging.Logger,
 ) -> tuple[Harmonized, dict[str, str]]:
     """Step 6: one vectorized harmonization of every parsed scan; returns row failures."""
-    harmonize_table, _, _ = harmonization_core()
     table = build_table(inputs, covariates)
     t1 = time.monotonic()
     harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
@@ -537,7 +521,6 @@ __all__ = [
     "ScanInputs",
     "build_table",
     "collect_inputs",
-    "harmonization_core",
     "harmonize_rows",
     "harmonize_scans",
     "load_model_and_info",

@@ -1,0 +1,83 @@
+"""The Markdown model card written beside a dataset-specific model (group level ``--train``).
+
+What a user needs before trusting a model on new scanners: its training data, its ranges, its
+leave-one-site-out figures (site effect removed and anatomy kept) and how to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def model_card_text(
+    path: Path,
+    sha: str,
+    model: Any,
+    table: pd.DataFrame,
+    bids_dir: os.PathLike | str,
+    site_source: str,
+) -> str:
+    """The card for the model saved at ``path`` (sha256 ``sha``), trained on ``table``."""
+    summary = getattr(model, "training_summary_", {}) or {}
+    cv = getattr(model, "cv_metrics_", {}) or {}
+    sites = table["site"].value_counts().sort_index()
+    single = (cv.get("summary") or {}).get("single_scan") or {}
+    kept = (
+        f"Single-scan harmonization of an unseen site kept {single['retention']:.0%} of a known "
+        f"change in a person's anatomy (worst region {single['retention_worst']:.0%}) at "
+        f"profile_weight {model.profile_weight:g}; see the figures below."
+        if "retention" in single
+        else "No leave-one-site-out figures: anatomy retention was not measured."
+    )
+    lines = [
+        f"# Model card: {path.name}",
+        "",
+        f"- File: `{path.name}` (sha256 `{sha}`)",
+        f"- Trained by `neuroharmony-bids` group level `--train` on `{bids_dir}`",
+        f"- Site of each scan: {site_source}",
+        "",
+        "## Training data",
+        "",
+        f"{len(table)} scans from {len(sites)} sites; age {table['age'].min():.1f} to "
+        f"{table['age'].max():.1f} years; sex "
+        + ", ".join(f"{k}: {v}" for k, v in table["sex"].value_counts().sort_index().items())
+        + ".",
+        "",
+        "| site | scans |",
+        "|---|---|",
+        *[f"| {site} | {count} |" for site, count in sites.items()],
+        "",
+        f"Regions harmonized: {len(getattr(model, 'regions_', []) or [])}. IQMs: "
+        + ", ".join(getattr(model, "iqms_", []) or []),
+        "",
+        "## Training summary",
+        "",
+        "```json",
+        json.dumps(summary, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Leave-one-site-out quality",
+        "",
+        kept,
+        "",
+        "```json",
+        json.dumps(cv, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Use",
+        "",
+        f"`neuroharmony-bids BIDS_DIR OUT_DIR participant --model {path}` harmonizes new scans "
+        "(also from scanners not in the training data) to this model's reference. Scans outside "
+        "the training ranges are flagged (`nh_out_of_range`) and, when far outside, left "
+        "unharmonized. A model trained on few sites generalizes less well to new scanners than "
+        "the shipped one: check the leave-one-site-out figures above. With few sites, the "
+        "single-scan cross-region update cannot learn how site effects co-vary; harmonize "
+        "several scans per scanner together (the joint path) where you can.",
+        "",
+    ]
+    return "\n".join(lines)
