@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _synth import REGIONS, synth_table
+from sklearn.exceptions import NotFittedError
 
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
@@ -317,7 +318,7 @@ def test_training_refuses_lonely_site_and_confounded_covariate(table):
 def test_estimator_conventions(table):
     est = NeuroHarmonizer(covariates=("notes",))
     assert est.get_params()["covariates"] == ("notes",)
-    with pytest.raises(Exception, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         est.transform(table)
 
 
