@@ -87,6 +87,17 @@ _NH_DICTIONARY: dict[str, dict[str, Any]] = {
         "Description": "Semicolon-separated MRIQC IQMs the model used to predict the correction",
     },
     "nh_n_regions": {"Description": "Number of regions the model harmonized for this scan"},
+    "nh_regions_flagged": {
+        "Description": "Semicolon-separated regions far outside the training distribution "
+        "(person and scanner variation together): flagged, and ignored when the other regions' "
+        "scanner offset is estimated (n/a when none)",
+    },
+    "nh_iqms_missing": {
+        "Description": "Semicolon-separated core MRIQC IQMs the model needed but MRIQC could "
+        "not compute for this scan (NaN, null or -1 in its output); the correction was "
+        "predicted from the IQMs present, or from the regional profile when too few remained "
+        "(n/a when none)",
+    },
 }
 
 BIDSIGNORE = """\
@@ -501,6 +512,8 @@ def write_scan_outputs(
             "OutOfRange": harmonized.get("nh_out_of_range"),
             "OutOfRangeFeatures": _split(harmonized.get("nh_out_of_range_features")),
             "IQMsUsed": _split(harmonized.get("nh_features_used")),
+            "IQMsMissing": _split(harmonized.get("nh_iqms_missing")),
+            "RegionsFlagged": _split(harmonized.get("nh_regions_flagged")),
             "RegionsHarmonized": harmonized.get("nh_n_regions"),
         },
     }

@@ -40,7 +40,7 @@ from neuroharmony_bids.bids.layout import (
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
 from neuroharmony_bids.harmonize.apply import harmonize_table, invalid_rows
-from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
+from neuroharmony_bids.harmonize.features import ALL_IQMS
 from neuroharmony_bids.harmonize.io import load_model_with_info
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
@@ -73,56 +73,61 @@ def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
     return model, dict(info)
 
 
-def required_iqms(model: Any) -> list[str]:
-    """IQMs the model cannot do without: its core set (it uses more when they are present)."""
-    sets = getattr(model, "iqm_sets_", None)
-    if isinstance(sets, Mapping) and sets.get("core"):
-        return list(sets["core"])
-    return list(CORE_IQMS)
-
-
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_scan(
-    plan: ScanPlan,
-    required: Sequence[str],
-    group_tables: dict[Path, pd.DataFrame],
-) -> ScanInputs:
-    """Read one scan's IQMs and volumes (DataError/MissingInputError name file and line)."""
-    scan = plan.scan
-    src = plan.iqm_source
+def read_scan_iqms(
+    plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]
+) -> tuple[mriqc_json.IQMReading, str | None]:
+    """A scan's IQMs (NaN, null, n/a and -1 as NaN, named in ``unavailable``) and MRIQC's
+    version when the JSON records it."""
+    scan, src = plan.scan, plan.iqm_source
     if src is None:
         raise MissingInputError(
             f"no MRIQC IQMs for {scan.bids_name} (MRIQC did not produce them; see logs/crash)"
         )
-    if plan.fs_subject_dir is None:
-        raise MissingInputError(
-            f"no FreeSurfer stats for {scan.bids_name} (recon-all did not produce them; see "
-            f"logs/crash)"
-        )
     try:
         if src.kind == "json":
-            iqms = mriqc_json.read_iqm_json(src.path, required)
+            reading = mriqc_json.read_iqms(src.path)
             meta = mriqc_json.read_iqm_metadata(src.path)
-            mriqc_version = meta.get("provenance", {}).get("version")
-        else:
-            if src.path not in group_tables:
-                group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
-            table = group_tables[src.path]
-            iqms = mriqc_json.iqms_from_group_row(table, scan.bids_name, src.path, required)
-            mriqc_version = None
+            return reading, meta.get("provenance", {}).get("version")
+        if src.path not in group_tables:
+            group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
+        return mriqc_json.group_row_iqms(group_tables[src.path], scan.bids_name, src.path), None
     except RecursionError:  # json's recursion limit: a crafted or corrupt file
         raise DataError(
             f"{src.path}: JSON nested too deeply to be an MRIQC IQM file; re-run MRIQC for "
             f"{scan.bids_name} or remove the file"
         ) from None
-    iqms = {k: v for k, v in iqms.items() if k in ALL_IQMS}
+
+
+def parse_scan(plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]) -> ScanInputs:
+    """Read one scan's IQMs and volumes (DataError/MissingInputError name file and line).
+
+    An IQM MRIQC could not compute is NaN, not a failure: the harmonizer uses the others
+    (and names the ones it needed in ``nh_iqms_missing``).
+    """
+    scan = plan.scan
+    reading, mriqc_version = read_scan_iqms(plan, group_tables)
+    if plan.fs_subject_dir is None:
+        raise MissingInputError(
+            f"no FreeSurfer stats for {scan.bids_name} (recon-all did not produce them; see "
+            f"logs/crash)"
+        )
+    iqms = {k: v for k, v in reading.values.items() if k in ALL_IQMS}
+    unavailable = {k: v for k, v in sorted(reading.unavailable.items()) if k in ALL_IQMS}
+    warnings = []
+    if unavailable:
+        warnings.append(
+            f"{reading.where}: MRIQC could not compute {', '.join(unavailable)}; harmonized "
+            f"with the other IQMs (nh_iqms_missing names those the model needed)"
+        )
     raw_volumes = fs_stats.read_subject_volumes(plan.fs_subject_dir)
-    warnings = [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
+    warnings += [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
     volumes = D.canonical_volumes(raw_volumes)
     if not volumes:
         raise MissingInputError(f"{plan.fs_subject_dir}: no known FreeSurfer region found")
+    src = plan.iqm_source
     return ScanInputs(
         scan=scan,
         iqms=iqms,
@@ -134,6 +139,7 @@ def parse_scan(
                 "Version": mriqc_version,
                 "Source": str(src.path) + ("" if src.kind == "json" else f" ({scan.bids_name})"),
                 "Values": dict(sorted(iqms.items())),
+                "Unavailable": unavailable,
             },
             "FreeSurfer": {
                 "Version": fs_stats.freesurfer_version(plan.fs_subject_dir),
@@ -331,7 +337,6 @@ def collect_inputs(
         sex_column=settings.sex_column,
         sex_mapping=settings.sex_mapping_dict,
     )
-    required = required_iqms(model)
     shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
     group_tables: dict[Path, pd.DataFrame] = {}
@@ -346,7 +351,7 @@ def collect_inputs(
             progress.update()
             continue
         try:
-            item = parse_scan(plan, required, group_tables)
+            item = parse_scan(plan, group_tables)
         except NeuroharmonyError as exc:
             _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
@@ -530,7 +535,6 @@ __all__ = [
     "plan_scans",
     "precheck_rows",
     "prepare_output",
-    "required_iqms",
     "run_participant",
     "write_reports",
     "write_scans",
