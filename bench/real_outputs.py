@@ -32,27 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 REAL = REPO / "tests" / "data" / "real"
 
-#: (subject label, stats folder, MRIQC JSON, stand-in age, stand-in sex)
-PAIRS = [
-    ("fs53", "freesurfer/5.3/copy-hcp", "21.0.0rc2/sub-01_T1w.json", 28, "M"),
-    ("fs60", "freesurfer/6.0/nfmrix-sub-01", "22.0.0rc1/sub-0001_T1w.json", 24, "F"),
-    ("fs70", "freesurfer/7.0/soichi", "22.0.6/sub-113_T1w.json", 31, "M"),
-    (
-        "fs741",
-        "freesurfer/7.4.1/nimh-dasb-sub-01",
-        "22.0.6/copy-nan-qi_1_sub-113_T1w.json",
-        26,
-        "F",
-    ),
-    ("fs741b", "freesurfer/7.4.1/copy-fs741", "23.0.1/sub-0206_T1w.json", 22, "M"),
-    (
-        "fastsurfer",
-        "fastsurfer/2.x/copy-assembled",
-        "24.1.0.dev0/sub-001_ses-pilot003_acq-morphobox_T1w.json",
-        29,
-        "F",
-    ),
-]
+from neuroharmony_bids.testing.real_corpus import REAL_PAIRS as PAIRS  # noqa: E402
 
 
 def read_corpus() -> tuple[int, int, list[str]]:
@@ -106,28 +86,6 @@ def text_volumes(stats_dir: Path) -> dict[str, float]:
     return out
 
 
-def build(root: Path) -> tuple[Path, Path, Path]:
-    import pandas as pd
-
-    from neuroharmony_bids.testing import build_bids_dataset
-
-    bids = root / "bids"
-    rows = pd.DataFrame(
-        [
-            {"SUB_ID": s, "AGE_AT_SCAN": age, "sex": sex, "SITE_ID": s, "vendor": "stand-in"}
-            for s, _, _, age, sex in PAIRS
-        ]
-    )
-    build_bids_dataset(bids, rows, freesurfer=False, mriqc=False, model_column=None)
-    fs_dir, mq_dir = root / "freesurfer", root / "mriqc"
-    for sub, stats, iqm, _, _ in PAIRS:
-        shutil.copytree(REAL / stats / "stats", fs_dir / f"sub-{sub}" / "stats")
-        target = mq_dir / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REAL / "mriqc" / iqm, target)
-    return bids, fs_dir, mq_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it")
@@ -146,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="nh-real-"))
     if args.keep and root.exists():
         shutil.rmtree(root)
-    bids, fs_dir, mq_dir = build(root)
+    from neuroharmony_bids.testing.real_corpus import build_real_dataset
+
+    bids, fs_dir, mq_dir = build_real_dataset(root, REAL)
     out = root / "out"
     cmd = [
         sys.executable,

@@ -122,9 +122,9 @@ def parse_scan(plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]) -> ScanIn
             f"{reading.where}: MRIQC could not compute {', '.join(unavailable)}; harmonized "
             f"with the other IQMs (nh_iqms_missing names those the model needed)"
         )
-    raw_volumes = fs_stats.read_subject_volumes(plan.fs_subject_dir)
-    warnings += [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
-    volumes = D.canonical_volumes(raw_volumes)
+    subject = fs_stats.read_subject(plan.fs_subject_dir)  # every stats file read once
+    warnings += subject_warnings(subject)
+    volumes = D.canonical_volumes(subject.volumes)
     if not volumes:
         raise MissingInputError(f"{plan.fs_subject_dir}: no known FreeSurfer region found")
     src = plan.iqm_source
@@ -141,12 +141,51 @@ def parse_scan(plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]) -> ScanIn
                 "Values": dict(sorted(iqms.items())),
                 "Unavailable": unavailable,
             },
-            "FreeSurfer": {
-                "Version": fs_stats.freesurfer_version(plan.fs_subject_dir),
-                "SubjectDir": str(plan.fs_subject_dir),
-            },
+            "FreeSurfer": freesurfer_provenance(subject),
         },
     )
+
+
+#: Why a FastSurfer subject's cortical volumes are not harmonized (sidecar and log).
+DKT_NOT_DESIKAN = (
+    "cortical regions are DKT (Desikan-Killiany-Tourville, 31 per hemisphere), not the "
+    "Desikan-Killiany regions (34 per hemisphere) the model was trained on: a DKT region with "
+    "a Desikan name covers different cortex, so they are neither harmonized nor written to "
+    "the tables; only the aseg volumes are harmonized"
+)
+
+
+def subject_warnings(subject: fs_stats.SubjectStats) -> list[str]:
+    """What a user should know about a subject read: a FreeSurfer version outside 5.x-8.x,
+    a FastSurfer subject's DKT cortex."""
+    out = []
+    version = subject.cvs_version
+    known = subject.release is not None and subject.release.split(".")[0] in "5678"
+    if version and not version.startswith("$Id") and not known:
+        out.append(
+            f"{fs_stats.stats_paths(subject.subject_dir)['aseg']}: FreeSurfer version "
+            f"{version!r} is not one this app knows (5.x-8.x); its volumes were read the same "
+            f"way, but check that region names and definitions did not change"
+        )
+    if subject.cortical_atlas == "DKT":
+        out.append(f"{subject.subject_dir}: {subject.pipeline} subject: {DKT_NOT_DESIKAN}")
+    return out
+
+
+def freesurfer_provenance(subject: fs_stats.SubjectStats) -> dict[str, Any]:
+    """The sidecar's ``FreeSurfer`` block: pipeline, version, atlas and what was read."""
+    out: dict[str, Any] = {
+        "Pipeline": subject.pipeline,
+        "Version": subject.cvs_version,
+        "Release": subject.release,
+        "SubjectDir": str(subject.subject_dir),
+        "CorticalAtlas": subject.cortical_atlas,
+    }
+    if subject.cortical_atlas == "DKT":
+        out["CorticalRegions"] = DKT_NOT_DESIKAN
+    if subject.notes:
+        out["ReadNotes"] = list(subject.notes)
+    return out
 
 
 def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.DataFrame:
@@ -179,10 +218,46 @@ def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
     return {names[pos]: reason for pos, reason in invalid_rows(table, model).items()}
 
 
+def region_sets(table: pd.DataFrame) -> list[tuple[np.ndarray, list[str]]]:
+    """Rows grouped by the regions they have: [(row positions, region columns they lack)].
+
+    A FastSurfer scan has no Desikan cortex; in single-scan mode rows are independent, so
+    each group is harmonized on its own regions and no row makes another fail.
+    """
+    regions = [c for c in D.REGION_ORDER if c in table.columns]
+    present = table[regions].notna().to_numpy()
+    if not len(table):
+        return []
+    keys, inverse = np.unique(present, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    groups = []
+    for k in range(len(keys) - 1, -1, -1):  # the most complete region set first
+        lacking = [r for r, has in zip(regions, keys[k], strict=True) if not has]
+        groups.append((np.flatnonzero(inverse == k), lacking))
+    return groups
+
+
 def harmonize_rows(
     table: pd.DataFrame, model: Any, harmonize_table: Callable
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Harmonize all rows at once; if the batch is refused, bisect to isolate the bad rows.
+    """Harmonize all rows, one call per region set (:func:`region_sets`)."""
+    pieces, failed = [], {}
+    for rows, lacking in region_sets(table):
+        part = table.iloc[rows].drop(columns=lacking).reset_index(drop=True)
+        done, bad = _harmonize_batch(part, model, harmonize_table)
+        pieces.append(done)
+        failed.update(bad)
+    pieces = [p for p in pieces if len(p)]
+    if not pieces:
+        return table.iloc[0:0].copy(), failed
+    return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
+
+
+def _harmonize_batch(
+    table: pd.DataFrame, model: Any, harmonize_table: Callable
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Harmonize rows of one region set at once; if the batch is refused, bisect to isolate
+    the bad rows.
 
     Rows are validated once (:func:`precheck_rows`); the bisection is only a safety net.
     Without a site column every scan is harmonized on its own, so splitting the batch does not
@@ -535,6 +610,7 @@ __all__ = [
     "plan_scans",
     "precheck_rows",
     "prepare_output",
+    "region_sets",
     "run_participant",
     "write_reports",
     "write_scans",
