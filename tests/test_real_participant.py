@@ -14,7 +14,6 @@ import pytest
 
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.cli.run import run
-from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.io import load_model
 from neuroharmony_bids.testing.real_corpus import REAL_PAIRS, build_real_dataset
 
@@ -88,11 +87,68 @@ def test_fastsurfer_subject_is_harmonized_on_its_aseg_regions(real_run):
         table["sex"] = one["raw_json"]["Covariates"]["sex"]
         for name, value in one["raw_json"]["ImageQualityMetrics"]["Values"].items():
             table[name] = np.nan if value is None else value
-        alone = harmonize_table(table, model).iloc[0]
+        alone, sd = model.transform(table, return_sd=True)
         harmonized = [r for r in regions if r in model.regions_]
         np.testing.assert_allclose(
             one["harm"][harmonized].astype(float),
-            alone[harmonized].astype(float),
+            alone.iloc[0][harmonized].astype(float),
             rtol=1e-8,
             atol=1e-4,
         )
+        np.testing.assert_allclose(  # posterior SD (mm³) of each harmonized region
+            one["harm"][[D.sd_column(r) for r in harmonized]].astype(float),
+            sd.iloc[0][harmonized].astype(float),
+            rtol=1e-8,
+        )
+
+
+@pytest.mark.slow
+def test_freesurfer_version_found_and_trained_on(real_run):
+    """The model is trained on FreeSurfer 6.0: a single 7.4.1 scan is flagged, and the sidecar
+    and report name both versions."""
+    out = real_run["out"]
+    fs741, fs60 = _outputs(out, "fs741"), _outputs(out, "fs60")
+    versions = fs741["harm_json"]["Harmonization"]["FreeSurferVersion"]
+    assert versions == {"Found": "7.4.1", "ModelTrainedOn": "6.0"}
+    assert "freesurfer_version" in fs741["harm"]["nh_out_of_range_features"].split(";")
+    assert fs741["harm"]["nh_out_of_range"] == 1
+    assert fs60["harm_json"]["Harmonization"]["FreeSurferVersion"]["Found"] == "6.0"
+    assert fs60["harm"]["nh_out_of_range"] == 0
+    (report_file,) = [p for p in out.rglob("*.html") if p.name.startswith("sub-fs741_")]
+    report = report_file.read_text()
+    assert "FreeSurfer version (found / model trained on)" in report and "7.4.1 / 6.0" in report
+
+
+@pytest.mark.slow
+def test_posterior_sd_in_scan_and_group_tables(real_run, tmp_path):
+    out = real_run["out"]
+    model = load_model()
+    fs60 = _outputs(out, "fs60")
+    sd_cols = [c for c in fs60["harm"].index if c.endswith(D.SD_SUFFIX)]
+    assert sd_cols == [D.sd_column(r) for r in D.REGION_ORDER if r in model.regions_]
+    values = fs60["harm"][sd_cols].astype(float)
+    assert (values > 0).all() and np.isfinite(values).all()
+    entry = fs60["harm_json"][D.sd_column("Left-Hippocampus")]
+    assert entry["Units"] == "mm^3" and "Posterior standard deviation" in entry["Description"]
+    fast = _outputs(out, "fastsurfer")["harm"]
+    assert not any(c.startswith(("lh_", "rh_")) for c in fast.index)
+    assert np.isfinite(float(fast[D.sd_column("Left-Hippocampus")]))
+    # the group tables carry the SD columns; the FastSurfer row has none for the cortex
+    bids = real_run["argv"][0]
+    assert run([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
+    group = pd.read_csv(out / "group_desc-harmonized_morph.tsv", sep="\t").set_index("bids_name")
+    assert set(sd_cols) <= set(group.columns)
+    assert np.isnan(group.loc["sub-fastsurfer_T1w", D.sd_column("lh_bankssts_volume")])
+    np.testing.assert_allclose(group.loc["sub-fs60_T1w", sd_cols].astype(float), values)
+    dictionary = json.loads((out / "group_desc-harmonized_morph.json").read_text())
+    assert dictionary[D.sd_column("Left-Hippocampus")]["Units"] == "mm^3"
+
+
+@pytest.mark.slow
+def test_rerun_with_overwrite_is_byte_identical(real_run, tmp_path):
+    out = real_run["out"]
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.glob("sub-*/anat/*_morph.*"))}
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert run(_argv(*real_run["argv"][:1], out, *real_run["argv"][1:], "--overwrite")) == 0
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.glob("sub-*/anat/*_morph.*"))}
+    assert len(before) == 4 * len(REAL_PAIRS) and after == before

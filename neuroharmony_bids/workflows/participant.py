@@ -39,9 +39,10 @@ from neuroharmony_bids.bids.layout import (
     scans_per_subject,
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
-from neuroharmony_bids.harmonize.apply import harmonize_table, invalid_rows
+from neuroharmony_bids.harmonize.apply import invalid_rows
 from neuroharmony_bids.harmonize.features import ALL_IQMS
 from neuroharmony_bids.harmonize.io import load_model_with_info
+from neuroharmony_bids.harmonize.model import FS_VERSION_COLUMN
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
@@ -189,7 +190,9 @@ def freesurfer_provenance(subject: fs_stats.SubjectStats) -> dict[str, Any]:
 
 
 def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.DataFrame:
-    """One row per scan: ids and entities, age, sex, IQMs (MRIQC names), volumes (FS 7 names)."""
+    """One row per scan: ids and entities, age, sex, IQMs (MRIQC names), volumes (FS 7 names)
+    and the FreeSurfer release (the core flags a single scan of another release than the
+    model's)."""
     iqm_names = [n for n in ALL_IQMS if any(n in i.iqms for i in inputs)]
     regions = [r for r in D.REGION_ORDER if any(r in i.volumes for i in inputs)]
     ids = [{"bids_name": i.scan.bids_name, **D.id_columns(i.scan)} for i in inputs]
@@ -202,9 +205,10 @@ def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.Da
         rec["sex"] = covariates.at[item.scan.bids_name, "sex"]
         rec.update({n: item.iqms.get(n, np.nan) for n in iqm_names})
         rec.update({r: item.volumes.get(r, np.nan) for r in regions})
+        rec[FS_VERSION_COLUMN] = item.provenance.get("FreeSurfer", {}).get("Release")
         records.append(rec)
     return pd.DataFrame.from_records(
-        records, columns=[*id_cols, "age", "sex", *iqm_names, *regions]
+        records, columns=[*id_cols, "age", "sex", *iqm_names, *regions, FS_VERSION_COLUMN]
     )
 
 
@@ -237,8 +241,15 @@ def region_sets(table: pd.DataFrame) -> list[tuple[np.ndarray, list[str]]]:
     return groups
 
 
+def harmonize_with_sd(table: pd.DataFrame, model: Any) -> pd.DataFrame:
+    """The core's single-scan harmonization, each harmonized region's posterior SD (mm³) added
+    as a ``<region>_sd`` column (:func:`neuroharmony_bids.bids.derivatives.sd_column`)."""
+    harmonized, sd = model.transform(table, return_sd=True)
+    return pd.concat([harmonized, sd.add_suffix(D.SD_SUFFIX)], axis=1)
+
+
 def harmonize_rows(
-    table: pd.DataFrame, model: Any, harmonize_table: Callable
+    table: pd.DataFrame, model: Any, harmonize_table: Callable = harmonize_with_sd
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Harmonize all rows, one call per region set (:func:`region_sets`)."""
     pieces, failed = [], {}
@@ -296,6 +307,7 @@ class Harmonized:
     harmonized: pd.DataFrame
     inputs: list[ScanInputs]
     covariates: pd.DataFrame
+    model_freesurfer_version: str | None = None  # the release the model was trained on
 
 
 def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
@@ -449,9 +461,15 @@ def harmonize_scans(
     """Step 6: one vectorized harmonization of every parsed scan; returns row failures."""
     table = build_table(inputs, covariates)
     t1 = time.monotonic()
-    harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
+    harmonized, row_failures = harmonize_rows(table, model)
     log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
-    return Harmonized(table, harmonized, inputs, covariates), row_failures
+    trained = getattr(model, "freesurfer_version_", None)
+    found = sorted({str(v) for v in table[FS_VERSION_COLUMN].dropna()})
+    log.info(
+        "FreeSurfer version(s) found: %s; the model was trained on %s",
+        ", ".join(found) or "unknown", trained or "an unrecorded version",
+    )  # fmt: skip
+    return Harmonized(table, harmonized, inputs, covariates, trained), row_failures
 
 
 def write_scans(
@@ -467,6 +485,7 @@ def write_scans(
     out = settings.output_dir
     by_name = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
     model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
+    model_meta["freesurfer_version"] = done.model_freesurfer_version
     jobs = []
     for item in done.inputs:
         scan = item.scan
@@ -603,6 +622,7 @@ __all__ = [
     "collect_inputs",
     "harmonize_rows",
     "harmonize_scans",
+    "harmonize_with_sd",
     "load_model_and_info",
     "locate_and_run_tools",
     "parse_scan",
