@@ -12,7 +12,9 @@ as a user would and prints:
 - values exact N/N: scans whose ``*_desc-raw_morph.tsv`` holds exactly the numbers of their
   stats files (read here with a regex, independently of the parser);
 - harmonized N/N: scans with ``nh_status = harmonized``;
-- per scan: FreeSurfer version, status, regions harmonized, flagged inputs, or why it failed.
+- per scan: FreeSurfer version (found vs trained on), status, regions harmonized (and the
+  cortical atlas), median posterior SD, IQMs missing, regions flagged, out-of-range inputs, or
+  why it failed.
 
     python bench/real_outputs.py [--keep DIR]
 """
@@ -20,9 +22,11 @@ as a user would and prints:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,9 +156,22 @@ def main(argv: list[str] | None = None) -> int:
             h = pd.read_csv(harm_tsv, sep="\t").iloc[0]
             harmonized += h.get("nh_status") == "harmonized"
             flags = h.get("nh_out_of_range_features")
+            sd = [float(h[c]) for c in h.index if c.endswith("_sd")]
+            meta = json.loads(harm_tsv.with_suffix(".json").read_text())
+            versions = meta["Harmonization"]["FreeSurferVersion"]
+
+            def named(col: str, row=h) -> str:
+                value = row.get(col)
+                return value if isinstance(value, str) else "none"
+
             detail += (
-                f"; {h.get('nh_status')}, {h.get('nh_n_regions')} regions, confidence "
-                f"{h.get('nh_confidence')}, flagged: {flags if isinstance(flags, str) else 'none'}"
+                f"; {h.get('nh_status')}, {h.get('nh_n_regions')} regions "
+                f"({meta['FreeSurfer']['CorticalAtlas']} cortex), confidence "
+                f"{h.get('nh_confidence')}, median posterior SD "
+                f"{statistics.median(sd) if sd else float('nan'):.1f} mm3; FreeSurfer "
+                f"{versions['Found']} vs model {versions['ModelTrainedOn']}; IQMs missing: "
+                f"{named('nh_iqms_missing')}; regions flagged: {named('nh_regions_flagged')}; "
+                f"out of range: {flags if isinstance(flags, str) else 'none'}"
             )
         lines.append(f"  {label}: {detail}")
     print(f"values exact: {exact}/{n} scans ({with_output} scans had a raw output table)")
