@@ -58,6 +58,35 @@ print(json.dumps(_stats(t, c)))
 )
 
 
+# The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
+# beside pyarrow's, and what the harmonization itself costs.
+_STAGES = """
+import json, sys, time
+from pathlib import Path
+from neuroharmony_bids import tabular as T
+from neuroharmony_bids.cli.table import _compact
+from neuroharmony_bids.harmonize.apply import harmonize_table
+from neuroharmony_bids.harmonize.io import load_model
+model, path = load_model(), Path(sys.argv[1])
+cpu = dict.fromkeys(("read", "harmonize", "compact", "write"), 0.0)
+with open(sys.argv[2], "wb") as fh:
+    writer = T.TableWriter(fh, ",")
+    blocks = T._arrow_blocks(path, ",", T.read_header(path, ","), T.BLOCK_BYTES)
+    c = time.process_time()
+    for block in blocks:
+        c1 = time.process_time()
+        out = harmonize_table(block, model)
+        c2 = time.process_time()
+        out = _compact(out, model)
+        c3 = time.process_time()
+        writer.write(out)
+        cpu["read"] += c1 - c; cpu["harmonize"] += c2 - c1; cpu["compact"] += c3 - c2
+        c = time.process_time()
+        cpu["write"] += c - c3
+print(json.dumps(cpu))
+"""
+
+
 def _child(code: str, *args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -89,6 +118,7 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
         for i in range(repeat):
             arrow.append(_child(_ARROW, str(src), str(Path(tmp) / "arrow.csv")))
             cli.append(_child(_CLI, str(src), str(Path(tmp) / f"cli{i}.csv")))
+        stages = _child(_STAGES, str(src), str(Path(tmp) / "stages.csv"))
         a = min(arrow, key=lambda r: r["wall"])
         c = min(cli, key=lambda r: r["wall"])
         a["cpu"], c["cpu"] = min(r["cpu"] for r in arrow), min(r["cpu"] for r in cli)
@@ -106,6 +136,9 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
                                        f"peak RSS {c['rss'] / 2**20:.0f} MiB"),
             ("time ratio CLI / pyarrow", f"{c['wall'] / a['wall']:.2f} wall, "
                                          f"{c['cpu'] / a['cpu']:.2f} CPU (target ≤ 1.3)"),
+            ("CLI stages, CPU s (one after another)", ", ".join(
+                f"{k} {v:.2f}" for k, v in stages.items()) + f"; I/O alone (read + compact + "
+                f"write) / pyarrow: {(sum(stages.values()) - stages['harmonize']) / a['cpu']:.2f}"),
             ("peak RSS / table in memory", f"{c['rss'] / nbytes:.2f} (target ≤ 2; pyarrow alone: "
                                            f"{a['rss'] / nbytes:.2f})"),
             ("output bytes", f"{len(first) / 2**20:.0f} MiB"),

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _synth import REGIONS, synth_table
+from sklearn.exceptions import NotFittedError
 
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
@@ -317,7 +318,7 @@ def test_training_refuses_lonely_site_and_confounded_covariate(table):
 def test_estimator_conventions(table):
     est = NeuroHarmonizer(covariates=("notes",))
     assert est.get_params()["covariates"] == ("notes",)
-    with pytest.raises(Exception, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         est.transform(table)
 
 
@@ -420,4 +421,33 @@ def test_training_validates_leave_one_site_out_outside_fit(table):
     np.testing.assert_allclose(
         model.transform(table.head(5))[REGIONS].to_numpy(),
         NeuroHarmonizer(profile_weight=0.5).fit(table, "site").transform(table.head(5))[REGIONS],
+    )
+
+
+def test_profile_weight_override_leaves_the_model_alone(table, model):
+    from neuroharmony_bids.cli.parser import parse_settings
+    from neuroharmony_bids.harmonize.apply import harmonize_table
+
+    scans = table.head(4)
+    out = harmonize_table(scans, model, profile_weight=0.0)
+    assert model.profile_weight == 1.0
+    prior_only = NeuroHarmonizer(profile_weight=0.0).fit(table, "site")
+    np.testing.assert_allclose(
+        out[REGIONS].to_numpy(dtype=float), prior_only.transform(scans)[REGIONS].to_numpy(float)
+    )
+    assert not np.allclose(out[REGIONS].to_numpy(float), model.transform(scans)[REGIONS])
+    assert parse_settings(["/d", "/o", "participant", "--profile-weight", "2"]).profile_weight == 2
+    assert parse_settings(["/d", "/o", "participant"]).profile_weight is None
+    with pytest.raises(SystemExit):
+        parse_settings(["/d", "/o", "participant", "--profile-weight", "-1"])
+
+
+def test_refit_does_not_reuse_gains_of_the_previous_fit(table):
+    model = NeuroHarmonizer().fit(table[table.site != "site0"], "site")
+    model.transform(table.head(3))  # fills the per-model gain cache
+    model.fit(table[table.site != "site5"], "site")
+    fresh = NeuroHarmonizer().fit(table[table.site != "site5"], "site")
+    np.testing.assert_allclose(
+        model.transform(table.head(3))[REGIONS].to_numpy(float),
+        fresh.transform(table.head(3))[REGIONS].to_numpy(float),
     )

@@ -24,6 +24,7 @@ import pytest
 
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.bids.layout import Scan
+from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.io import freesurfer_stats, mriqc_json
 from neuroharmony_bids.settings import Settings
@@ -207,7 +208,7 @@ def test_plugin_settings(tmp_path):
     assert T.plugin_settings(s) == ("SLURMGraph", {"sbatch_args": "--time=24:00:00"})
     assert T.plugin_settings(Settings(**base, nprocs=1))[0] == "Linear"
     yml.write_text("- not a mapping\n")
-    with pytest.raises(Exception, match="--use-plugin"):
+    with pytest.raises(UsageError, match="--use-plugin"):
         T.plugin_settings(s)
 
 

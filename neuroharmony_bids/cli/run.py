@@ -39,7 +39,7 @@ def input_folders(settings: Settings) -> list[tuple[str, Path]]:
     ``bids_dir/derivatives`` (``mriqc``, ``freesurfer``, ``fmriprep``, ...).
     """
     bids_dir = settings.bids_dir.resolve()
-    out = [("the input dataset", bids_dir)]
+    out = [("the input dataset root", bids_dir)]
     for flag, value in (("--mriqc-dir", settings.mriqc_dir), ("--freesurfer-dir",
                                                               settings.freesurfer_dir)):  # fmt: skip
         if value is not None:

@@ -240,6 +240,7 @@ class NeuroHarmonizer(BaseEstimator):
     def fit(self, table: pd.DataFrame, site: str | Sequence = "site", sex_mapping=None):
         """Fit on a multi-site table. ``site`` is a column name or one label per row."""
         self._validate_params()
+        self.__dict__.pop("_gain_cache", None)  # gains of a previous fit are stale
         table = table.reset_index(drop=True)
         site_values = self._site_values(table, site)
         prep = prepare(table, covariates=self.covariates, sex_mapping=sex_mapping)
@@ -483,11 +484,12 @@ class NeuroHarmonizer(BaseEstimator):
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0) * (
                 1.0 - gone.mean(axis=1)
             )
-            names = np.array(cols, dtype=object)
-            used[rows] = [";".join(names[~g]) for g in gone]
+            used[rows] = ";".join(cols)
+            if gone.any():  # per-scan lists only for the scans missing some of this set
+                part = np.flatnonzero(rows)[gone.any(axis=1)]
+                used[part] = _join_names(~gone[gone.any(axis=1)], cols)
         # named as missing: the model's core IQMs the scan lacks (all of them used when present)
-        core_names = np.array(self.iqm_sets_["core"], dtype=object)
-        iqms_missing = np.array([";".join(core_names[m]) for m in missing[:, core_idx]], object)
+        iqms_missing = _join_names(missing[:, core_idx], self.iqm_sets_["core"])
         lo = np.array([self.iqm_range_[c][0] for c in full])
         hi = np.array([self.iqm_range_[c][1] for c in full])
         with np.errstate(invalid="ignore"):
@@ -565,8 +567,14 @@ class NeuroHarmonizer(BaseEstimator):
         # a region far from the training norm (person and site variation together) is flagged
         # and ignored by every other region's offset estimate
         far_region = np.abs(z - mu) / np.sqrt(np.diag(T1 + S)) > REGION_Z_LIMIT
-        patterns, inverse = np.unique(far_region, axis=0, return_inverse=True)
-        inverse = np.asarray(inverse).ravel()
+        # pattern 0: nothing flagged (most scans, no sort); the others from flagged scans only
+        patterns = np.zeros((1, len(regions)), dtype=bool)
+        inverse = np.zeros(len(far_region), dtype=int)
+        any_far = far_region.any(axis=1)
+        if any_far.any():
+            found, inv = np.unique(far_region[any_far], axis=0, return_inverse=True)
+            patterns = np.vstack([patterns, found])
+            inverse[any_far] = np.asarray(inv).ravel() + 1
         limit = min(self.profile_limit_, PROFILE_ALPHA)
         broken = far_region.mean(axis=1) > MAX_FLAGGED_SHARE
         for k, pattern in enumerate(patterns):
@@ -578,13 +586,12 @@ class NeuroHarmonizer(BaseEstimator):
         gamma = np.empty_like(z)
         var = np.empty_like(z)
         scale = np.ones_like(z)
-        groups = (
-            np.arange(len(table)).astype(str)
-            if site_column is None
-            else self._site_values(table, site_column)
-        )
-        labels, gidx, counts = np.unique(groups, return_inverse=True, return_counts=True)
-        gidx = np.asarray(gidx).ravel()
+        if site_column is None:  # every scan on its own
+            gidx, counts = np.arange(len(table)), np.ones(len(table), dtype=int)
+        else:
+            groups = self._site_values(table, site_column)
+            _, gidx, counts = np.unique(groups, return_inverse=True, return_counts=True)
+            gidx = np.asarray(gidx).ravel()
         single = counts[gidx] == 1
         Tw = self.profile_weight * T1
         for k, pattern in enumerate(patterns):
@@ -718,9 +725,13 @@ class NeuroHarmonizer(BaseEstimator):
 def _join_names(flags: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Per row, the ';'-joined names of the True columns of ``flags`` ('' when none)."""
     text = np.full(len(flags), "", dtype=object)
-    for j, name in enumerate(names):
-        text = np.where(flags[:, j], text + (name + ";"), text)
-    return pd.Series(text, dtype=object).str.rstrip(";").to_numpy()
+    rows = np.flatnonzero(flags.any(axis=1))  # string work only for flagged scans
+    if len(rows):
+        sub = flags[rows]
+        cols = np.flatnonzero(sub.any(axis=0))
+        picked = np.asarray(names, dtype=object)[cols]
+        text[rows] = [";".join(picked[r]) for r in sub[:, cols]]
+    return text
 
 
 def _major_minor(version) -> str:
