@@ -40,7 +40,7 @@ from neuroharmony_bids.bids.layout import (
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
 from neuroharmony_bids.harmonize.apply import invalid_rows
-from neuroharmony_bids.harmonize.features import ALL_IQMS
+from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.harmonize.io import load_model_with_info
 from neuroharmony_bids.harmonize.model import FS_VERSION_COLUMN
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
@@ -102,11 +102,22 @@ def read_scan_iqms(
         ) from None
 
 
-def parse_scan(plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]) -> ScanInputs:
+def core_iqms(model: Any) -> list[str]:
+    """The IQMs the model's prior is built on (it uses more when they are present)."""
+    sets = getattr(model, "iqm_sets_", None)
+    if isinstance(sets, Mapping) and sets.get("core"):
+        return list(sets["core"])
+    return list(CORE_IQMS)
+
+
+def parse_scan(
+    plan: ScanPlan, group_tables: dict[Path, pd.DataFrame], expected: Sequence[str] = ()
+) -> ScanInputs:
     """Read one scan's IQMs and volumes (DataError/MissingInputError name file and line).
 
     An IQM MRIQC could not compute is NaN, not a failure: the harmonizer uses the others
-    (and names the ones it needed in ``nh_iqms_missing``).
+    (and names the ones it needed in ``nh_iqms_missing``); a warning names the IQMs that are
+    unavailable, or absent among ``expected``.
     """
     scan = plan.scan
     reading, mriqc_version = read_scan_iqms(plan, group_tables)
@@ -122,6 +133,12 @@ def parse_scan(plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]) -> ScanIn
         warnings.append(
             f"{reading.where}: MRIQC could not compute {', '.join(unavailable)}; harmonized "
             f"with the other IQMs (nh_iqms_missing names those the model needed)"
+        )
+    absent = [n for n in expected if n not in reading.values]
+    if absent:
+        warnings.append(
+            f"{reading.where}: no IQM {', '.join(map(repr, absent))} (another MRIQC version, or "
+            f"an edited file?); harmonized with the other IQMs (named in nh_iqms_missing)"
         )
     subject = fs_stats.read_subject(plan.fs_subject_dir)  # every stats file read once
     warnings += subject_warnings(subject)
@@ -424,6 +441,7 @@ def collect_inputs(
         sex_column=settings.sex_column,
         sex_mapping=settings.sex_mapping_dict,
     )
+    expected = core_iqms(model)
     shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
     group_tables: dict[Path, pd.DataFrame] = {}
@@ -438,7 +456,7 @@ def collect_inputs(
             progress.update()
             continue
         try:
-            item = parse_scan(plan, group_tables)
+            item = parse_scan(plan, group_tables, expected)
         except NeuroharmonyError as exc:
             _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
@@ -620,6 +638,7 @@ __all__ = [
     "ScanInputs",
     "build_table",
     "collect_inputs",
+    "core_iqms",
     "harmonize_rows",
     "harmonize_scans",
     "harmonize_with_sd",
