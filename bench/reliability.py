@@ -368,13 +368,14 @@ BAD_INPUTS: list[BadInput] = [
                  _stats(ds) / "aseg.stats",
                  "$Id: mri_segstats.c,v 1.121 2016/05/31 17:27:11 greve Exp $", "9.9.9-beta")
              or [], 0, ("aseg.stats", "9.9.9-beta")),
+    # an IQM absent or not computed costs a flag (nh_iqms_missing), not the scan (issue 13)
     BadInput("MRIQC IQM missing",
-             lambda ds, t: _replace_line(_iqm_json(ds), '"cjv"', '"cjv_renamed"') or [], 1,
-             ("_T1w.json", "'cjv'", "missing"), failed_code=65),
+             lambda ds, t: _replace_line(_iqm_json(ds), '"cjv"', '"cjv_renamed"') or [], 0,
+             ("_T1w.json", "no IQM 'cjv'", "nh_iqms_missing")),
     BadInput("MRIQC IQM NaN",
              lambda ds, t: _iqm_json(ds).write_text(
-                 json.dumps({**json.loads(_iqm_json(ds).read_text()), "cjv": None})) or [], 1,
-             ("_T1w.json", "'cjv'", "NaN"), failed_code=65),
+                 json.dumps({**json.loads(_iqm_json(ds).read_text()), "cjv": None})) or [], 0,
+             ("_T1w.json", "could not compute cjv", "nh_iqms_missing")),
     BadInput("MRIQC JSON truncated", lambda ds, t: _truncate(_iqm_json(ds)) or [], 1,
              ("_T1w.json", "line", "not valid JSON"), failed_code=65),
     BadInput("output folder not writable", lambda ds, t: [], 64, ("not writable",),
