@@ -133,6 +133,9 @@ def collect_tables(
     """(raw table, harmonized table, problems) from complete scans; others become problems."""
     raw_rows, harm_rows, problems = [], [], []
     progress = Progress("group", len(found), log)
+    # sets, not the ordered lists: a list lookup per cell was a third of the time at 5k scans
+    regions, iqm_names = frozenset(D.REGION_ORDER), frozenset(ALL_IQMS)
+    harm_names = regions | frozenset(D.NH_COLUMNS)
     for item in found:
         scan = item.scan
         ids = {"bids_name": scan.bids_name, **D.id_columns(scan)}
@@ -167,14 +170,14 @@ def collect_tables(
         raw_rows.append(
             {
                 **common,
-                **{k: _num(v) for k, v in iqms.items() if k in ALL_IQMS},
-                **{k: v for k, v in raw.items() if k in D.REGION_ORDER},
+                **{k: _num(v) for k, v in iqms.items() if k in iqm_names},
+                **{k: v for k, v in raw.items() if k in regions},
             }
         )
         harm_rows.append(
             {
                 **common,
-                **{k: v for k, v in harm.items() if k in D.REGION_ORDER or k in D.NH_COLUMNS},
+                **{k: v for k, v in harm.items() if k in harm_names},
             }
         )
         progress.update()
