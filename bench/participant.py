@@ -9,7 +9,7 @@ rows have a failed parcellation and are reported as failed scans), then times
 group under 40 s for 5,000 scans on 2 cores, the validator's own run excluded; validation runs
 once per dataset state (the group level and re-runs reuse the participant level's stamp).
 
-    python bench/participant.py [--n 1000] [--nprocs 2] [--keep DIR]
+    python bench/participant.py [--n 1000] [--nprocs 2] [--keep DIR] [--compare-with ../main]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it")
     ap.add_argument("--skip-validation", action="store_true", help="pass --skip-bids-validation")
     ap.add_argument("--with-reports", action="store_true", help="also write per-scan reports")
+    ap.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also time the group level of another checkout of this repository (e.g. main) on "
+        "the same outputs, both in fresh processes (import time included in both)",
+    )
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -61,20 +69,38 @@ def main(argv: list[str] | None = None) -> int:
     build_bids_dataset(bids_dir, rows)
     t_build = time.perf_counter() - t0
 
-    # time the group report (another module) separately: it is most of the group level
+    # time each named step of the two drivers (module-level functions, patched in place; a
+    # step another branch renames is simply not listed)
     import neuroharmony_bids.workflows.group as group_wf
+    import neuroharmony_bids.workflows.participant as part_wf
 
-    report_secs: list[float] = []
-    write_report = group_wf._write_report
+    step_secs: dict[str, dict[str, float]] = {"participant": {}, "group": {}}
+    current = ["participant"]
 
-    def timed_report(*a, **k):
-        t = time.perf_counter()
-        try:
-            return write_report(*a, **k)
-        finally:
-            report_secs.append(time.perf_counter() - t)
+    def timed(module, name: str) -> None:
+        func = getattr(module, name, None)
+        if func is None:
+            return
 
-    group_wf._write_report = timed_report
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return func(*a, **k)
+            finally:
+                steps = step_secs[current[0]]
+                steps[name] = steps.get(name, 0.0) + time.perf_counter() - t
+
+        setattr(module, name, wrapper)
+
+    for name in ("plan_scans", "load_model_and_info", "prepare_output", "pending_scans",
+                 "locate_and_run_tools", "collect_inputs", "harmonize_scans", "write_scans",
+                 "write_reports"):  # fmt: skip
+        timed(part_wf, name)
+    for name in ("load_checked_model", "select_outputs", "gather", "site_labels",
+                 "write_group_tables", "write_joint", "check_drift", "_write_report",
+                 "train_model"):  # fmt: skip
+        timed(group_wf, name)
+    steps_first_run: dict[str, float] = {}
 
     common = ["--nprocs", str(args.nprocs), "-q"]
     if args.skip_validation:
@@ -84,12 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     codes = {}
     for level in ("participant", "group"):
+        current[0] = level
         t = time.perf_counter()
         codes[level] = run([str(bids_dir), str(out), level, *common])
         timings[level] = time.perf_counter() - t
+    steps_first_run.update(step_secs["participant"])
+    step_secs["participant"].clear()
+    current[0] = "participant"
     t = time.perf_counter()
     codes["participant re-run"] = run([str(bids_dir), str(out), "participant", *common])
     timings["participant re-run"] = time.perf_counter() - t
+
+    compared: dict[str, float] = {}
+    if args.compare_with:
+        for label, checkout in (("this checkout", REPO), (str(args.compare_with), args.compare_with)):  # fmt: skip
+            env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
+            cmd = [sys.executable, "-c", "import sys; from neuroharmony_bids.cli.run import run; "
+                   "sys.exit(run(sys.argv[1:]))", str(bids_dir), str(out), "group", *common]  # fmt: skip
+            t = time.perf_counter()
+            code = subprocess.run(cmd, env=env, check=False).returncode
+            compared[f"{label} (exit {code})"] = time.perf_counter() - t
 
     # validation runs once per dataset state (a stamp in logs/): say what each run spent on it
     validation = {}
@@ -105,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build fixture dataset:        {t_build:7.1f} s (not part of the target)")
     for level, secs in timings.items():
         print(f"{level + ':':29s} {secs:7.1f} s  (exit {codes[level]})")
-        if level == "group" and report_secs:
-            print(f"  of which group report:      {report_secs[0]:7.1f} s  (reports/group.py)")
+        steps = steps_first_run if level == "participant" else step_secs[level.split()[0]]
+        for name, step in sorted(steps.items(), key=lambda kv: -kv[1]):
+            if step >= 0.05:
+                print(f"  {name + ':':27s} {step:7.1f} s")
     print(
         f"participant + group:          {total:7.1f} s  ({total / max(args.n, 1) * 1000:.1f} ms/scan)"
     )
@@ -114,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         f"harmonized tables written:    {n_out}; failed scans reported: {n_failed} "
         "(ABIDE rows with a 0 mm^3 region: failed parcellations, exit 1 by design)"
     )
+    for label, secs in compared.items():
+        print(f"group level, fresh process, {label}: {secs:.1f} s")
     for name, line in validation.items():
         print(f"  {name}: {line}")
     print(

@@ -382,7 +382,7 @@ BAD_INPUTS: list[BadInput] = [
              out_dir=_unwritable_out),
     BadInput("output folder inside the input dataset", lambda ds, t: [], 64,
              ("inside the input dataset",), out_dir=lambda ds, t: ds.root / "sub-out"),
-    BadInput("output folder is the dataset root", lambda ds, t: [], 64, ("root",),
+    BadInput("output folder is the dataset root", lambda ds, t: [], 64, ("is the input dataset",),
              out_dir=lambda ds, t: ds.root),
     BadInput("model file corrupt", lambda ds, t: _model_file(t, os.urandom(200)), 65,
              ("model.json",)),

@@ -451,3 +451,25 @@ def test_refit_does_not_reuse_gains_of_the_previous_fit(table):
         model.transform(table.head(3))[REGIONS].to_numpy(float),
         fresh.transform(table.head(3))[REGIONS].to_numpy(float),
     )
+
+
+def test_sex_mapping_is_a_parameter(table, tmp_path):
+    coded = table.assign(sex=table["sex"].map({"M": 1, "F": 2}))
+    with pytest.raises(DataError, match="sex"):
+        NeuroHarmonizer().fit(coded, "site")
+    model = NeuroHarmonizer(sex_mapping={"1": "M", "2": "F"}).fit(coded, "site")
+    plain = NeuroHarmonizer().fit(table, "site")
+    np.testing.assert_allclose(
+        model.transform(coded.head(4))[REGIONS].to_numpy(float),
+        plain.transform(table.head(4))[REGIONS].to_numpy(float),
+    )
+    assert model.get_params()["sex_mapping"] == {"1": "M", "2": "F"}
+    from neuroharmony_bids.harmonize.io import load_model, save_model
+
+    save_model(model, tmp_path / "m.json")
+    again = load_model(tmp_path / "m.json")
+    assert again.sex_mapping == {"1": "M", "2": "F"}
+    np.testing.assert_allclose(
+        again.transform(coded.head(4))[REGIONS].to_numpy(float),
+        model.transform(coded.head(4))[REGIONS].to_numpy(float),
+    )

@@ -227,3 +227,25 @@ def test_site_auc_groups_remove_anti_learning():
     # one batch = no honest split
     one = np.where(is_site, "all", batch)
     assert np.isnan(metrics.site_auc(harmonized, is_site, None, groups=one))
+
+
+def test_subsample_per_site_caps_each_site_deterministically():
+    labels = np.array(["a"] * 30 + ["b"] * 5 + ["c"] * 12)
+    rows = metrics.subsample_per_site(labels, 10, seed=3)
+    kept = pd.Series(labels[rows]).value_counts().to_dict()
+    assert kept == {"a": 10, "c": 10, "b": 5}
+    assert np.all(np.diff(rows) > 0)
+    assert np.array_equal(rows, metrics.subsample_per_site(labels, 10, seed=3))
+    assert not np.array_equal(rows, metrics.subsample_per_site(labels, 10, seed=4))
+    with pytest.raises(ValueError, match="at least 1"):
+        metrics.subsample_per_site(labels, 0)
+
+
+def test_site_auc_capped_per_site_still_finds_the_site_effect():
+    vol, cov, site = cohort(seed=9, n_per_site=120, shift_sd=3.0, shifted_site=1)
+    full = metrics.site_auc(vol, site, cov)
+    capped = metrics.site_auc(vol, site, cov, max_per_site=50, tol=1e-3)
+    assert capped == metrics.site_auc(vol, site, cov, max_per_site=50, tol=1e-3)
+    assert capped == pytest.approx(full, abs=0.05)
+    null_vol, null_cov, null_site = cohort(seed=10, n_per_site=120)
+    assert abs(metrics.site_auc(null_vol, null_site, null_cov, max_per_site=50) - 0.5) < 0.1

@@ -14,7 +14,13 @@ from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.features import ETIV, FS_ALIASES
 from neuroharmony_bids.reports import write_group_report, write_participant_report
 from neuroharmony_bids.reports.figures import key_region_series
-from neuroharmony_bids.reports.group import build_group_report, region_columns, site_labels
+from neuroharmony_bids.reports.group import (
+    AUC_MAX_PER_SITE,
+    AUC_SEED,
+    build_group_report,
+    region_columns,
+    site_labels,
+)
 from neuroharmony_bids.testing.example import simulate_table
 
 GROUP_SECTIONS = ("summary", "site-effects", "biology", "quality", "uncertainty", "model")
@@ -81,7 +87,8 @@ def test_group_report_site_statistics_match_metrics(group_html):
     regions = region_columns(raw, harmonized, model)
     sites = raw["site"].to_numpy()
     cov = raw[["age", "sex"]]
-    auc = [metrics.site_auc(t[regions].astype(float), sites, cov) for t in (raw, harmonized)]
+    kw = {"max_per_site": AUC_MAX_PER_SITE, "seed": AUC_SEED, "tol": 1e-3}
+    auc = [metrics.site_auc(t[regions].astype(float), sites, cov, **kw) for t in (raw, harmonized)]
     sig = [
         int(metrics.residual_site_effect(t[regions].astype(float), sites, cov)["significant"].sum())
         for t in (raw, harmonized)
@@ -89,6 +96,9 @@ def test_group_report_site_statistics_match_metrics(group_html):
     row = re.search(r"Site-classifier AUC.*?</tr>", _sections(group_html)["site-effects"], re.S)
     shown = [float(x) for x in re.findall(r'<td class="num">([0-9.]+)</td>', row.group(0))]
     assert shown == pytest.approx(auc, abs=6e-4)
+    n_auc = len(metrics.subsample_per_site(sites, AUC_MAX_PER_SITE, AUC_SEED))
+    said = f"all {len(sites)} scans" if n_auc == len(sites) else f"{n_auc} of {len(sites)} scans"
+    assert said in row.group(0)
     row = re.search(r"significant site effect.*?</tr>", group_html, re.S)
     assert [int(x) for x in re.findall(r'<td class="num">(\d+)</td>', row.group(0))] == sig
 
