@@ -611,19 +611,36 @@ def run_table_case(case: TableCase, table: pd.DataFrame, tmp: Path) -> list[str]
     return problems
 
 
+MARKDOWN_OUTPUTS = ("CITATION.md", "models/*_card.md")
+
+
 def markdown_escaped() -> list[str]:
-    """Hostile version strings in CITATION.md render as literal text (no link, HTML, heading)."""
+    """Hostile version strings (CITATION.md) and site names and paths (the model card of
+    ``--train``) render as literal text: no link, HTML, heading or broken table."""
+    from types import SimpleNamespace
+
+    import pandas as pd
     from markdown_it import MarkdownIt
 
     from neuroharmony_bids.reports.citation import citation_markdown
+    from neuroharmony_bids.reports.model_card import model_card_text
 
-    md = citation_markdown({
-        "freesurfer": "7 | x |\n# H [a](javascript:alert(1)) <script>alert(1)</script>",
-        "mriqc": "<img src=x onerror=alert(1)>", "model": "m` <b>x</b>",
-    })  # fmt: skip
-    html = MarkdownIt("commonmark").enable("table").render(md)
-    return [f"CITATION.md renders {bad!r}" for bad in
-            ("<script", "<img", "<b>", 'href="javascript', "<h1>H") if bad in html]  # fmt: skip
+    hostile = "7 | x |\n# H [a](javascript:alert(1)) <script>alert(1)</script>"
+    texts = {
+        "CITATION.md": citation_markdown({
+            "freesurfer": hostile, "mriqc": "<img src=x onerror=alert(1)>", "model": "m` <b>x</b>",
+        }),
+        "models/*_card.md": model_card_text(
+            Path("m` <b>x</b>.json"), "ab|`cd",
+            SimpleNamespace(profile_weight=1.0, regions_=["Left-Hippocampus"], iqms_=["cjv"]),
+            pd.DataFrame({"site": [hostile, "<img src=x onerror=alert(1)>"], "age": [20.0, 30.0],
+                          "sex": ["M", "F"]}),
+            hostile, "Manufacturer",
+        ),
+    }  # fmt: skip
+    render = MarkdownIt("commonmark").enable("table").render
+    return [f"{name} renders {bad!r}" for name, md in texts.items() for bad in
+            ("<script", "<img", "<b>", 'href="javascript', "<h1>H") if bad in render(md)]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- kills
@@ -787,7 +804,11 @@ def main() -> int:
         _run_cases("table input", TABLE_INPUTS, run_table_case, table, tmp, tally, failures)
         probs = markdown_escaped()
         failures += probs
-        tally["Markdown outputs escaped"] = (int(not probs), 1)
+        bad = {p.split(" renders ")[0] for p in probs}
+        tally["Markdown outputs escaped"] = (
+            len(MARKDOWN_OUTPUTS) - len(bad),
+            len(MARKDOWN_OUTPUTS),
+        )
 
         ok = 0
         modes = ["delay", "first-output", "mid-write"]
