@@ -12,7 +12,9 @@ as a user would and prints:
 - values exact N/N: scans whose ``*_desc-raw_morph.tsv`` holds exactly the numbers of their
   stats files (read here with a regex, independently of the parser);
 - harmonized N/N: scans with ``nh_status = harmonized``;
-- per scan: FreeSurfer version, status, regions harmonized, flagged inputs, or why it failed.
+- per scan: FreeSurfer version (found vs trained on), status, regions harmonized (and the
+  cortical atlas), median posterior SD, IQMs missing, regions flagged, out-of-range inputs, or
+  why it failed.
 
     python bench/real_outputs.py [--keep DIR]
 """
@@ -20,9 +22,11 @@ as a user would and prints:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,27 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 REAL = REPO / "tests" / "data" / "real"
 
-#: (subject label, stats folder, MRIQC JSON, stand-in age, stand-in sex)
-PAIRS = [
-    ("fs53", "freesurfer/5.3/copy-hcp", "21.0.0rc2/sub-01_T1w.json", 28, "M"),
-    ("fs60", "freesurfer/6.0/nfmrix-sub-01", "22.0.0rc1/sub-0001_T1w.json", 24, "F"),
-    ("fs70", "freesurfer/7.0/soichi", "22.0.6/sub-113_T1w.json", 31, "M"),
-    (
-        "fs741",
-        "freesurfer/7.4.1/nimh-dasb-sub-01",
-        "22.0.6/copy-nan-qi_1_sub-113_T1w.json",
-        26,
-        "F",
-    ),
-    ("fs741b", "freesurfer/7.4.1/copy-fs741", "23.0.1/sub-0206_T1w.json", 22, "M"),
-    (
-        "fastsurfer",
-        "fastsurfer/2.x/copy-assembled",
-        "24.1.0.dev0/sub-001_ses-pilot003_acq-morphobox_T1w.json",
-        29,
-        "F",
-    ),
-]
+from neuroharmony_bids.testing.real_corpus import REAL_PAIRS as PAIRS  # noqa: E402
 
 
 def read_corpus() -> tuple[int, int, list[str]]:
@@ -106,28 +90,6 @@ def text_volumes(stats_dir: Path) -> dict[str, float]:
     return out
 
 
-def build(root: Path) -> tuple[Path, Path, Path]:
-    import pandas as pd
-
-    from neuroharmony_bids.testing import build_bids_dataset
-
-    bids = root / "bids"
-    rows = pd.DataFrame(
-        [
-            {"SUB_ID": s, "AGE_AT_SCAN": age, "sex": sex, "SITE_ID": s, "vendor": "stand-in"}
-            for s, _, _, age, sex in PAIRS
-        ]
-    )
-    build_bids_dataset(bids, rows, freesurfer=False, mriqc=False, model_column=None)
-    fs_dir, mq_dir = root / "freesurfer", root / "mriqc"
-    for sub, stats, iqm, _, _ in PAIRS:
-        shutil.copytree(REAL / stats / "stats", fs_dir / f"sub-{sub}" / "stats")
-        target = mq_dir / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REAL / "mriqc" / iqm, target)
-    return bids, fs_dir, mq_dir
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it")
@@ -146,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="nh-real-"))
     if args.keep and root.exists():
         shutil.rmtree(root)
-    bids, fs_dir, mq_dir = build(root)
+    from neuroharmony_bids.testing.real_corpus import build_real_dataset
+
+    bids, fs_dir, mq_dir = build_real_dataset(root, REAL)
     out = root / "out"
     cmd = [
         sys.executable,
@@ -192,9 +156,22 @@ def main(argv: list[str] | None = None) -> int:
             h = pd.read_csv(harm_tsv, sep="\t").iloc[0]
             harmonized += h.get("nh_status") == "harmonized"
             flags = h.get("nh_out_of_range_features")
+            sd = [float(h[c]) for c in h.index if c.endswith("_sd")]
+            meta = json.loads(harm_tsv.with_suffix(".json").read_text())
+            versions = meta["Harmonization"]["FreeSurferVersion"]
+
+            def named(col: str, row=h) -> str:
+                value = row.get(col)
+                return value if isinstance(value, str) else "none"
+
             detail += (
-                f"; {h.get('nh_status')}, {h.get('nh_n_regions')} regions, confidence "
-                f"{h.get('nh_confidence')}, flagged: {flags if isinstance(flags, str) else 'none'}"
+                f"; {h.get('nh_status')}, {h.get('nh_n_regions')} regions "
+                f"({meta['FreeSurfer']['CorticalAtlas']} cortex), confidence "
+                f"{h.get('nh_confidence')}, median posterior SD "
+                f"{statistics.median(sd) if sd else float('nan'):.1f} mm3; FreeSurfer "
+                f"{versions['Found']} vs model {versions['ModelTrainedOn']}; IQMs missing: "
+                f"{named('nh_iqms_missing')}; regions flagged: {named('nh_regions_flagged')}; "
+                f"out of range: {flags if isinstance(flags, str) else 'none'}"
             )
         lines.append(f"  {label}: {detail}")
     print(f"values exact: {exact}/{n} scans ({with_output} scans had a raw output table)")

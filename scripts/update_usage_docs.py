@@ -59,7 +59,8 @@ def option_table(parser: argparse.ArgumentParser, level: str = "####") -> str:
         out += ["| option | values | default | description |", "| --- | --- | --- | --- |"]
         for a in actions:
             flags = _flags(a).replace("|", "\\|")
-            out.append(f"| {flags} | {_choices(a)} | {_default(a)} | {_cell(a.help or '')} |")
+            text = parser._get_formatter()._expand_help(a) if a.help else ""  # noqa: SLF001 - '%%' → '%'
+            out.append(f"| {flags} | {_choices(a)} | {_default(a)} | {_cell(text)} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _synth import REGIONS, synth_table
+from sklearn.exceptions import NotFittedError
 
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
@@ -317,7 +318,7 @@ def test_training_refuses_lonely_site_and_confounded_covariate(table):
 def test_estimator_conventions(table):
     est = NeuroHarmonizer(covariates=("notes",))
     assert est.get_params()["covariates"] == ("notes",)
-    with pytest.raises(Exception, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         est.transform(table)
 
 
@@ -449,4 +450,26 @@ def test_refit_does_not_reuse_gains_of_the_previous_fit(table):
     np.testing.assert_allclose(
         model.transform(table.head(3))[REGIONS].to_numpy(float),
         fresh.transform(table.head(3))[REGIONS].to_numpy(float),
+    )
+
+
+def test_sex_mapping_is_a_parameter(table, tmp_path):
+    coded = table.assign(sex=table["sex"].map({"M": 1, "F": 2}))
+    with pytest.raises(DataError, match="sex"):
+        NeuroHarmonizer().fit(coded, "site")
+    model = NeuroHarmonizer(sex_mapping={"1": "M", "2": "F"}).fit(coded, "site")
+    plain = NeuroHarmonizer().fit(table, "site")
+    np.testing.assert_allclose(
+        model.transform(coded.head(4))[REGIONS].to_numpy(float),
+        plain.transform(table.head(4))[REGIONS].to_numpy(float),
+    )
+    assert model.get_params()["sex_mapping"] == {"1": "M", "2": "F"}
+    from neuroharmony_bids.harmonize.io import load_model, save_model
+
+    save_model(model, tmp_path / "m.json")
+    again = load_model(tmp_path / "m.json")
+    assert again.sex_mapping == {"1": "M", "2": "F"}
+    np.testing.assert_allclose(
+        again.transform(coded.head(4))[REGIONS].to_numpy(float),
+        model.transform(coded.head(4))[REGIONS].to_numpy(float),
     )

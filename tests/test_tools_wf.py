@@ -24,6 +24,7 @@ import pytest
 
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.bids.layout import Scan
+from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.io import freesurfer_stats, mriqc_json
 from neuroharmony_bids.settings import Settings
@@ -207,7 +208,7 @@ def test_plugin_settings(tmp_path):
     assert T.plugin_settings(s) == ("SLURMGraph", {"sbatch_args": "--time=24:00:00"})
     assert T.plugin_settings(Settings(**base, nprocs=1))[0] == "Linear"
     yml.write_text("- not a mapping\n")
-    with pytest.raises(Exception, match="--use-plugin"):
+    with pytest.raises(UsageError, match="--use-plugin"):
         T.plugin_settings(s)
 
 
@@ -506,3 +507,35 @@ def test_slurmgraph_two_pass_flow(dataset, tmp_path):
     for name in dataset["names"]:
         assert_numbers_equal_standin_files(out, dataset["data"], name)
     assert not list((out / "logs" / "failed").glob("*.json"))
+
+
+FASTSURFER_DONE = Path(__file__).resolve().parent / "data" / "fastsurfer_2.x_done"
+FASTSURFER_STATS = Path(__file__).resolve().parent / "data" / "real" / "fastsurfer" / "2.x"
+
+
+def test_finished_fastsurfer_subject_is_complete(tmp_path):
+    """FastSurfer leaves ?h.aparc.DKTatlas.mapped.stats (no ?h.aparc.stats), a recon-surf.log
+    from the start and recon-surf.done only at the end; the recon-all steps it calls leave a
+    recon-all.log too. Finished means recon-surf.done, not a recon-all.done."""
+    subject = tmp_path / "sub-fastsurfer"
+    shutil.copytree(FASTSURFER_DONE / "scripts", subject / "scripts")
+    shutil.copytree(FASTSURFER_STATS / "copy-assembled" / "stats", subject / "stats")
+    (subject / "scripts" / "recon-surf.log").write_text("Log file for recon-surf.sh\n")
+    (subject / "scripts" / "recon-all.log").write_text("log of a recon-all step\n")
+    state = fs.subject_state(subject)
+    assert state.complete, state
+    (subject / "scripts" / "recon-surf.done").unlink()  # killed before the end
+    state = fs.subject_state(subject)
+    assert state.status == "incomplete" and "recon-surf.done" in state.detail
+    shutil.copy(FASTSURFER_DONE / "scripts" / "recon-surf.done", subject / "scripts")
+    (subject / "stats" / "rh.aparc.DKTatlas.mapped.stats").unlink()
+    state = fs.subject_state(subject)
+    assert state.status == "incomplete" and "rh.aparc.DKTatlas.mapped.stats" in state.detail
+
+
+def test_fastsurfer_stats_copied_without_scripts_are_complete(tmp_path):
+    subject = tmp_path / "sub-fastsurfer"
+    shutil.copytree(FASTSURFER_STATS / "copy-assembled" / "stats", subject / "stats")
+    assert fs.subject_state(subject).complete
+    (subject / "stats" / "aseg.stats").unlink()
+    assert fs.subject_state(subject).status == "incomplete"

@@ -62,6 +62,22 @@ REGION_ORDER: list[str] = ASEG_REGIONS + DK_REGIONS + EXTRA_REGIONS + [ETIV]
 #: The harmonizer's per-scan flag columns (defined once, by the core).
 NH_COLUMNS: list[str] = list(FLAG_COLUMNS)
 
+#: A harmonized region's posterior SD column is the region's column plus this suffix
+#: (``Left-Hippocampus_sd``): the one naming rule for every table this app writes.
+SD_SUFFIX = "_sd"
+
+
+def sd_column(region: str) -> str:
+    """The column holding ``region``'s posterior SD (mm³) in harmonized tables."""
+    return region + SD_SUFFIX
+
+
+def sd_columns(columns: Sequence[str]) -> list[str]:
+    """The posterior-SD columns among ``columns``, in :data:`REGION_ORDER`."""
+    present = set(columns)
+    return [sd_column(r) for r in REGION_ORDER if sd_column(r) in present]
+
+
 _NH_DICTIONARY: dict[str, dict[str, Any]] = {
     "nh_status": {
         "Description": "Whether this scan's volumes were harmonized",
@@ -76,7 +92,8 @@ _NH_DICTIONARY: dict[str, dict[str, Any]] = {
         "below 1 when the scan is near or beyond the training range",
     },
     "nh_out_of_range": {
-        "Description": "1 if any model input (IQM, age, eTIV) is outside the training range",
+        "Description": "1 if any model input (IQM, age, eTIV), the regional profile or the "
+        "FreeSurfer version is outside what the model was trained on",
         "Levels": {"0": "all inputs inside the training range", "1": "some input outside"},
     },
     "nh_out_of_range_features": {
@@ -87,6 +104,17 @@ _NH_DICTIONARY: dict[str, dict[str, Any]] = {
         "Description": "Semicolon-separated MRIQC IQMs the model used to predict the correction",
     },
     "nh_n_regions": {"Description": "Number of regions the model harmonized for this scan"},
+    "nh_regions_flagged": {
+        "Description": "Semicolon-separated regions far outside the training distribution "
+        "(person and scanner variation together): flagged, and ignored when the other regions' "
+        "scanner offset is estimated (n/a when none)",
+    },
+    "nh_iqms_missing": {
+        "Description": "Semicolon-separated core MRIQC IQMs the model needed but MRIQC could "
+        "not compute for this scan (NaN, null or -1 in its output); the correction was "
+        "predicted from the IQMs present, or from the regional profile when too few remained "
+        "(n/a when none)",
+    },
 }
 
 BIDSIGNORE = """\
@@ -403,6 +431,13 @@ def column_dictionary(columns: Sequence[str]) -> dict[str, dict[str, Any]]:
             out[col] = {"Description": f"{col} from the T1w JSON sidecar"}
         elif col in REGION_ORDER:
             out[col] = {"Description": _region_description(col), "Units": "mm^3"}
+        elif col.endswith(SD_SUFFIX) and col[: -len(SD_SUFFIX)] in REGION_ORDER:
+            out[col] = {
+                "Description": f"Posterior standard deviation of the harmonized "
+                f"{col[: -len(SD_SUFFIX)]} volume: the uncertainty of the scanner correction "
+                f"(n/a where the region was not harmonized)",
+                "Units": "mm^3",
+            }
         else:
             out[col] = {"Description": f"{col} (MRIQC image-quality metric)"}
     return out
@@ -476,8 +511,10 @@ def write_scan_outputs(
     paths = scan_outputs(output_dir, scan)
     ids = id_columns(scan)
     regions = [r for r in REGION_ORDER if r in raw]
+    harm_cols = {sd_column(r) for r in regions}
     raw_row = {**ids, **{r: raw[r] for r in regions}}
     harm_row = {**ids, **{r: harmonized.get(r, np.nan) for r in regions}}
+    harm_row.update({c: harmonized[c] for c in sd_columns(list(harmonized)) if c in harm_cols})
     harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
     common = {
         "Sources": list(provenance.get("Sources", [])),
@@ -501,7 +538,14 @@ def write_scan_outputs(
             "OutOfRange": harmonized.get("nh_out_of_range"),
             "OutOfRangeFeatures": _split(harmonized.get("nh_out_of_range_features")),
             "IQMsUsed": _split(harmonized.get("nh_features_used")),
+            "IQMsMissing": _split(harmonized.get("nh_iqms_missing")),
+            "RegionsFlagged": _split(harmonized.get("nh_regions_flagged")),
             "RegionsHarmonized": harmonized.get("nh_n_regions"),
+            "FreeSurferVersion": {
+                "Found": provenance.get("FreeSurfer", {}).get("Release"),
+                "ModelTrainedOn": model.get("freesurfer_version"),
+            },
+            "PosteriorSD": f"per harmonized region, in the <region>{SD_SUFFIX} columns (mm^3)",
         },
     }
     write_output(paths["raw_json"], _sidecar_text(list(raw_row), raw_json))
@@ -523,6 +567,7 @@ __all__ = [
     "NH_COLUMNS",
     "PIPELINE_NAME",
     "REGION_ORDER",
+    "SD_SUFFIX",
     "canonical_volumes",
     "ID_COLUMNS",
     "column_dictionary",
@@ -541,6 +586,8 @@ __all__ = [
     "report_path",
     "scan_dir",
     "scan_outputs",
+    "sd_column",
+    "sd_columns",
     "write_dataset_files",
     "write_output",
     "write_scan_outputs",

@@ -149,6 +149,9 @@ class NeuroHarmonizer(BaseEstimator):
         own atrophy in a structure is not read as a scanner effect. ``"own_region"``: the full
         posterior, in which every region also informs its own offset (removes slightly more
         site effect, keeps less anatomy; kept for comparison).
+    sex_mapping
+        How numeric sex codes read (e.g. ``{"1": "M", "2": "F"}``), for every table this model
+        fits or harmonizes; a ``sex_mapping`` passed to a call takes precedence.
     freesurfer_version
         FreeSurfer version of the training volumes (a ``freesurfer_version`` column in the
         training table overrides it). Single scans from another version are flagged.
@@ -165,6 +168,7 @@ class NeuroHarmonizer(BaseEstimator):
         profile_weight: float = 1.0,
         profile_update: str = "cross_region",
         freesurfer_version: str | None = "6.0",
+        sex_mapping: Mapping[str, str] | None = None,
     ) -> None:
         self.covariates = covariates
         self.ridge_alphas = ridge_alphas
@@ -173,6 +177,7 @@ class NeuroHarmonizer(BaseEstimator):
         self.profile_weight = profile_weight
         self.profile_update = profile_update
         self.freesurfer_version = freesurfer_version
+        self.sex_mapping = sex_mapping
 
     def _validate_params(self) -> None:
         """Refuse hyperparameters the maths cannot use (scikit-learn: validation in fit)."""
@@ -237,13 +242,18 @@ class NeuroHarmonizer(BaseEstimator):
         return np.column_stack(cols)
 
     # ------------------------------------------------------------------ fit
+    def _sex_mapping(self, given: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        return given if given is not None else self.sex_mapping
+
     def fit(self, table: pd.DataFrame, site: str | Sequence = "site", sex_mapping=None):
         """Fit on a multi-site table. ``site`` is a column name or one label per row."""
         self._validate_params()
         self.__dict__.pop("_gain_cache", None)  # gains of a previous fit are stale
         table = table.reset_index(drop=True)
         site_values = self._site_values(table, site)
-        prep = prepare(table, covariates=self.covariates, sex_mapping=sex_mapping)
+        prep = prepare(
+            table, covariates=self.covariates, sex_mapping=self._sex_mapping(sex_mapping)
+        )
         missing_core = [c for c in F.CORE_IQMS if c not in prep.iqms.columns]
         if missing_core:
             raise DataError(
@@ -505,7 +515,9 @@ class NeuroHarmonizer(BaseEstimator):
         """
         check_is_fitted(self, "combat_")
         table = table.reset_index(drop=True)
-        return row_problems(table, regions=self.regions_, sex_mapping=sex_mapping)
+        return row_problems(
+            table, regions=self.regions_, sex_mapping=self._sex_mapping(sex_mapping)
+        )
 
     def _single_scan_gain(
         self, regions: Sequence[str], T: np.ndarray, S: np.ndarray, flagged: tuple[int, ...]
@@ -550,7 +562,12 @@ class NeuroHarmonizer(BaseEstimator):
         check_is_fitted(self, "combat_")
         table = table.reset_index(drop=True)
         present = [c for c in self.covariates if c in table.columns]
-        prep = prepare(table, regions=self.regions_, covariates=present, sex_mapping=sex_mapping)
+        prep = prepare(
+            table,
+            regions=self.regions_,
+            covariates=present,
+            sex_mapping=self._sex_mapping(sex_mapping),
+        )
         regions = [r for r in self.regions_ if r in prep.volumes]
         ridx = [self.regions_.index(r) for r in regions]
         design = self._design(prep)

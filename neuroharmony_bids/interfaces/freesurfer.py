@@ -73,6 +73,11 @@ STALE_AFTER_SECONDS = 24 * 3600
 
 #: The stats files a complete recon-all leaves and this app reads.
 STATS_FILES = ("aseg.stats", "lh.aparc.stats", "rh.aparc.stats")
+#: The stats files a complete FastSurfer run (segmentation + recon-surf) leaves: DKT cortical
+#: stats instead of recon-all's Desikan ones (Deep-MI/FastSurfer recon_surf/recon-surf.sh).
+FASTSURFER_STATS = (
+    "aseg.stats", "lh.aparc.DKTatlas.mapped.stats", "rh.aparc.DKTatlas.mapped.stats",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,8 @@ def _running_state(subject_dir: Path, flags: list[Path], now: float) -> SubjectS
 
 
 def subject_state(subject_dir: str | os.PathLike, now: float | None = None) -> SubjectState:
-    """Whether recon-all finished on ``subject_dir``: never read a half-written subject."""
+    """Whether recon-all (or FastSurfer) finished on ``subject_dir``: never read a
+    half-written subject."""
     subject_dir = Path(subject_dir)
     if not subject_dir.is_dir():
         return SubjectState(subject_dir, "absent")
@@ -157,7 +163,13 @@ def subject_state(subject_dir: str | os.PathLike, now: float | None = None) -> S
         return SubjectState(
             subject_dir, "failed", "recon-all exited with errors" + (f" in: {cmd}" if cmd else "")
         )
+    surf_log, surf_done = scripts / "recon-surf.log", scripts / "recon-surf.done"
+    if surf_log.is_file() or surf_done.is_file():
+        return _fastsurfer_state(subject_dir, surf_done)
     missing = [n for n in STATS_FILES if not (subject_dir / "stats" / n).is_file()]
+    fastsurfer_missing = [n for n in FASTSURFER_STATS if not (subject_dir / "stats" / n).is_file()]
+    if missing and not fastsurfer_missing and not (scripts / "recon-all.log").is_file():
+        return SubjectState(subject_dir, "complete", "FastSurfer stats (no run logs kept)")
     if missing:
         return SubjectState(subject_dir, "incomplete", f"stats/{', '.join(missing)} missing")
     if (scripts / "recon-all.log").is_file() and not done_info:
@@ -165,6 +177,25 @@ def subject_state(subject_dir: str | os.PathLike, now: float | None = None) -> S
             subject_dir, "incomplete", "recon-all logged a run but never finished it"
         )
     return SubjectState(subject_dir, "complete")
+
+
+def _fastsurfer_state(subject_dir: Path, done: Path) -> SubjectState:
+    """A FastSurfer subject: recon-surf.sh writes ``scripts/recon-surf.done`` (``SUBJECT ...``
+    key lines) only at its very end; the recon-all steps it calls leave their own logs, which
+    say nothing about the whole run."""
+    missing = [n for n in FASTSURFER_STATS if not (subject_dir / "stats" / n).is_file()]
+    if missing:
+        return SubjectState(
+            subject_dir, "incomplete", f"FastSurfer stats/{', '.join(missing)} missing"
+        )
+    if "SUBJECT" not in _key_values(done):
+        return SubjectState(
+            subject_dir,
+            "incomplete",
+            "FastSurfer's recon-surf.sh logged a run but never finished it (no "
+            "scripts/recon-surf.done)",
+        )
+    return SubjectState(subject_dir, "complete", "FastSurfer")
 
 
 def remove_isrunning(state: SubjectState) -> list[Path]:
@@ -180,6 +211,7 @@ def remove_isrunning(state: SubjectState) -> list[Path]:
 
 __all__ = [
     "CONTAINER_IMAGE",
+    "FASTSURFER_STATS",
     "STALE_AFTER_SECONDS",
     "STATS_FILES",
     "SubjectState",

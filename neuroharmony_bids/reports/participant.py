@@ -42,7 +42,7 @@ def _etiv(row: pd.Series) -> float | None:
     return None
 
 
-def _scan_section(raw_row: pd.Series, harm_row: pd.Series) -> Section:
+def _scan_section(raw_row: pd.Series, harm_row: pd.Series, model: Any = None) -> Section:
     pairs: dict[str, Any] = {}
     for key in ("participant_id", "session_id", "site", "Manufacturer", "ManufacturersModelName"):
         if key in raw_row and pd.notna(raw_row[key]):
@@ -50,6 +50,11 @@ def _scan_section(raw_row: pd.Series, harm_row: pd.Series) -> Section:
     for key in ("age", "sex"):
         pairs[key] = raw_row.get(key)
     pairs["eTIV (mm³)"] = _etiv(raw_row)
+    found = raw_row.get("freesurfer_version")
+    pairs["FreeSurfer version (found / model trained on)"] = (
+        f"{found if isinstance(found, str) and found else 'unknown'} / "
+        f"{getattr(model, 'freesurfer_version_', None) or 'unrecorded'}"
+    )
     for key in (
         "nh_status",
         "nh_confidence",
@@ -211,7 +216,7 @@ def build_participant_report(
 ) -> str:
     """The participant report as one self-contained HTML string."""
     sections = [
-        _scan_section(raw_row, harmonized_row),
+        _scan_section(raw_row, harmonized_row, model),
         _volume_section(raw_row, harmonized_row, model),
         _iqm_section(raw_row, harmonized_row, model),
         model_section(model, model_info),

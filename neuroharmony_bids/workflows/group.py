@@ -135,7 +135,8 @@ def collect_tables(
     progress = Progress("group", len(found), log)
     # sets, not the ordered lists: a list lookup per cell was a third of the time at 5k scans
     regions, iqm_names = frozenset(D.REGION_ORDER), frozenset(ALL_IQMS)
-    harm_names = regions | frozenset(D.NH_COLUMNS)
+    # regions, their posterior SD (<region>_sd) and the nh_* flags
+    harm_names = regions | frozenset(map(D.sd_column, D.REGION_ORDER)) | frozenset(D.NH_COLUMNS)
     for item in found:
         scan = item.scan
         ids = {"bids_name": scan.bids_name, **D.id_columns(scan)}
@@ -193,7 +194,7 @@ def _order(table: pd.DataFrame, site_first: bool = True) -> pd.DataFrame:
     iqms = [c for c in ALL_IQMS if c in table]
     regions = [c for c in D.REGION_ORDER if c in table]
     nh = [c for c in D.NH_COLUMNS if c in table]
-    cols = ids + cov + scanner + iqms + regions + nh
+    cols = ids + cov + scanner + iqms + regions + D.sd_columns(list(table.columns)) + nh
     return table[cols].sort_values("bids_name", kind="stable").reset_index(drop=True)
 
 
@@ -227,7 +228,7 @@ def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.
     the model's training data. Scans without a site label, or that the model refuses, are left
     out (they are listed in group_failed.tsv by the participant level).
     """
-    from neuroharmony_bids.harmonize.apply import harmonize_table, invalid_rows
+    from neuroharmony_bids.harmonize.apply import invalid_rows
 
     if "site" not in raw or raw["site"].isna().all():
         log.info("joint harmonization skipped: no site labels (use --site-column)")
@@ -235,12 +236,17 @@ def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.
     table = raw[raw["site"].notna()].reset_index(drop=True)
     bad = invalid_rows(table, model)
     if bad:
+        for pos, reason in sorted(bad.items()):  # e.g. a FastSurfer scan: no Desikan cortex
+            log.warning("%s left out of the joint table: %s", table["bids_name"].iloc[pos], reason)
         table = table.drop(index=list(bad)).reset_index(drop=True)
     if table.empty:
         return None
     # several T1w of one person (runs, acquisitions, sessions) are one vote, not n people,
     # when a site's effect is estimated; every scan is then harmonized with that estimate
-    joint = harmonize_table(table, model, site_column="site", person_column="participant_id")
+    joint, sd = model.transform(
+        table, site_column="site", person_column="participant_id", return_sd=True
+    )
+    joint = pd.concat([joint, sd.add_suffix(D.SD_SUFFIX)], axis=1)
     counts = table["site"].value_counts()
     people = table.groupby("site")["participant_id"].nunique()
     log.info(

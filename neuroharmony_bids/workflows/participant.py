@@ -39,9 +39,10 @@ from neuroharmony_bids.bids.layout import (
     scans_per_subject,
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
-from neuroharmony_bids.harmonize.apply import harmonize_table, invalid_rows
+from neuroharmony_bids.harmonize.apply import invalid_rows
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.harmonize.io import load_model_with_info
+from neuroharmony_bids.harmonize.model import FS_VERSION_COLUMN
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
@@ -73,56 +74,78 @@ def load_model_and_info(settings: Settings) -> tuple[Any, dict[str, Any]]:
     return model, dict(info)
 
 
-def required_iqms(model: Any) -> list[str]:
-    """IQMs the model cannot do without: its core set (it uses more when they are present)."""
+# --------------------------------------------------------------------------- parsing
+
+
+def read_scan_iqms(
+    plan: ScanPlan, group_tables: dict[Path, pd.DataFrame]
+) -> tuple[mriqc_json.IQMReading, str | None]:
+    """A scan's IQMs (NaN, null, n/a and -1 as NaN, named in ``unavailable``) and MRIQC's
+    version when the JSON records it."""
+    scan, src = plan.scan, plan.iqm_source
+    if src is None:
+        raise MissingInputError(
+            f"no MRIQC IQMs for {scan.bids_name} (MRIQC did not produce them; see logs/crash)"
+        )
+    try:
+        if src.kind == "json":
+            reading = mriqc_json.read_iqms(src.path)
+            meta = mriqc_json.read_iqm_metadata(src.path)
+            return reading, meta.get("provenance", {}).get("version")
+        if src.path not in group_tables:
+            group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
+        return mriqc_json.group_row_iqms(group_tables[src.path], scan.bids_name, src.path), None
+    except RecursionError:  # json's recursion limit: a crafted or corrupt file
+        raise DataError(
+            f"{src.path}: JSON nested too deeply to be an MRIQC IQM file; re-run MRIQC for "
+            f"{scan.bids_name} or remove the file"
+        ) from None
+
+
+def core_iqms(model: Any) -> list[str]:
+    """The IQMs the model's prior is built on (it uses more when they are present)."""
     sets = getattr(model, "iqm_sets_", None)
     if isinstance(sets, Mapping) and sets.get("core"):
         return list(sets["core"])
     return list(CORE_IQMS)
 
 
-# --------------------------------------------------------------------------- parsing
-
-
 def parse_scan(
-    plan: ScanPlan,
-    required: Sequence[str],
-    group_tables: dict[Path, pd.DataFrame],
+    plan: ScanPlan, group_tables: dict[Path, pd.DataFrame], expected: Sequence[str] = ()
 ) -> ScanInputs:
-    """Read one scan's IQMs and volumes (DataError/MissingInputError name file and line)."""
+    """Read one scan's IQMs and volumes (DataError/MissingInputError name file and line).
+
+    An IQM MRIQC could not compute is NaN, not a failure: the harmonizer uses the others
+    (and names the ones it needed in ``nh_iqms_missing``); a warning names the IQMs that are
+    unavailable, or absent among ``expected``.
+    """
     scan = plan.scan
-    src = plan.iqm_source
-    if src is None:
-        raise MissingInputError(
-            f"no MRIQC IQMs for {scan.bids_name} (MRIQC did not produce them; see logs/crash)"
-        )
+    reading, mriqc_version = read_scan_iqms(plan, group_tables)
     if plan.fs_subject_dir is None:
         raise MissingInputError(
             f"no FreeSurfer stats for {scan.bids_name} (recon-all did not produce them; see "
             f"logs/crash)"
         )
-    try:
-        if src.kind == "json":
-            iqms = mriqc_json.read_iqm_json(src.path, required)
-            meta = mriqc_json.read_iqm_metadata(src.path)
-            mriqc_version = meta.get("provenance", {}).get("version")
-        else:
-            if src.path not in group_tables:
-                group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
-            table = group_tables[src.path]
-            iqms = mriqc_json.iqms_from_group_row(table, scan.bids_name, src.path, required)
-            mriqc_version = None
-    except RecursionError:  # json's recursion limit: a crafted or corrupt file
-        raise DataError(
-            f"{src.path}: JSON nested too deeply to be an MRIQC IQM file; re-run MRIQC for "
-            f"{scan.bids_name} or remove the file"
-        ) from None
-    iqms = {k: v for k, v in iqms.items() if k in ALL_IQMS}
-    raw_volumes = fs_stats.read_subject_volumes(plan.fs_subject_dir)
-    warnings = [w for w in [fs_stats.unknown_version_warning(plan.fs_subject_dir)] if w]
-    volumes = D.canonical_volumes(raw_volumes)
+    iqms = {k: v for k, v in reading.values.items() if k in ALL_IQMS}
+    unavailable = {k: v for k, v in sorted(reading.unavailable.items()) if k in ALL_IQMS}
+    warnings = []
+    if unavailable:
+        warnings.append(
+            f"{reading.where}: MRIQC could not compute {', '.join(unavailable)}; harmonized "
+            f"with the other IQMs (nh_iqms_missing names those the model needed)"
+        )
+    absent = [n for n in expected if n not in reading.values]
+    if absent:
+        warnings.append(
+            f"{reading.where}: no IQM {', '.join(map(repr, absent))} (another MRIQC version, or "
+            f"an edited file?); harmonized with the other IQMs (named in nh_iqms_missing)"
+        )
+    subject = fs_stats.read_subject(plan.fs_subject_dir)  # every stats file read once
+    warnings += subject_warnings(subject)
+    volumes = D.canonical_volumes(subject.volumes)
     if not volumes:
         raise MissingInputError(f"{plan.fs_subject_dir}: no known FreeSurfer region found")
+    src = plan.iqm_source
     return ScanInputs(
         scan=scan,
         iqms=iqms,
@@ -134,17 +157,59 @@ def parse_scan(
                 "Version": mriqc_version,
                 "Source": str(src.path) + ("" if src.kind == "json" else f" ({scan.bids_name})"),
                 "Values": dict(sorted(iqms.items())),
+                "Unavailable": unavailable,
             },
-            "FreeSurfer": {
-                "Version": fs_stats.freesurfer_version(plan.fs_subject_dir),
-                "SubjectDir": str(plan.fs_subject_dir),
-            },
+            "FreeSurfer": freesurfer_provenance(subject),
         },
     )
 
 
+#: Why a FastSurfer subject's cortical volumes are not harmonized (sidecar and log).
+DKT_NOT_DESIKAN = (
+    "cortical regions are DKT (Desikan-Killiany-Tourville, 31 per hemisphere), not the "
+    "Desikan-Killiany regions (34 per hemisphere) the model was trained on: a DKT region with "
+    "a Desikan name covers different cortex, so they are neither harmonized nor written to "
+    "the tables; only the aseg volumes are harmonized"
+)
+
+
+def subject_warnings(subject: fs_stats.SubjectStats) -> list[str]:
+    """What a user should know about a subject read: a FreeSurfer version outside 5.x-8.x,
+    a FastSurfer subject's DKT cortex."""
+    out = []
+    version = subject.cvs_version
+    known = subject.release is not None and subject.release.split(".")[0] in "5678"
+    if version and not version.startswith("$Id") and not known:
+        out.append(
+            f"{fs_stats.stats_paths(subject.subject_dir)['aseg']}: FreeSurfer version "
+            f"{version!r} is not one this app knows (5.x-8.x); its volumes were read the same "
+            f"way, but check that region names and definitions did not change"
+        )
+    if subject.cortical_atlas == "DKT":
+        out.append(f"{subject.subject_dir}: {subject.pipeline} subject: {DKT_NOT_DESIKAN}")
+    return out
+
+
+def freesurfer_provenance(subject: fs_stats.SubjectStats) -> dict[str, Any]:
+    """The sidecar's ``FreeSurfer`` block: pipeline, version, atlas and what was read."""
+    out: dict[str, Any] = {
+        "Pipeline": subject.pipeline,
+        "Version": subject.cvs_version,
+        "Release": subject.release,
+        "SubjectDir": str(subject.subject_dir),
+        "CorticalAtlas": subject.cortical_atlas,
+    }
+    if subject.cortical_atlas == "DKT":
+        out["CorticalRegions"] = DKT_NOT_DESIKAN
+    if subject.notes:
+        out["ReadNotes"] = list(subject.notes)
+    return out
+
+
 def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.DataFrame:
-    """One row per scan: ids and entities, age, sex, IQMs (MRIQC names), volumes (FS 7 names)."""
+    """One row per scan: ids and entities, age, sex, IQMs (MRIQC names), volumes (FS 7 names)
+    and the FreeSurfer release (the core flags a single scan of another release than the
+    model's)."""
     iqm_names = [n for n in ALL_IQMS if any(n in i.iqms for i in inputs)]
     regions = [r for r in D.REGION_ORDER if any(r in i.volumes for i in inputs)]
     ids = [{"bids_name": i.scan.bids_name, **D.id_columns(i.scan)} for i in inputs]
@@ -157,9 +222,10 @@ def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.Da
         rec["sex"] = covariates.at[item.scan.bids_name, "sex"]
         rec.update({n: item.iqms.get(n, np.nan) for n in iqm_names})
         rec.update({r: item.volumes.get(r, np.nan) for r in regions})
+        rec[FS_VERSION_COLUMN] = item.provenance.get("FreeSurfer", {}).get("Release")
         records.append(rec)
     return pd.DataFrame.from_records(
-        records, columns=[*id_cols, "age", "sex", *iqm_names, *regions]
+        records, columns=[*id_cols, "age", "sex", *iqm_names, *regions, FS_VERSION_COLUMN]
     )
 
 
@@ -173,10 +239,53 @@ def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
     return {names[pos]: reason for pos, reason in invalid_rows(table, model).items()}
 
 
+def region_sets(table: pd.DataFrame) -> list[tuple[np.ndarray, list[str]]]:
+    """Rows grouped by the regions they have: [(row positions, region columns they lack)].
+
+    A FastSurfer scan has no Desikan cortex; in single-scan mode rows are independent, so
+    each group is harmonized on its own regions and no row makes another fail.
+    """
+    regions = [c for c in D.REGION_ORDER if c in table.columns]
+    present = table[regions].notna().to_numpy()
+    if not len(table):
+        return []
+    keys, inverse = np.unique(present, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    groups = []
+    for k in range(len(keys) - 1, -1, -1):  # the most complete region set first
+        lacking = [r for r, has in zip(regions, keys[k], strict=True) if not has]
+        groups.append((np.flatnonzero(inverse == k), lacking))
+    return groups
+
+
+def harmonize_with_sd(table: pd.DataFrame, model: Any) -> pd.DataFrame:
+    """The core's single-scan harmonization, each harmonized region's posterior SD (mm³) added
+    as a ``<region>_sd`` column (:func:`neuroharmony_bids.bids.derivatives.sd_column`)."""
+    harmonized, sd = model.transform(table, return_sd=True)
+    return pd.concat([harmonized, sd.add_suffix(D.SD_SUFFIX)], axis=1)
+
+
 def harmonize_rows(
+    table: pd.DataFrame, model: Any, harmonize_table: Callable = harmonize_with_sd
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Harmonize all rows, one call per region set (:func:`region_sets`)."""
+    pieces, failed = [], {}
+    for rows, lacking in region_sets(table):
+        part = table.iloc[rows].drop(columns=lacking).reset_index(drop=True)
+        done, bad = _harmonize_batch(part, model, harmonize_table)
+        pieces.append(done)
+        failed.update(bad)
+    pieces = [p for p in pieces if len(p)]
+    if not pieces:
+        return table.iloc[0:0].copy(), failed
+    return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
+
+
+def _harmonize_batch(
     table: pd.DataFrame, model: Any, harmonize_table: Callable
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Harmonize all rows at once; if the batch is refused, bisect to isolate the bad rows.
+    """Harmonize rows of one region set at once; if the batch is refused, bisect to isolate
+    the bad rows.
 
     Rows are validated once (:func:`precheck_rows`); the bisection is only a safety net.
     Without a site column every scan is harmonized on its own, so splitting the batch does not
@@ -215,6 +324,7 @@ class Harmonized:
     harmonized: pd.DataFrame
     inputs: list[ScanInputs]
     covariates: pd.DataFrame
+    model_freesurfer_version: str | None = None  # the release the model was trained on
 
 
 def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
@@ -331,7 +441,7 @@ def collect_inputs(
         sex_column=settings.sex_column,
         sex_mapping=settings.sex_mapping_dict,
     )
-    required = required_iqms(model)
+    expected = core_iqms(model)
     shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
     group_tables: dict[Path, pd.DataFrame] = {}
@@ -346,7 +456,7 @@ def collect_inputs(
             progress.update()
             continue
         try:
-            item = parse_scan(plan, required, group_tables)
+            item = parse_scan(plan, group_tables, expected)
         except NeuroharmonyError as exc:
             _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
@@ -369,9 +479,15 @@ def harmonize_scans(
     """Step 6: one vectorized harmonization of every parsed scan; returns row failures."""
     table = build_table(inputs, covariates)
     t1 = time.monotonic()
-    harmonized, row_failures = harmonize_rows(table, model, harmonize_table)
+    harmonized, row_failures = harmonize_rows(table, model)
     log.debug("harmonized %d scans in %.2f s", len(harmonized), time.monotonic() - t1)
-    return Harmonized(table, harmonized, inputs, covariates), row_failures
+    trained = getattr(model, "freesurfer_version_", None)
+    found = sorted({str(v) for v in table[FS_VERSION_COLUMN].dropna()})
+    log.info(
+        "FreeSurfer version(s) found: %s; the model was trained on %s",
+        ", ".join(found) or "unknown", trained or "an unrecorded version",
+    )  # fmt: skip
+    return Harmonized(table, harmonized, inputs, covariates, trained), row_failures
 
 
 def write_scans(
@@ -387,6 +503,7 @@ def write_scans(
     out = settings.output_dir
     by_name = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
     model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
+    model_meta["freesurfer_version"] = done.model_freesurfer_version
     jobs = []
     for item in done.inputs:
         scan = item.scan
@@ -521,8 +638,10 @@ __all__ = [
     "ScanInputs",
     "build_table",
     "collect_inputs",
+    "core_iqms",
     "harmonize_rows",
     "harmonize_scans",
+    "harmonize_with_sd",
     "load_model_and_info",
     "locate_and_run_tools",
     "parse_scan",
@@ -530,7 +649,7 @@ __all__ = [
     "plan_scans",
     "precheck_rows",
     "prepare_output",
-    "required_iqms",
+    "region_sets",
     "run_participant",
     "write_reports",
     "write_scans",
