@@ -123,10 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 
     compared: dict[str, float] = {}
     if args.compare_with:
+        from neuroharmony_bids.harmonize.io import DEFAULT_MODEL
+
+        # the same model file for both: the participant level checks it, and checkouts may
+        # ship different ones
+        common_model = [*common, "--model", str(DEFAULT_MODEL)]
         for label, checkout in (("this checkout", REPO), (str(args.compare_with), args.compare_with)):  # fmt: skip
             env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
             cmd = [sys.executable, "-c", "import sys; from neuroharmony_bids.cli.run import run; "
-                   "sys.exit(run(sys.argv[1:]))", str(bids_dir), str(out), "group", *common]  # fmt: skip
+                   "sys.exit(run(sys.argv[1:]))", str(bids_dir), str(out), "group", *common_model]  # fmt: skip
             t = time.perf_counter()
             code = subprocess.run(cmd, env=env, check=False).returncode
             compared[f"{label} (exit {code})"] = time.perf_counter() - t
