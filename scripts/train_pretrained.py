@@ -113,6 +113,12 @@ def model_card(info: dict, model: NeuroHarmonizer) -> str:
         f"neuroharmony-bids {info['package_version']}",
         f"- Rebuild: `python scripts/train_pretrained.py` (training table sha256 "
         f"`{m['training_table_sha256']}`)",
+        "- Rebuild check: the sha256 identifies this exact build and holds for reruns on the "
+        "same machine; on another machine BLAS summation order changes the last bits of most "
+        "floats, so the hash differs. Check a rebuild with `neuroharmony info --compare "
+        "neuroharmony_bids/data/neuroharmony_abide1.json rebuilt.json`, which accepts "
+        "differences up to 1e-9 of each array's largest value (a 1- vs 2-thread rebuild here "
+        "differed by at most 8.4e-13). The hash checks integrity, not origin.",
         f"- FreeSurfer {m['freesurfer_version']} volumes; MRIQC IQMs {m['mriqc_version']}",
         f"- License of the training data: {m['license']}",
         "",

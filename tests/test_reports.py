@@ -221,3 +221,30 @@ def test_group_report_says_how_sure_each_scanner_is(group_html):
         joint = model.scanner_uncertainty(int(n))
         assert numbers[2] == pytest.approx(joint["sd_pct"].median(), rel=1e-3)
         assert numbers[-1] == model.scans_to_halve(int(n))
+
+
+def test_model_card_keeps_hostile_names_literal(tmp_path):
+    """Site names and the dataset path come from user files: they stay literal in the card."""
+    from types import SimpleNamespace
+
+    from markdown_it import MarkdownIt
+
+    from neuroharmony_bids.reports.model_card import model_card_text
+
+    hostile = "A | x |\n# Owned [click](javascript:alert(1)) <script>alert(1)</script>"
+    table = pd.DataFrame(
+        {"site": [hostile, hostile, "<img src=x onerror=alert(1)>"], "age": [20.0, 30, 40],
+         "sex": ["M", "F", "*F*"]}
+    )  # fmt: skip
+    model = SimpleNamespace(profile_weight=1.0, regions_=["Left-Hippocampus"], iqms_=["cjv"])
+    md = model_card_text(
+        tmp_path / "m`x.json", "ab|`cd", model, table, "/d/<b>x</b>", "Manufacturer"
+    )
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    for active in ("<script", "<img", "<b>", 'href="javascript', "<h1>Owned", "<em>"):
+        assert active not in html, active
+    table_html = html[html.index("<table>") : html.index("</table>")]
+    assert table_html.count("<tr>") == 1 + 2  # header + the two sites, none split
+    for row in table_html.split("<tr>")[2:]:
+        assert row.count("<td>") == 2, row
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, not run

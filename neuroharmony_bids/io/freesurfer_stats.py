@@ -54,57 +54,6 @@ ASEG_TABLE: list[tuple[int, str]] = [
     (255, "CC_Anterior"),
 ]  # fmt: skip
 
-# (first field, second field = column name, description, units) of aseg.stats header measures.
-ASEG_MEASURES_FS7: list[tuple[str, str, str, str]] = [
-    ("BrainSeg", "BrainSegVol", "Brain Segmentation Volume", "mm^3"),
-    ("BrainSegNotVent", "BrainSegVolNotVent", "Brain Segmentation Volume Without Ventricles", "mm^3"),
-    ("VentricleChoroidVol", "VentricleChoroidVol", "Volume of ventricles and choroid plexus", "mm^3"),
-    ("lhCortex", "lhCortexVol", "Left hemisphere cortical gray matter volume", "mm^3"),
-    ("rhCortex", "rhCortexVol", "Right hemisphere cortical gray matter volume", "mm^3"),
-    ("Cortex", "CortexVol", "Total cortical gray matter volume", "mm^3"),
-    ("lhCerebralWhiteMatter", "lhCerebralWhiteMatterVol", "Left hemisphere cerebral white matter volume", "mm^3"),
-    ("rhCerebralWhiteMatter", "rhCerebralWhiteMatterVol", "Right hemisphere cerebral white matter volume", "mm^3"),
-    ("CerebralWhiteMatter", "CerebralWhiteMatterVol", "Total cerebral white matter volume", "mm^3"),
-    ("SubCortGray", "SubCortGrayVol", "Subcortical gray matter volume", "mm^3"),
-    ("TotalGray", "TotalGrayVol", "Total gray matter volume", "mm^3"),
-    ("SupraTentorial", "SupraTentorialVol", "Supratentorial volume", "mm^3"),
-    ("SupraTentorialNotVent", "SupraTentorialVolNotVent", "Supratentorial volume", "mm^3"),
-    ("Mask", "MaskVol", "Mask Volume", "mm^3"),
-    ("BrainSegVol-to-eTIV", "BrainSegVol-to-eTIV", "Ratio of BrainSegVol to eTIV", "unitless"),
-    ("MaskVol-to-eTIV", "MaskVol-to-eTIV", "Ratio of MaskVol to eTIV", "unitless"),
-    ("lhSurfaceHoles", "lhSurfaceHoles", "Number of defect holes in lh surfaces prior to fixing", "unitless"),
-    ("rhSurfaceHoles", "rhSurfaceHoles", "Number of defect holes in rh surfaces prior to fixing", "unitless"),
-    ("SurfaceHoles", "SurfaceHoles", "Total number of defect holes in surfaces prior to fixing", "unitless"),
-    ("EstimatedTotalIntraCranialVol", "eTIV", "Estimated Total Intracranial Volume", "mm^3"),
-]  # fmt: skip
-
-# FreeSurfer 6 (mri_segstats v1.121): two extra measures (BrainSegNotVentSurf,
-# SupraTentorialNotVentVox); white matter is "cerebral" as in 7 (5.3 wrote "cortical").
-ASEG_MEASURES_FS6: list[tuple[str, str, str, str]] = [
-    ("BrainSeg", "BrainSegVol", "Brain Segmentation Volume", "mm^3"),
-    ("BrainSegNotVent", "BrainSegVolNotVent", "Brain Segmentation Volume Without Ventricles", "mm^3"),
-    ("BrainSegNotVentSurf", "BrainSegVolNotVentSurf", "Brain Segmentation Volume Without Ventricles from Surf", "mm^3"),
-    ("VentricleChoroidVol", "VentricleChoroidVol", "Volume of ventricles and choroid plexus", "mm^3"),
-    ("lhCortex", "lhCortexVol", "Left hemisphere cortical gray matter volume", "mm^3"),
-    ("rhCortex", "rhCortexVol", "Right hemisphere cortical gray matter volume", "mm^3"),
-    ("Cortex", "CortexVol", "Total cortical gray matter volume", "mm^3"),
-    ("lhCerebralWhiteMatter", "lhCerebralWhiteMatterVol", "Left hemisphere cerebral white matter volume", "mm^3"),
-    ("rhCerebralWhiteMatter", "rhCerebralWhiteMatterVol", "Right hemisphere cerebral white matter volume", "mm^3"),
-    ("CerebralWhiteMatter", "CerebralWhiteMatterVol", "Total cerebral white matter volume", "mm^3"),
-    ("SubCortGray", "SubCortGrayVol", "Subcortical gray matter volume", "mm^3"),
-    ("TotalGray", "TotalGrayVol", "Total gray matter volume", "mm^3"),
-    ("SupraTentorial", "SupraTentorialVol", "Supratentorial volume", "mm^3"),
-    ("SupraTentorialNotVent", "SupraTentorialVolNotVent", "Supratentorial volume", "mm^3"),
-    ("SupraTentorialNotVentVox", "SupraTentorialVolNotVentVox", "Supratentorial volume voxel count", "mm^3"),
-    ("Mask", "MaskVol", "Mask Volume", "mm^3"),
-    ("BrainSegVol-to-eTIV", "BrainSegVol-to-eTIV", "Ratio of BrainSegVol to eTIV", "unitless"),
-    ("MaskVol-to-eTIV", "MaskVol-to-eTIV", "Ratio of MaskVol to eTIV", "unitless"),
-    ("lhSurfaceHoles", "lhSurfaceHoles", "Number of defect holes in lh surfaces prior to fixing", "unitless"),
-    ("rhSurfaceHoles", "rhSurfaceHoles", "Number of defect holes in rh surfaces prior to fixing", "unitless"),
-    ("SurfaceHoles", "SurfaceHoles", "Total number of defect holes in surfaces prior to fixing", "unitless"),
-    ("EstimatedTotalIntraCranialVol", "eTIV", "Estimated Total Intracranial Volume", "mm^3"),
-]  # fmt: skip
-
 # Whole-brain measures repeated in the header of ?h.aparc.stats.
 APARC_BRAIN_MEASURES = [
     ("BrainSeg", "BrainSegVol", "Brain Segmentation Volume", "mm^3"),
@@ -545,8 +494,6 @@ def freesurfer_version(subject_dir: str | os.PathLike) -> str | None:
 __all__ = [
     "APARC_BRAIN_MEASURES",
     "APARC_COLUMNS",
-    "ASEG_MEASURES_FS6",
-    "ASEG_MEASURES_FS7",
     "ASEG_TABLE",
     "MEASURE_FIRST_FIELD",
     "StatsFile",

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from neuroharmony_bids.reports.markdown import code, escape
+
 
 def model_card_text(
     path: Path,
@@ -22,7 +24,12 @@ def model_card_text(
     bids_dir: os.PathLike | str,
     site_source: str,
 ) -> str:
-    """The card for the model saved at ``path`` (sha256 ``sha``), trained on ``table``."""
+    """The card for the model saved at ``path`` (sha256 ``sha``), trained on ``table``.
+
+    Site names, the dataset path and sex labels come from the user's files: they are escaped so
+    that they stay literal text in the Markdown (a ``|`` cannot break the table, nor a name
+    become a link or HTML).
+    """
     summary = getattr(model, "training_summary_", {}) or {}
     cv = getattr(model, "cv_metrics_", {}) or {}
     sites = table["site"].value_counts().sort_index()
@@ -35,25 +42,27 @@ def model_card_text(
         else "No leave-one-site-out figures: anatomy retention was not measured."
     )
     lines = [
-        f"# Model card: {path.name}",
+        f"# Model card: {escape(path.name)}",
         "",
-        f"- File: `{path.name}` (sha256 `{sha}`)",
-        f"- Trained by `neuroharmony-bids` group level `--train` on `{bids_dir}`",
-        f"- Site of each scan: {site_source}",
+        f"- File: {code(path.name)} (sha256 {code(sha)})",
+        f"- Trained by `neuroharmony-bids` group level `--train` on {code(bids_dir)}",
+        f"- Site of each scan: {escape(site_source)}",
         "",
         "## Training data",
         "",
         f"{len(table)} scans from {len(sites)} sites; age {table['age'].min():.1f} to "
         f"{table['age'].max():.1f} years; sex "
-        + ", ".join(f"{k}: {v}" for k, v in table["sex"].value_counts().sort_index().items())
+        + ", ".join(
+            f"{escape(k)}: {v}" for k, v in table["sex"].value_counts().sort_index().items()
+        )
         + ".",
         "",
         "| site | scans |",
         "|---|---|",
-        *[f"| {site} | {count} |" for site, count in sites.items()],
+        *[f"| {escape(site)} | {count} |" for site, count in sites.items()],
         "",
         f"Regions harmonized: {len(getattr(model, 'regions_', []) or [])}. IQMs: "
-        + ", ".join(getattr(model, "iqms_", []) or []),
+        + ", ".join(escape(name) for name in getattr(model, "iqms_", []) or []),
         "",
         "## Training summary",
         "",
@@ -71,7 +80,8 @@ def model_card_text(
         "",
         "## Use",
         "",
-        f"`neuroharmony-bids BIDS_DIR OUT_DIR participant --model {path}` harmonizes new scans "
+        code(f"neuroharmony-bids BIDS_DIR OUT_DIR participant --model {path}")
+        + " harmonizes new scans "
         "(also from scanners not in the training data) to this model's reference. Scans outside "
         "the training ranges are flagged (`nh_out_of_range`) and, when far outside, left "
         "unharmonized. A model trained on few sites generalizes less well to new scanners than "

@@ -178,7 +178,7 @@ def subject_warnings(subject: fs_stats.SubjectStats) -> list[str]:
     a FastSurfer subject's DKT cortex."""
     out = []
     version = subject.cvs_version
-    known = subject.release is not None and subject.release.split(".")[0] in "5678"
+    known = subject.release is not None and subject.release.split(".")[0] in {"5", "6", "7", "8"}
     if version and not version.startswith("$Id") and not known:
         out.append(
             f"{fs_stats.stats_paths(subject.subject_dir)['aseg']}: FreeSurfer version "
@@ -245,10 +245,10 @@ def region_sets(table: pd.DataFrame) -> list[tuple[np.ndarray, list[str]]]:
     A FastSurfer scan has no Desikan cortex; in single-scan mode rows are independent, so
     each group is harmonized on its own regions and no row makes another fail.
     """
-    regions = [c for c in D.REGION_ORDER if c in table.columns]
-    present = table[regions].notna().to_numpy()
     if not len(table):
         return []
+    regions = [c for c in D.REGION_ORDER if c in table.columns]
+    present = table[regions].notna().to_numpy()
     keys, inverse = np.unique(present, axis=0, return_inverse=True)
     inverse = np.asarray(inverse).ravel()
     groups = []
