@@ -103,6 +103,19 @@ def test_group_report_site_statistics_match_metrics(group_html):
     assert [int(x) for x in re.findall(r'<td class="num">(\d+)</td>', row.group(0))] == sig
 
 
+def test_group_report_says_when_the_site_classifier_subsampled(monkeypatch):
+    import neuroharmony_bids.reports.group as group_report
+
+    raw, harmonized, model, _, _ = report_inputs()
+    regions = region_columns(raw, harmonized, model)
+    sites = raw["site"].astype(str)
+    monkeypatch.setattr(group_report, "AUC_MAX_PER_SITE", 3)
+    block = group_report._metrics_block(raw, harmonized, regions, sites)
+    n_auc = len(metrics.subsample_per_site(sites.to_numpy(), 3, AUC_SEED))
+    assert n_auc < len(sites)
+    assert f"{n_auc} of {len(sites)} scans: at most 3 per site, drawn at random with seed" in block
+
+
 def test_group_report_lists_out_of_range_and_failed_scans(group_html):
     _, harmonized, _, _, failed = report_inputs()
     quality = _sections(group_html)["quality"]

@@ -92,12 +92,21 @@ def discover_outputs(
                 item = found[prefix] = FoundScan(scan_from_name(bids_dir, f"{prefix}_T1w"))
             item.files[f"{m.group(2)}_{m.group(3)}"] = anat / name
             item.writing = item.writing or writing
-    scans = [found[k] for k in sorted(found)]
-    if participant_label:
-        scans = [s for s in scans if s.scan.subject in participant_label]
-    if session_label:
-        scans = [s for s in scans if s.scan.session in session_label]
-    return scans
+    return filter_outputs([found[k] for k in sorted(found)], participant_label, session_label)
+
+
+def filter_outputs(
+    scans: Sequence[FoundScan],
+    participant_label: Sequence[str] = (),
+    session_label: Sequence[str] = (),
+) -> list[FoundScan]:
+    """The scans whose subject and session are among the labels (all when none are given)."""
+    return [
+        s
+        for s in scans
+        if (not participant_label or s.scan.subject in participant_label)
+        and (not session_label or s.scan.session in session_label)
+    ]
 
 
 def read_one_row_tsv(path: Path) -> dict[str, Any]:
@@ -426,9 +435,8 @@ def select_outputs(settings: Settings) -> list[FoundScan]:
             f"no per-scan outputs (sub-*/anat/*_morph.tsv) in {out}; run the participant "
             f"level first"
         )
-    found = discover_outputs(
-        out, settings.bids_dir, settings.participant_label, settings.session_label
-    )
+    # filter the first listing rather than listing every folder a second time
+    found = filter_outputs(all_found, settings.participant_label, settings.session_label)
     if not found:
         raise NothingSelectedError(
             f"no participant-level outputs in {out} match the participant/session filters "
