@@ -115,23 +115,50 @@ def assert_numbers_equal_standin_files(out: Path, data: Path, name: str) -> None
 # --------------------------------------------------------------------------- stand-ins vs real tools
 
 
+MRIQC_SPEC = STANDINS / "mriqc-24.0.2.options.json"
+
+
+def _mriqc_spec() -> dict:
+    """MRIQC 24.0.2's argparse options (committed, so the check runs without mriqc installed)."""
+    return json.loads(MRIQC_SPEC.read_text())
+
+
+def _actions_spec(parser) -> tuple[dict, dict]:
+    """(positionals {dest: nargs}, options {flag: (dest, nargs)}) of an argparse parser."""
+    pos = {a.dest: a.nargs for a in parser._actions if not a.option_strings}
+    opts = {s: (a.dest, a.nargs) for a in parser._actions for s in a.option_strings}
+    return pos, {k: v for k, v in opts.items() if v[0] != "help"}
+
+
+def test_mriqc_option_spec_matches_the_installed_mriqc():
+    """The committed option list is MRIQC 24.0.2's own parser (checked where mriqc is installed:
+    `pip install -r requirements-mriqc.lock`)."""
+    mriqc = pytest.importorskip("mriqc", reason="mriqc is not installed (opt-in lock)")
+    if mriqc.__version__ != _mriqc_spec()["version"]:
+        pytest.skip(
+            f"installed MRIQC {mriqc.__version__} is not the listed {_mriqc_spec()['version']}"
+        )
+    from mriqc.cli.parser import _build_parser
+
+    pos, opts = _actions_spec(_build_parser())
+    spec = _mriqc_spec()
+    assert pos == {d: v["nargs"] for d, v in spec["positionals"].items()}
+    assert opts == {k: (v["dest"], v["nargs"]) for k, v in spec["options"].items()}
+
+
 def test_mriqc_standin_parser_is_a_subset_of_mriqc_24():
     """Every option the stand-in accepts is MRIQC 24.0.2's, with the same nargs and dest."""
-    real_parser = pytest.importorskip("mriqc.cli.parser")._build_parser()
-    real = {s: a for a in real_parser._actions for s in a.option_strings}
-    real_pos = {a.dest: a for a in real_parser._actions if not a.option_strings}
-    ours = load_standin("mriqc").build_parser()
-    for action in ours._actions:
-        if action.dest == "help":
-            continue
-        if not action.option_strings:
-            assert real_pos[action.dest].nargs == action.nargs, action.dest
-            continue
-        for opt in action.option_strings:
-            assert opt in real, f"the mriqc stand-in accepts {opt}, MRIQC 24 does not"
-            assert real[opt].dest == action.dest and real[opt].nargs == action.nargs, opt
+    spec = _mriqc_spec()
+    pos, opts = _actions_spec(load_standin("mriqc").build_parser())
+    for dest, nargs in pos.items():
+        assert spec["positionals"][dest]["nargs"] == nargs, dest
+    for opt, (dest, nargs) in opts.items():
+        assert opt in spec["options"], f"the mriqc stand-in accepts {opt}, MRIQC 24 does not"
+        assert (spec["options"][opt]["dest"], spec["options"][opt]["nargs"]) == (dest, nargs), opt
     with pytest.raises(SystemExit):
-        ours.parse_args(["/bids", "/out", "participant", "--no-such-option"])
+        load_standin("mriqc").build_parser().parse_args(
+            ["/bids", "/out", "participant", "--no-such-option"]
+        )
 
 
 def test_recon_all_standin_accepts_only_real_flags(tmp_path):
@@ -179,14 +206,20 @@ def test_node_command_lines_are_accepted(tmp_path):
     mriqc.inputs.bids_dir, mriqc.inputs.output_dir = str(tmp_path / "bids"), str(tmp_path / "mq")
     mriqc.inputs.bids_database_dir = str(db)
     args = mriqc.interface.cmdline.split()[1:]
-    real = pytest.importorskip("mriqc.cli.parser")._build_parser().parse_args(args)
-    stand = load_standin("mriqc").build_parser().parse_args(args)
-    for parsed in (real, stand):
+    # every flag is MRIQC 24's (the stand-in's parser is checked against that list above); with
+    # mriqc installed, its own parser reads the command line too
+    assert {a for a in args if a.startswith("-")} <= set(_mriqc_spec()["options"])
+    assert {"--no-sub", "--notrack"} <= set(args) and "--datalad-get" not in args
+    parsers = [load_standin("mriqc").build_parser()]
+    if importlib.util.find_spec("mriqc") is not None:
+        from mriqc.cli.parser import _build_parser
+
+        parsers.append(_build_parser())
+    for parsed in (p.parse_args(args) for p in parsers):
         assert parsed.participant_label == ["01", "02"] and parsed.modalities == ["T1w"]
         assert parsed.session_id == ["1"] and parsed.bids_database_dir == str(db)
         assert parsed.nprocs == 4 and parsed.omp_nthreads == 2 and parsed.memory_gb == 8
         assert parsed.work_dir == tmp_path / "work" / "mriqc" / "batch_001"
-    assert real.no_sub and real.notrack and not real.datalad_get
     recon = nodes["recon_all_sub_01_ses_1"]
     recon.inputs.subjects_dir = str(tmp_path)
     opts = load_standin("recon-all").build_parser().parse_args(recon.interface.cmdline.split()[1:])
