@@ -66,6 +66,7 @@ def test_metadata_of_every_real_json(path):
     meta = mriqc_json.read_iqm_metadata(path)
     version = re.search(r'"version": "([^"]+)"', path.read_text()).group(1)
     assert meta["provenance"]["version"] == version
+    assert mriqc_json.read_iqms(path).mriqc_version == version  # same pass as the IQMs
     assert meta["bids_meta"]["modality"] == "T1w"
 
 

@@ -49,12 +49,15 @@ class IQMReading:
     """The IQMs of one scan, with NaN where MRIQC could not compute one.
 
     ``unavailable`` maps each such IQM to what the file held (``NaN``, ``null``, ``-1``,
-    ``absent``) so the caller can name it in its flags.
+    ``absent``) so the caller can name it in its flags. ``mriqc_version`` is the JSON's
+    ``provenance.version`` (None for a group TSV row or when the file does not record it), read
+    in the same pass so the file is parsed once.
     """
 
     values: dict[str, float]
     unavailable: dict[str, str]
     where: str
+    mriqc_version: Any = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def _reading(raw: Mapping[str, Any], where: str) -> IQMReading:
+def _reading(raw: Mapping[str, Any], where: str, mriqc_version: Any = None) -> IQMReading:
     """Numeric IQMs from flattened ``raw`` values, sentinels and gaps as NaN and named."""
     values: dict[str, float] = {}
     unavailable: dict[str, str] = {}
@@ -93,7 +96,9 @@ def _reading(raw: Mapping[str, Any], where: str) -> IQMReading:
             values[key], unavailable[key] = math.nan, "-1 (MRIQC's value for 'not computed')"
         else:
             values[key] = number
-    return IQMReading(values=values, unavailable=unavailable, where=where)
+    return IQMReading(
+        values=values, unavailable=unavailable, where=where, mriqc_version=mriqc_version
+    )
 
 
 def _is_na_text(value: str) -> bool:
@@ -144,7 +149,9 @@ def read_iqms(path: str | os.PathLike) -> IQMReading:
         if key in META_KEYS:
             continue
         _flatten(key, value, flat)
-    return _reading(flat, str(path))
+    provenance = data.get("provenance")
+    version = provenance.get("version") if isinstance(provenance, dict) else None
+    return _reading(flat, str(path), version)
 
 
 def read_iqm_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, float]:

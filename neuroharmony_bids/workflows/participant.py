@@ -89,9 +89,8 @@ def read_scan_iqms(
         )
     try:
         if src.kind == "json":
-            reading = mriqc_json.read_iqms(src.path)
-            meta = mriqc_json.read_iqm_metadata(src.path)
-            return reading, meta.get("provenance", {}).get("version")
+            reading = mriqc_json.read_iqms(src.path)  # one parse: IQMs and MRIQC's version
+            return reading, reading.mriqc_version
         if src.path not in group_tables:
             group_tables[src.path] = mriqc_json.read_group_tsv(src.path)
         return mriqc_json.group_row_iqms(group_tables[src.path], scan.bids_name, src.path), None
