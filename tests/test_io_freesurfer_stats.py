@@ -131,6 +131,17 @@ def test_release_is_named_for_cvs_ids_and_plain_versions(subject, release):
     assert fs_stats.unknown_version_warning(REAL / subject) is None
 
 
+def test_unknown_version_is_named_with_the_file():
+    """One rule for the participant level and the subject-folder helper: 5.x-8.x releases and
+    the CVS ids of 5.x/6.0 are known; anything else is read but named in a warning."""
+    aseg = Path("s/stats/aseg.stats")
+    for known in ("7.4.1", "v7.3.2", "8.0.0", "$Id: mri_segstats.c,v 1.121 2016/05/31", None, ""):
+        assert fs_stats.unknown_version_message(aseg, known) is None, known
+    for odd in ("9.0.0", "dev-build"):
+        message = fs_stats.unknown_version_message(aseg, odd)
+        assert message.startswith(f"{aseg}: FreeSurfer version {odd!r} is not one this app knows")
+
+
 def test_freesurfer_741_extra_header_and_voxel_size_are_kept():
     stats = fs_stats.parse_stats_file(REAL / "freesurfer/7.4.1/copy-fs741/stats/aseg.stats")
     assert stats.header["BrainVolStatsFixed"].startswith("see surfer.nmr.mgh.harvard.edu")

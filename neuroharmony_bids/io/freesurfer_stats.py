@@ -464,22 +464,28 @@ def read_stats_table(path: str | os.PathLike) -> pd.DataFrame:
     return numbers
 
 
-_KNOWN_VERSION = re.compile(r"^(\$Id: mri_segstats\.c,v |[5-8]\.\d+(\.\d+)?([-+][\w.]+)?$)")
+def unknown_version_message(aseg: str | os.PathLike, cvs_version: str | None) -> str | None:
+    """A warning naming ``aseg`` when its FreeSurfer version is not 5.x-8.x (None otherwise).
+
+    Other versions are read the same way (the format has been stable since 5.3), but region
+    names or definitions may have changed, so the user should know. 5.x/6.0 record a CVS
+    ``$Id`` of mri_segstats.c instead of a release, which is known by construction.
+    """
+    release = freesurfer_release(cvs_version)
+    known = release is not None and release.split(".")[0] in {"5", "6", "7", "8"}
+    if not cvs_version or cvs_version.startswith("$Id") or known:
+        return None
+    return (
+        f"{aseg}: FreeSurfer version {cvs_version!r} is not one this app knows (5.x-8.x); its "
+        f"volumes were read the same way, but check that region names and definitions did not "
+        f"change"
+    )
 
 
 def unknown_version_warning(subject_dir: str | os.PathLike) -> str | None:
-    """A warning naming ``aseg.stats`` when its FreeSurfer version is not 5.x-8.x.
-
-    Other versions are read the same way (the format has been stable since 5.3), but region
-    names or definitions may have changed, so the user should know.
-    """
-    version = freesurfer_version(subject_dir)
-    if version is None or _KNOWN_VERSION.match(version.strip()):
-        return None
-    return (
-        f"{stats_paths(subject_dir)['aseg']}: FreeSurfer version {version!r} is not one this "
-        f"app knows (5.x-8.x); its volumes were read the same way, but check that region names "
-        f"and definitions did not change"
+    """:func:`unknown_version_message` for a subject folder's ``aseg.stats``."""
+    return unknown_version_message(
+        stats_paths(subject_dir)["aseg"], freesurfer_version(subject_dir)
     )
 
 
@@ -508,5 +514,6 @@ __all__ = [
     "read_subject",
     "read_subject_volumes",
     "stats_paths",
+    "unknown_version_message",
     "unknown_version_warning",
 ]

@@ -175,15 +175,8 @@ DKT_NOT_DESIKAN = (
 def subject_warnings(subject: fs_stats.SubjectStats) -> list[str]:
     """What a user should know about a subject read: a FreeSurfer version outside 5.x-8.x,
     a FastSurfer subject's DKT cortex."""
-    out = []
-    version = subject.cvs_version
-    known = subject.release is not None and subject.release.split(".")[0] in {"5", "6", "7", "8"}
-    if version and not version.startswith("$Id") and not known:
-        out.append(
-            f"{fs_stats.stats_paths(subject.subject_dir)['aseg']}: FreeSurfer version "
-            f"{version!r} is not one this app knows (5.x-8.x); its volumes were read the same "
-            f"way, but check that region names and definitions did not change"
-        )
+    aseg = fs_stats.stats_paths(subject.subject_dir)["aseg"]
+    out = [w for w in [fs_stats.unknown_version_message(aseg, subject.cvs_version)] if w]
     if subject.cortical_atlas == "DKT":
         out.append(f"{subject.subject_dir}: {subject.pipeline} subject: {DKT_NOT_DESIKAN}")
     return out
