@@ -267,10 +267,14 @@ def harmonize_rows(
         done, bad = _harmonize_batch(part, model, harmonize_table)
         pieces.append(done)
         failed.update(bad)
-    pieces = [p for p in pieces if len(p)]
+    return _stack([p for p in pieces if len(p)], table), failed
+
+
+def _stack(pieces: list[pd.DataFrame], table: pd.DataFrame) -> pd.DataFrame:
+    """The harmonized pieces as one table (an empty slice of ``table`` when there are none)."""
     if not pieces:
-        return table.iloc[0:0].copy(), failed
-    return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
+        return table.iloc[0:0].copy()
+    return pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)
 
 
 def _harmonize_batch(
@@ -299,10 +303,7 @@ def _harmonize_batch(
         mid = len(part) // 2
         return attempt(part.iloc[:mid]) + attempt(part.iloc[mid:])
 
-    pieces = attempt(table)
-    if not pieces:
-        return table.iloc[0:0].copy(), failed
-    return (pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)), failed
+    return _stack(attempt(table), table), failed
 
 
 # --------------------------------------------------------------------------- the driver's steps
