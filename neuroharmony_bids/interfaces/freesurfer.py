@@ -20,6 +20,7 @@ from pathlib import Path
 
 from neuroharmony_bids._version import __version__
 from neuroharmony_bids.errors import UsageError
+from neuroharmony_bids.io.freesurfer_stats import fastsurfer_dkt_paths, stats_paths
 
 #: The container image that has FreeSurfer (and MRIQC) installed.
 CONTAINER_IMAGE = f"ghcr.io/neuroharmony-bids/neuroharmony-bids:{__version__}"
@@ -71,13 +72,24 @@ def recon_all_status(license_file: Path | None) -> str | None:
 #: ``fs_isRunning`` uses the same 24 h).
 STALE_AFTER_SECONDS = 24 * 3600
 
-#: The stats files a complete recon-all leaves and this app reads.
-STATS_FILES = ("aseg.stats", "lh.aparc.stats", "rh.aparc.stats")
-#: The stats files a complete FastSurfer run (segmentation + recon-surf) leaves: DKT cortical
-#: stats instead of recon-all's Desikan ones (Deep-MI/FastSurfer recon_surf/recon-surf.sh).
-FASTSURFER_STATS = (
-    "aseg.stats", "lh.aparc.DKTatlas.mapped.stats", "rh.aparc.DKTatlas.mapped.stats",
-)  # fmt: skip
+
+def _recon_all_stats(subject_dir: str | os.PathLike) -> list[Path]:
+    """The stats files a complete recon-all leaves and this app reads (io's names)."""
+    return list(stats_paths(subject_dir).values())
+
+
+def _fastsurfer_stats(subject_dir: str | os.PathLike) -> list[Path]:
+    """The stats files a complete FastSurfer run (segmentation + recon-surf) leaves: DKT
+    cortical stats instead of recon-all's Desikan ones (Deep-MI/FastSurfer recon-surf.sh)."""
+    return [stats_paths(subject_dir)["aseg"], *fastsurfer_dkt_paths(subject_dir).values()]
+
+
+def _missing(paths: list[Path]) -> list[str]:
+    return [p.name for p in paths if not p.is_file()]
+
+
+#: The stats file names a complete recon-all leaves and this app reads.
+STATS_FILES = tuple(p.name for p in _recon_all_stats(""))
 
 
 @dataclass(frozen=True)
@@ -166,8 +178,8 @@ def subject_state(subject_dir: str | os.PathLike, now: float | None = None) -> S
     surf_log, surf_done = scripts / "recon-surf.log", scripts / "recon-surf.done"
     if surf_log.is_file() or surf_done.is_file():
         return _fastsurfer_state(subject_dir, surf_done)
-    missing = [n for n in STATS_FILES if not (subject_dir / "stats" / n).is_file()]
-    fastsurfer_missing = [n for n in FASTSURFER_STATS if not (subject_dir / "stats" / n).is_file()]
+    missing = _missing(_recon_all_stats(subject_dir))
+    fastsurfer_missing = _missing(_fastsurfer_stats(subject_dir))
     if missing and not fastsurfer_missing and not (scripts / "recon-all.log").is_file():
         return SubjectState(subject_dir, "complete", "FastSurfer stats (no run logs kept)")
     if missing:
@@ -183,7 +195,7 @@ def _fastsurfer_state(subject_dir: Path, done: Path) -> SubjectState:
     """A FastSurfer subject: recon-surf.sh writes ``scripts/recon-surf.done`` (``SUBJECT ...``
     key lines) only at its very end; the recon-all steps it calls leave their own logs, which
     say nothing about the whole run."""
-    missing = [n for n in FASTSURFER_STATS if not (subject_dir / "stats" / n).is_file()]
+    missing = _missing(_fastsurfer_stats(subject_dir))
     if missing:
         return SubjectState(
             subject_dir, "incomplete", f"FastSurfer stats/{', '.join(missing)} missing"
@@ -211,7 +223,6 @@ def remove_isrunning(state: SubjectState) -> list[Path]:
 
 __all__ = [
     "CONTAINER_IMAGE",
-    "FASTSURFER_STATS",
     "STALE_AFTER_SECONDS",
     "STATS_FILES",
     "SubjectState",
