@@ -46,8 +46,8 @@ from neuroharmony_bids.harmonize.model import FS_VERSION_COLUMN
 from neuroharmony_bids.io import freesurfer_stats as fs_stats
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.workflows.results import Progress, RunResult
-from neuroharmony_bids.workflows.tools import ScanPlan, _few, check_tools, locate_inputs, run_tools
+from neuroharmony_bids.workflows.results import Progress, RunResult, few
+from neuroharmony_bids.workflows.tools import ScanPlan, check_tools, locate_inputs, run_tools
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -381,7 +381,7 @@ def pending_scans(
         log.info(
             "%d scan(s) have their data files but no report (an interrupted run); completing "
             "them: %s",
-            len(completing), _few(completing),
+            len(completing), few(completing),
         )  # fmt: skip
     return pending
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -11,6 +12,11 @@ def fmt_duration(seconds: float) -> str:
     """``H:MM:SS``."""
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def few(names: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` names and how many more: scan lists in one log line."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 class Progress:

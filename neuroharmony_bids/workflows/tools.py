@@ -32,6 +32,7 @@ from neuroharmony_bids.errors import MissingInputError, NeuroharmonyError, Usage
 from neuroharmony_bids.interfaces import freesurfer as fs
 from neuroharmony_bids.io import mriqc_json
 from neuroharmony_bids.settings import Settings
+from neuroharmony_bids.workflows.results import few
 
 LOGGER = logging.getLogger("neuroharmony_bids")
 
@@ -142,10 +143,6 @@ def _searched(dirs: Sequence[Path], defaults: Sequence[Path]) -> str:
     return ", ".join(shown)
 
 
-def _few(names: Sequence[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
 def check_tools(settings: Settings, plans: Sequence[ScanPlan]) -> Path | None:
     """Raise MissingInputError (66) when a needed tool cannot run; return the FS license."""
     need_mq = [p.scan.bids_name for p in plans if p.needs_mriqc]
@@ -158,7 +155,7 @@ def check_tools(settings: Settings, plans: Sequence[ScanPlan]) -> Path | None:
         why = mriqc_status()
         if why:
             problems.append(
-                f"MRIQC IQMs are missing for {len(need_mq)} scan(s) ({_few(need_mq)}); searched "
+                f"MRIQC IQMs are missing for {len(need_mq)} scan(s) ({few(need_mq)}); searched "
                 f"{_searched(settings.mriqc_dirs(), [settings.bids_dir / 'derivatives' / 'mriqc'])}"
                 f", and MRIQC cannot run here: {why}. Point --mriqc-dir at existing MRIQC "
                 f"outputs (sub-X_T1w.json or group_T1w.tsv)"
@@ -169,7 +166,7 @@ def check_tools(settings: Settings, plans: Sequence[ScanPlan]) -> Path | None:
         why = fs.recon_all_status(license_file)
         if why:
             problems.append(
-                f"FreeSurfer stats are missing for {len(need_fs)} scan(s) ({_few(need_fs)}); "
+                f"FreeSurfer stats are missing for {len(need_fs)} scan(s) ({few(need_fs)}); "
                 f"searched "
                 f"{_searched(settings.freesurfer_dirs(), [settings.bids_dir / 'derivatives' / 'freesurfer'])}"
                 f" for subjects named like {example_fs}"
