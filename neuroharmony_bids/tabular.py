@@ -13,8 +13,8 @@ CSV writer (pandas formats one float cell at a time), atomically:
   ``'`` (OWASP's CSV-injection guidance) so that a spreadsheet shows them as text, never runs
   them as a formula; numbers are never changed.
 
-Without pyarrow installed, pandas reads and writes the same values (floats then appear as
-Python's repr, ``1234567.0``), more slowly.
+pyarrow is a pinned dependency: there is no second writer whose float text could differ.
+pandas' reader is kept for tables pyarrow cannot type in blocks, so its messages name the row.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from queue import Full, Queue
 from typing import IO
 
-import numpy as np
 import pandas as pd
 
 from neuroharmony_bids.errors import DataError, MissingInputError, UsageError
@@ -116,15 +115,6 @@ def read_header(path: Path, sep: str) -> list[str]:
     return names
 
 
-def _arrow():
-    try:
-        import pyarrow  # noqa: F401
-        import pyarrow.csv  # noqa: F401
-    except ImportError:
-        return None
-    return pyarrow
-
-
 def _arrow_options(sep: str, names: list[str], block_bytes: int):
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -152,7 +142,7 @@ def read_table(path: str | Path, fast: bool = True) -> pd.DataFrame:
     path = check_input(path)
     sep = separator(path)
     names = read_header(path, sep)
-    if fast and _arrow() is not None:
+    if fast:
         try:
             return _arrow_table(path, sep, names)
         except Unstreamable:
@@ -249,12 +239,9 @@ def iter_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[pd
     Each block is parsed by pyarrow (multi-threaded) with the column types of the first block,
     one block ahead of the consumer, so memory stays a few blocks whatever the table's size.
     """
-    pa = _arrow()
     path = check_input(path)
     sep = separator(path)
     names = read_header(path, sep)
-    if pa is None:
-        raise Unstreamable("pyarrow is not installed")
     yield from prefetched(_arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES))
 
 
@@ -282,31 +269,10 @@ def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator
 # --------------------------------------------------------------------------- writing
 
 
-def neutralise_formulas(table: pd.DataFrame) -> int:
-    """Prefix ``'`` to text cells a spreadsheet would run as a formula; return how many.
-
-    Only text columns are touched and, in them, only cells that are not numbers (``-3.5`` stays).
-    (pandas version, used without pyarrow; :func:`_neutralise_arrow` is the same rule.)
-    """
-    count = 0
-    for col in table.columns:
-        s = table[col]
-        if s.dtype != object and not pd.api.types.is_string_dtype(s.dtype):
-            continue
-        try:  # non-text cells of an object column give NaN here
-            risky = s.str.match(FORMULA, na=False) & ~s.str.match(NUMBER, na=False)
-        except AttributeError:  # no text at all in this column
-            continue
-        rows = np.flatnonzero(risky.to_numpy(dtype=bool))
-        if len(rows):
-            table[col] = s.astype(object)
-            table.iloc[rows, table.columns.get_loc(col)] = "'" + s.iloc[rows].astype(str)
-            count += len(rows)
-    return count
-
-
 def _neutralise_arrow(table):
-    """:func:`neutralise_formulas` on a pyarrow table (vectorized in C++): (table, count)."""
+    """Prefix ``'`` to text cells a spreadsheet would run as a formula (OWASP); only text
+    columns, and in them only cells that are not numbers (``-3.5`` stays). Vectorized in C++
+    on a pyarrow table: (table, count)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -343,12 +309,7 @@ class TableWriter:
         if self.columns is None:
             self.columns = [str(c) for c in block.columns]
             self.fh.write(_header_line(self.columns, self.sep))
-        if _arrow() is None:
-            block = block.copy(deep=False)
-            self.neutralised += neutralise_formulas(block)
-            self._write_pandas(block)
-        else:
-            self._write_arrow(block)
+        self._write_arrow(block)
 
     def _write_arrow(self, block: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -364,23 +325,20 @@ class TableWriter:
                     col = pc.fill_null(pc.cast(col, pa.string()), "n/a")
                 cols.append(col)
             table = pa.table(cols, names=table.column_names)
-        for quoting in ("none", "needed"):  # quote only when a value needs it
-            buf = pa.BufferOutputStream()
-            try:
-                opts = pcsv.WriteOptions(
-                    include_header=False, delimiter=self.sep, quoting_style=quoting
-                )
-                pcsv.write_csv(table, buf, opts)
-            except pa.ArrowInvalid:
-                continue
-            self.fh.write(buf.getvalue().to_pybytes())
-            return
 
-    def _write_pandas(self, block: pd.DataFrame) -> None:
-        """Fallback without pyarrow: the same values, floats as Python's repr (``1234567.0``)."""
-        na = "n/a" if self.sep == "\t" else ""
-        text = block.to_csv(sep=self.sep, header=False, index=False, na_rep=na, lineterminator="\n")
-        self.fh.write(text.encode("utf-8"))
+        def text(quoting: str) -> bytes:
+            buf = pa.BufferOutputStream()
+            opts = pcsv.WriteOptions(
+                include_header=False, delimiter=self.sep, quoting_style=quoting
+            )
+            pcsv.write_csv(table, buf, opts)
+            return buf.getvalue().to_pybytes()
+
+        try:  # quote only when a value needs it ("none" refuses such a value)
+            data = text("none")
+        except pa.ArrowInvalid:
+            data = text("needed")  # never refuses: an error here is raised, no block is lost
+        self.fh.write(data)
 
 
 def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
