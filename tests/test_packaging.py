@@ -680,8 +680,8 @@ def test_bootstrap_stops_on_a_missing_lock_file(tmp_path):
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """(hard, optional) modules a file imports. Optional: inside try/except ImportError (full
-    dotted names), or checked with pytest.importorskip (top-level names, excluded from hard)."""
+    """(hard, optional) modules a file imports, full dotted names. Optional: inside try/except
+    ImportError, or checked with pytest.importorskip (those top-level names leave hard)."""
     import ast
 
     tree = ast.parse(path.read_text())
@@ -706,19 +706,20 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
         if id(node) in guarded:
             optional |= set(modules)
         else:
-            hard |= {m.split(".")[0] for m in modules}
-    return hard - skipped, optional
+            hard |= set(modules)
+    return {m for m in hard if m.split(".")[0] not in skipped}, optional
 
 
 def _hard_imports(path: Path) -> set[str]:
     """Top-level names a file imports unconditionally."""
-    return _imports(path)[0]
+    return {m.split(".")[0] for m in _imports(path)[0]}
 
 
-def test_optional_imports_of_runtime_packages_work():
-    """A runtime-lock package the code imports optionally (with a fallback) must import: a pin
-    that cannot load (e.g. a pyarrow built for NumPy 2 beside the lock's NumPy 1.26) would only
-    switch the fallback on silently."""
+def test_imports_of_runtime_packages_work():
+    """Every runtime-lock module the package imports (inside functions too, or optionally with
+    a fallback) must import: a pin that cannot load (e.g. a pyarrow built for NumPy 2 beside the
+    lock's NumPy 1.26) would otherwise fail only when that code path runs, or switch a fallback
+    on silently."""
     import importlib
     from importlib.metadata import packages_distributions
 
@@ -726,7 +727,8 @@ def test_optional_imports_of_runtime_packages_work():
     runtime = set(_lock_pins())
     checked = []
     for path in sorted((REPO / "neuroharmony_bids").rglob("*.py")):
-        for module in sorted(_imports(path)[1]):
+        hard, optional = _imports(path)
+        for module in sorted(hard | optional):
             dists = {canonicalize_name(d) for d in providers.get(module.split(".")[0], [])}
             if dists & runtime:
                 importlib.import_module(module)  # raises with the reason when it cannot load
