@@ -189,6 +189,28 @@ def _stack_rows(rows: Sequence[tuple[int, str, str]], keep: frozenset[str]) -> p
     return pd.concat(frames).sort_index() if len(frames) > 1 else frames[0]
 
 
+def _parse_outputs(files: Mapping[str, Path], contents: Sequence[bytes | OSError]) -> list[Any]:
+    """One scan's (raw TSV lines, harmonized TSV lines, raw sidecar); a ValueError names the
+    file that is unreadable, not UTF-8, not one row, or not a JSON object."""
+    parsed: list[Any] = []
+    for key, got in zip(_READ, contents, strict=True):
+        path = files[key]
+        try:
+            if isinstance(got, OSError):
+                raise got
+            if key.endswith("_json"):
+                value = json.loads(got)
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+            else:
+                value = _split_one_row(path, got.decode("utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+            where = "" if str(path) in str(exc) else f"{path}: "
+            raise ValueError(f"{where}{exc}") from None
+        parsed.append(value)
+    return parsed
+
+
 def _num(value: Any) -> float:
     try:
         return float(value)
@@ -210,10 +232,10 @@ def collect_tables(
     # regions, their posterior SD (<region>_sd) and the nh_* flags
     regions, iqm_names = frozenset(D.REGION_ORDER), frozenset(ALL_IQMS)
     harm_names = regions | frozenset(map(D.sd_column, D.REGION_ORDER)) | frozenset(D.NH_COLUMNS)
-    complete = [item for item in found if not item.missing]
-    paths = [item.files[k] for item in complete for k in ("raw_tsv", "harmonized_tsv", "raw_json")]
+    paths = [item.files[k] for item in found if not item.missing for k in _READ]
     data = iter(_read_files(paths))
     common_rows: list[dict[str, Any]] = []
+    iqm_rows: list[dict[str, float]] = []
     raw_rows: list[tuple[int, str, str]] = []
     harm_rows: list[tuple[int, str, str]] = []
     for item in found:
@@ -231,17 +253,9 @@ def collect_tables(
                 }
             )
             continue
-        contents = [next(data) for _ in range(3)]
         try:
-            for got in contents:
-                if isinstance(got, OSError):
-                    raise got
-            raw = _split_one_row(item.files["raw_tsv"], contents[0].decode("utf-8"))
-            harm = _split_one_row(item.files["harmonized_tsv"], contents[1].decode("utf-8"))
-            meta = json.loads(contents[2])
-            if not isinstance(meta, dict):
-                raise ValueError(f"{item.files['raw_json']}: not a JSON object")
-        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError too
+            raw, harm, meta = _parse_outputs(item.files, [next(data) for _ in _READ])
+        except ValueError as exc:
             problems.append({**ids, "reason": f"unreadable output: {exc}"})
             continue
         cov = meta.get("Covariates") or {}
@@ -253,24 +267,24 @@ def collect_tables(
                 "age": _num(cov.get("age")),
                 "sex": cov.get("sex"),
                 **{k: meta[k] for k in SCANNER_FIELDS if k in meta},
-                **{f"{_IQM}{k}": _num(v) for k, v in iqms.items() if k in iqm_names},
             }
         )
+        iqm_rows.append({k: _num(v) for k, v in iqms.items() if k in iqm_names})
         raw_rows.append((pos, *raw))
         harm_rows.append((pos, *harm))
     if not common_rows:
         return pd.DataFrame(), pd.DataFrame(), problems
     common = pd.DataFrame(common_rows)
-    iqm_cols = [c for c in common.columns if c.startswith(_IQM)]
-    meta_part = common.drop(columns=iqm_cols)
-    iqm_part = common[iqm_cols].rename(columns=lambda c: c[len(_IQM) :])
-    raw_table = pd.concat([meta_part, iqm_part, _stack_rows(raw_rows, regions)], axis=1)
-    harm_table = pd.concat([meta_part, _stack_rows(harm_rows, harm_names)], axis=1)
+    raw_table = pd.concat(
+        [common, pd.DataFrame(iqm_rows, dtype=float), _stack_rows(raw_rows, regions)], axis=1
+    )
+    harm_table = pd.concat([common, _stack_rows(harm_rows, harm_names)], axis=1)
     return raw_table, harm_table, problems
 
 
-#: Prefix that keeps IQM names apart from metadata keys while a row is assembled.
-_IQM = "\x00iqm:"
+#: The per-scan files the group level reads (covariates, IQMs and scanner fields come from the
+#: raw sidecar).
+_READ = ("raw_tsv", "harmonized_tsv", "raw_json")
 #: Threads reading the per-scan files.
 _READERS = 8
 
