@@ -89,3 +89,12 @@ def test_collect_tables_reads_every_file_once_and_names_bad_ones(participant_out
     cell = harmonized.set_index("bids_name")["Left-Hippocampus"]
     assert cell[found[6].scan.bids_name] == "oops"
     assert all(isinstance(v, float) for k, v in cell.items() if k != found[6].scan.bids_name)
+
+
+def test_training_needs_two_labelled_sites(abide_table):
+    from neuroharmony_bids.harmonize.train import train_on_labelled_sites
+
+    table = abide_table.rename(columns={"SITE_ID": "site"}).head(40).copy()
+    table["site"] = ["NYU"] * 30 + [None] * 10  # one site once unlabelled rows are left out
+    with pytest.raises(ValueError, match=r"at least 2 sites; found 1 \(NYU\)"):
+        train_on_labelled_sites(table, "site")

@@ -414,59 +414,46 @@ def _slug(text: str) -> str:
 def train_model(
     settings: Settings, raw: pd.DataFrame, log: logging.Logger, site_source: str = "site"
 ) -> dict[str, Path]:
-    """Fit a dataset-specific harmonizer on the raw group table; save it with a model card.
-
-    Leave-one-site-out quality figures are computed (harmonize.train): they are what the card
-    reports, and what tells a user whether the model is worth using on new scanners.
-    """
+    """``--train``: fit a dataset-specific harmonizer on the raw group table (with its
+    leave-one-site-out figures, harmonize.train) and save it with a model card (reports)."""
     try:
-        from neuroharmony_bids.harmonize.io import save_model
-        from neuroharmony_bids.harmonize.train import train
-        from neuroharmony_bids.reports.model_card import model_card_text
+        from neuroharmony_bids.harmonize.train import train_on_labelled_sites
+        from neuroharmony_bids.reports.model_card import save_with_card
     except ImportError as exc:
         raise NeuroharmonyError(f"training is unavailable in this installation ({exc})") from exc
-    table = raw[raw["site"].notna()].reset_index(drop=True)
-    dropped = len(raw) - len(table)
+    dropped = int(raw["site"].isna().sum())
     if dropped:
         log.warning("--train: %d scan(s) without a site are left out of training", dropped)
-    n_sites = table["site"].nunique()
-    if n_sites < 2:
-        raise UsageError(
-            f"--train needs scans from at least 2 sites; found {n_sites} "
-            f"({', '.join(map(str, table['site'].unique()[:5])) or 'none'}). Name the site "
-            f"column with --site-column, or add scanner metadata (Manufacturer, "
-            f"ManufacturersModelName, DeviceSerialNumber) to the T1w sidecars"
-        )
-    log.info("training a harmonizer on %d scans from %d sites", len(table), n_sites)
+    log.info("training a harmonizer on %d scans", len(raw) - dropped)
     try:
-        model = train(table, "site", sex_mapping=settings.sex_mapping_dict or None)
+        model, table = train_on_labelled_sites(
+            raw, "site", sex_mapping=settings.sex_mapping_dict or None
+        )
     except NeuroharmonyError:
         raise
     except ValueError as exc:
-        raise UsageError(f"--train: cannot fit a model on this dataset: {exc}") from exc
+        raise UsageError(
+            f"--train: cannot fit a model on this dataset: {exc}. Name the site column with "
+            f"--site-column, or add scanner metadata (Manufacturer, ManufacturersModelName, "
+            f"DeviceSerialNumber) to the T1w sidecars"
+        ) from exc
     try:
         name = json.loads((settings.bids_dir / "dataset_description.json").read_text())["Name"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         name = settings.bids_dir.name
-    slug = _slug(str(name))
-    path = settings.output_dir / "models" / f"neuroharmony_{slug}.nhmodel"
-    metadata = {
-        "name": f"neuroharmony-{slug}",
-        "description": f"Dataset-specific model trained by neuroharmony-bids group --train on "
-        f"{name!s}",
-        "training_dataset": str(name),
-        "site_from": site_source,
-    }
+    path = settings.output_dir / "models" / f"neuroharmony_{_slug(str(name))}.nhmodel"
     try:
-        sha = save_model(model, path, metadata=metadata)
+        saved = save_with_card(
+            model, path, table, dataset_name=str(name), bids_dir=settings.bids_dir,
+            site_source=site_source,
+        )  # fmt: skip
     except OSError as exc:
-        raise NeuroharmonyError(f"cannot write {path}: {exc.strerror or exc}") from None
-    card = D.write_output(
-        path.with_name(path.stem + "_card.md"),
-        model_card_text(path, sha, model, table, settings.bids_dir, site_source),
-    )
-    log.info("trained model saved to %s (model card %s)", path, card)
-    return {"model": path, "model_card": card}
+        raise NeuroharmonyError(
+            f"cannot write {exc.filename or path}: {exc.strerror or exc}. Free disk space (or "
+            f"fix permissions) and re-run the group level with --train"
+        ) from None
+    log.info("trained model saved to %s (model card %s)", path, saved["model_card"])
+    return saved
 
 
 def _write_report(
