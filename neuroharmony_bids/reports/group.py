@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from neuroharmony_bids.atomic import write_text
 from neuroharmony_bids.bids.layout import scanner_site
@@ -445,6 +446,7 @@ def _uncertainty_section(model: Any, sites: pd.Series | None) -> Section:
     return Section("uncertainty", title, "\n".join(body))
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # small matrices: threads only cost (metrics)
 def build_group_report(
     raw: pd.DataFrame,
     harmonized: pd.DataFrame,
