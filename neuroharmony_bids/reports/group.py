@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from neuroharmony_bids.atomic import write_text
 from neuroharmony_bids.bids.layout import scanner_site
@@ -44,8 +45,12 @@ def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
     return None, "no 'site' column and " + source
 
 
-def region_columns(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> list[str]:
-    """Region columns present in both tables that the model harmonizes (user's spelling)."""
+def shown_regions(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> list[str]:
+    """The regions the report shows: columns of both tables that the model harmonizes, in
+    the user's spelling (FreeSurfer 6 or 7), eTIV left out (it scales, it is not compared).
+
+    Not :func:`neuroharmony_bids.harmonize.table.region_columns`, which maps each model region
+    to the user's column for harmonizing."""
     known = list(getattr(model, "regions_", None) or NEUROHARMONY_REGIONS)
     known_set = {canonical_region(r) for r in known}
     return [
@@ -441,6 +446,7 @@ def _uncertainty_section(model: Any, sites: pd.Series | None) -> Section:
     return Section("uncertainty", title, "\n".join(body))
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # small matrices: threads only cost (metrics)
 def build_group_report(
     raw: pd.DataFrame,
     harmonized: pd.DataFrame,
@@ -454,7 +460,7 @@ def build_group_report(
     ``drift``: a :class:`~neuroharmony_bids.harmonize.drift.DriftReport` for this dataset.
     """
     raw, harmonized = _align(raw, harmonized)
-    regions = region_columns(raw, harmonized, model)
+    regions = shown_regions(raw, harmonized, model)
     sites, site_source = site_labels(raw)
     if sites is None:
         sites, site_source = site_labels(harmonized)
