@@ -124,6 +124,34 @@ def test_session_filter_and_session_age_wins(sessions_ds):
     assert [s.prefix for s in runs] == ["sub-3_ses-a_run-1"]
 
 
+def test_covariates_per_scan_problems_and_session_values(sessions_ds, tmp_path):
+    """Each scan's age/sex comes from its session row when present, else its participant
+    row; every unreadable or n/a value costs that scan only, with the same message for every
+    scan that has the same spelling."""
+    root = tmp_path / "mixed"
+    shutil.copytree(sessions_ds, root)
+    ptsv = root / "participants.tsv"
+    table = pd.read_csv(ptsv, sep="\t", dtype=str)
+    table["sex"] = ["x", " female ", None]
+    table.to_csv(ptsv, sep="\t", index=False, na_rep="n/a")
+    stsv = root / "sub-3" / "sub-3_sessions.tsv"
+    sessions = pd.read_csv(stsv, sep="\t", dtype=str)
+    sessions["sex"] = ["M", None]  # ses-a names the sex, ses-b falls back to the participant
+    sessions.loc[1, "age"] = "old"
+    sessions.to_csv(stsv, sep="\t", index=False, na_rep="n/a")
+    scans = B.find_scans(root)
+    covs = B.read_covariates(root, scans)
+    assert list(covs.table.index) == [s.bids_name for s in scans]
+    sub1 = [s.bids_name for s in scans if s.subject == "1"]
+    assert sorted(covs.errors) == sorted([*sub1, "sub-3_ses-b_T1w"])
+    assert covs.errors[sub1[0]] == covs.errors[sub1[1]]
+    assert "cannot read 'x' as a sex" in covs.errors[sub1[0]]
+    assert "age 'old' is not a number; sex is n/a" in covs.errors["sub-3_ses-b_T1w"]
+    assert set(covs.table.loc[[s.bids_name for s in scans if s.subject == "2"], "sex"]) == {"F"}
+    assert covs.table.at["sub-3_ses-a_run-1_T1w", "sex"] == "M"
+    assert covs.table["age"].dtype == float
+
+
 def test_nothing_selected_is_exit_18(sessions_ds):
     with pytest.raises(NothingSelectedError) as err:
         B.find_scans(sessions_ds, ["99"])

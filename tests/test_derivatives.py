@@ -185,6 +185,24 @@ def test_per_scan_files_and_sidecars(tmp_path):
     assert side == rebuilt
 
 
+def test_per_scan_files_skip_fsync_and_an_empty_one_counts_as_missing(tmp_path, monkeypatch):
+    """Per-scan files are written without an fsync each (rename keeps them whole for readers);
+    an OS crash may leave one empty, and a re-run must then recompute the scan."""
+    import neuroharmony_bids.atomic as A
+
+    synced = []
+    monkeypatch.setattr(A.os, "fsync", lambda fd: synced.append(fd))
+    out = _outputs(tmp_path)
+    assert D.is_done(out, SCAN) and not list(D.scan_dir(out, SCAN).glob(TMP_PREFIX + "*"))
+    assert len(synced) == 4  # the four dataset-level files are synced, the per-scan ones not
+    D.write_output(tmp_path / "durable.txt", "x\n")
+    assert len(synced) == 5  # the default write is durable
+    paths = D.scan_outputs(out, SCAN)
+    paths["raw_json"].write_bytes(b"")
+    assert D.missing_outputs(out, SCAN) == ["raw_json"]
+    assert not D.is_done(out, SCAN)
+
+
 @pytest.mark.bids_validator
 def test_bids_validator_accepts_the_output_folder(tmp_path):
     out = _outputs(tmp_path)

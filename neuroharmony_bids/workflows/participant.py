@@ -494,7 +494,10 @@ def write_scans(
 ) -> None:
     """Step 7: the per-scan derivatives (atomic; failed rows recorded)."""
     out = settings.output_dir
-    by_name = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
+    rows = done.harmonized.to_dict("records")  # one conversion, not one Series per scan
+    by_name = {str(row["bids_name"]): row for row in rows}
+    ages = done.covariates["age"].to_dict()
+    sexes = done.covariates["sex"].to_dict()
     model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
     model_meta["freesurfer_version"] = done.model_freesurfer_version
     jobs = []
@@ -508,12 +511,11 @@ def write_scans(
         provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
         provenance["Scanner"] = dict(scan.metadata)
         provenance["Covariates"] = {
-            "age": float(done.covariates.at[scan.bids_name, "age"]),
-            "sex": done.covariates.at[scan.bids_name, "sex"],
+            "age": float(ages[scan.bids_name]),
+            "sex": sexes[scan.bids_name],
         }
         provenance["Model"] = model_meta
-        hrow = done.harmonized.iloc[by_name[scan.bids_name]].to_dict()
-        jobs.append((scan, item.volumes, hrow, provenance))
+        jobs.append((scan, item.volumes, by_name[scan.bids_name], provenance))
     write_outputs(out, jobs, result, progress)
 
 
