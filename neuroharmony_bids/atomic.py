@@ -10,8 +10,11 @@ the write may leave it empty or absent, which callers that write many small rege
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,11 +45,47 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
             tmp_path.unlink()
 
 
+_COUNTER = itertools.count()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path, durable=durable) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    """Write ``data`` to ``path`` atomically (the guarantees of :func:`atomic_path`).
+
+    Straight on a file descriptor, with a temporary name unique to this process and thread,
+    and the folder created only when missing: at 20,000 small files per run the syscalls are
+    the cost, so none is spent twice.
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or "."
+    tmp = os.path.join(
+        folder, f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{next(_COUNTER)}.tmp"
+    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
+    except FileExistsError:  # a killed process of the same id left it: take a random name
+        with atomic_path(target, durable=durable) as other:
+            other.write_bytes(data)
+        return Path(target)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+            os.fchmod(fd, 0o644)  # whatever the umask, as atomic_path does
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Path(target)
 
 
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> Path:

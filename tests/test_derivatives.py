@@ -203,6 +203,35 @@ def test_per_scan_files_skip_fsync_and_an_empty_one_counts_as_missing(tmp_path, 
     assert not D.is_done(out, SCAN)
 
 
+def test_atomic_write_creates_folders_keeps_mode_and_leaves_no_temp(tmp_path, monkeypatch):
+    import os
+
+    import neuroharmony_bids.atomic as A
+
+    target = tmp_path / "new" / "deeper" / "file.tsv"
+    old = os.umask(0o077)
+    try:
+        A.write_text(target, "a\tb\n", durable=False)
+        A.write_text(target, "c\td\n")  # replaces it
+    finally:
+        os.umask(old)
+    assert target.read_text() == "c\td\n"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in target.parent.iterdir()] == ["file.tsv"]
+    # a temporary name left by a killed process of the same id: another name is taken
+    monkeypatch.setattr(A, "_COUNTER", iter([7, 7]))
+    stale = target.parent / f"{TMP_PREFIX}{os.getpid()}-{A.threading.get_ident()}-7.tmp"
+    stale.write_text("stale")
+    A.write_text(target, "e\n", durable=False)
+    assert target.read_text() == "e\n" and stale.read_text() == "stale"
+    # a failed write leaves neither a partial file nor its temporary file
+    monkeypatch.setattr(A.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        A.write_text(target, "f\n", durable=False)
+    assert target.read_text() == "e\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["file.tsv", stale.name])
+
+
 @pytest.mark.bids_validator
 def test_bids_validator_accepts_the_output_folder(tmp_path):
     out = _outputs(tmp_path)
