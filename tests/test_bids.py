@@ -152,6 +152,45 @@ def test_covariates_per_scan_problems_and_session_values(sessions_ds, tmp_path):
     assert covs.table["age"].dtype == float
 
 
+def test_layout_indexes_t1w_files_only(sessions_ds, tmp_path):
+    """pybids indexes T1w images and sidecars only (and the selected subjects only): the
+    scans, their entities and inherited metadata are those of a full index."""
+    root = tmp_path / "big"
+    shutil.copytree(sessions_ds, root)
+    (root / "T1w.json").write_text(json.dumps({"Manufacturer": "Top"}))
+    (root / "sub-1" / "sub-1_T1w.json").write_text(json.dumps({"SoftwareVersions": "sub"}))
+    extra = [
+        "sub-1/ses-a/func/sub-1_ses-a_task-rest_bold.nii.gz",
+        "sub-1/ses-a/func/sub-1_ses-a_task-rest_bold.json",
+        "sub-2/ses-b/dwi/sub-2_ses-b_dwi.nii.gz",
+        "sub-1/ses-a/anat/sub-1_ses-a_T2w.nii.gz",
+        "sub-1/ses-a/anat/sub-1_ses-a_FLAIR.json",
+        "derivatives/other/sub-1/anat/sub-1_T1w.nii.gz",
+        "sourcedata/sub-1/anat/sub-1_T1w.nii.gz",
+    ]
+    for rel in extra:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"{}" if rel.endswith(".json") else b"x")
+    layout = B.load_layout(root)
+    indexed = {Path(f).relative_to(root).as_posix() for f in layout.get(return_type="filename")}
+    assert not indexed & set(extra)
+    assert {"T1w.json", "sub-1/sub-1_T1w.json"} <= indexed
+    assert len(BL.t1w_images(layout)) == 6
+    scans = B.find_scans(root, layout=layout)
+    assert [s.prefix for s in scans] == [s.prefix for s in B.find_scans(sessions_ds)]
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    full = BIDSLayout(str(root), validate=False, indexer=BIDSLayoutIndexer(validate=False))
+    for f in full.get(suffix="T1w", extension=".nii.gz"):
+        assert B.sidecar_metadata(root, f.path) == f.get_metadata(), f.filename
+    only = B.load_layout(root, participant_label=["2"])
+    assert {s.subject for s in B.find_scans(root, ["2"], layout=only)} == {"2"}
+    assert BL.scans_per_subject(only) == {"2": 2}
+    with pytest.raises(NothingSelectedError, match="1, 2, 3"):
+        B.find_scans(root, ["99"], layout=B.load_layout(root, participant_label=["99"]))
+
+
 def test_nothing_selected_is_exit_18(sessions_ds):
     with pytest.raises(NothingSelectedError) as err:
         B.find_scans(sessions_ds, ["99"])

@@ -194,12 +194,37 @@ def scan_from_name(bids_dir: str | os.PathLike, bids_name: str) -> Scan:
     return Scan(subject, Path(bids_dir) / scan.rel_dir / f"{bids_name}.nii.gz", pairs)
 
 
-def load_layout(bids_dir: str | os.PathLike, database_dir: str | os.PathLike | None = None):
-    """A pybids layout of the raw dataset (derivatives not indexed, no validation, no network).
+def t1w_ignore(participant_label: Sequence[str] = ()) -> list[Any]:
+    """What pybids need not index for a T1w-only app (fMRIPrep passes such a list too).
+
+    pybids' own defaults (``code``, ``models``, ``sourcedata``, ``stimuli``), ``derivatives``
+    (indexed separately, if ever), every datatype folder but ``anat`` (func, dwi, fmap ... are
+    most files of a dataset like UK Biobank), every ``anat`` file that is not a T1w image or
+    sidecar, and, with ``participant_label``, the other subjects (a SLURM array job indexes one
+    subject, not 5,000). Sidecars above ``anat`` stay indexed (BIDS inheritance).
+    """
+    ignore: list[Any] = [
+        re.compile(r"^/(code|models|sourcedata|stimuli|derivatives)(/|$)"),
+        re.compile(r"^/sub-[^/]+(/ses-[^/]+)?/(?!anat(/|$))[a-z]+(/|$)"),
+        re.compile(r"^/sub-[^/]+(/ses-[^/]+)?/anat/(?![^/]*_T1w\.(nii|nii\.gz|json)$)[^/]+$"),
+    ]
+    if participant_label:
+        keep = "|".join(re.escape(label) for label in participant_label)
+        ignore.append(re.compile(rf"^/sub-(?!({keep})(/|$))[^/]+"))
+    return ignore
+
+
+def load_layout(
+    bids_dir: str | os.PathLike,
+    database_dir: str | os.PathLike | None = None,
+    participant_label: Sequence[str] = (),
+):
+    """A pybids layout of the raw dataset's T1w images and sidecars (:func:`t1w_ignore`;
+    derivatives not indexed, no validation, no network).
 
     Sidecar metadata is not indexed (that triples pybids' indexing time on large datasets and
     one malformed sidecar would stop it); :func:`sidecar_metadata` reads the few sidecars of
-    the selected scans instead.
+    the selected scans instead. ``participant_label`` leaves the other subjects out.
     """
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
@@ -218,7 +243,9 @@ def load_layout(bids_dir: str | os.PathLike, database_dir: str | os.PathLike | N
             str(bids_dir),
             validate=False,
             derivatives=False,
-            indexer=BIDSLayoutIndexer(validate=False, index_metadata=False),
+            indexer=BIDSLayoutIndexer(
+                validate=False, index_metadata=False, ignore=t1w_ignore(participant_label)
+            ),
             **kwargs,
         )
     except Exception as exc:  # pybids raises many types for unreadable datasets
@@ -284,6 +311,9 @@ def find_scans(
     all_subjects = sorted({s.subject for s in every})
     missing = [s for s in subjects if s not in all_subjects]
     if subjects and len(missing) == len(subjects):
+        # the layout may hold the selected subjects only: name those of the whole dataset
+        every_subject = (scan_from_relpath(bids_dir, r) for r in t1w_images(load_layout(bids_dir)))
+        all_subjects = sorted({s.subject for s in every_subject})
         shown = ", ".join(all_subjects[:10]) + (" ..." if len(all_subjects) > 10 else "")
         raise NothingSelectedError(
             f"--participant-label {' '.join(subjects)}: no participant with a T1w image of "
@@ -423,5 +453,6 @@ __all__ = [
     "scanner_site",
     "scans_per_subject",
     "sidecar_metadata",
+    "t1w_ignore",
     "t1w_images",
 ]

@@ -323,7 +323,7 @@ class Harmonized:
 def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
     """Step 1: the selected T1w scans (pybids) and the layout."""
     t0 = time.monotonic()
-    layout = load_layout(settings.bids_dir)
+    layout = load_layout(settings.bids_dir, participant_label=settings.participant_label)
     scans = find_scans(
         settings.bids_dir, settings.participant_label, settings.session_label, layout=layout
     )
