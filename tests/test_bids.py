@@ -191,6 +191,34 @@ def test_layout_indexes_t1w_files_only(sessions_ds, tmp_path):
         B.find_scans(root, ["99"], layout=B.load_layout(root, participant_label=["99"]))
 
 
+def test_cached_layout_follows_the_dataset_state(sessions_ds, tmp_path):
+    """The pybids index kept in the work folder is reused only for the same dataset state."""
+    root = tmp_path / "ds"
+    shutil.copytree(sessions_ds, root)
+    cache = tmp_path / "work" / "pybids"
+    first = BL.t1w_images(BL.cached_layout(root, cache))
+    (key,) = [p.name for p in cache.iterdir()]
+    db = cache / key / "layout_index.sqlite"
+    stamp = db.stat().st_mtime_ns
+    assert BL.t1w_images(BL.cached_layout(root, cache)) == first
+    assert db.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    # a new scan changes the dataset state: a new index, the old one removed
+    new = root / "sub-4" / "anat" / "sub-4_T1w.nii.gz"
+    new.parent.mkdir(parents=True)
+    shutil.copy(root / "sub-1" / "ses-a" / "anat" / "sub-1_ses-a_T1w.nii.gz", new)
+    assert BL.t1w_images(BL.cached_layout(root, cache)) == sorted(
+        [*first, "sub-4/anat/sub-4_T1w.nii.gz"]
+    )
+    assert [p.name for p in cache.iterdir()] != [key] and len(list(cache.iterdir())) == 1
+    # an index without its completion mark (a killed run) is rebuilt; a broken one too
+    (only,) = cache.iterdir()
+    (only / "complete").unlink()
+    assert len(BL.t1w_images(BL.cached_layout(root, cache))) == 7
+    (only / "layout_index.sqlite").write_bytes(b"not sqlite")
+    assert len(BL.t1w_images(BL.cached_layout(root, cache))) == 7
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
+
+
 def test_nothing_selected_is_exit_18(sessions_ds):
     with pytest.raises(NothingSelectedError) as err:
         B.find_scans(sessions_ds, ["99"])

@@ -15,9 +15,11 @@ the participant level refuses it by name instead of losing it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -252,6 +254,55 @@ def load_layout(
         raise InvalidBIDSError(f"pybids cannot index {bids_dir}: {exc}") from exc
 
 
+def cached_layout(bids_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> Any:
+    """:func:`load_layout`, its pybids database kept in ``cache_dir`` for the next run on the
+    same dataset state (fMRIPrep's ``--bids-database-dir``, made safe to reuse).
+
+    The database is keyed by the dataset's fingerprint (every file's name, size and mtime:
+    :func:`~neuroharmony_bids.bids.validate.dataset_fingerprint`), the pybids version and what
+    is indexed, so an added, removed or edited file gives a new index, never a stale one. It
+    is built in a temporary folder and renamed into place when complete; a database that
+    cannot be used is rebuilt, in memory if need be: the cache only ever saves time.
+    """
+    import bids
+
+    from neuroharmony_bids.bids.validate import dataset_fingerprint
+
+    root = Path(bids_dir).resolve()
+    ident = [str(root), dataset_fingerprint(root), bids.__version__]
+    ident += [p.pattern for p in t1w_ignore()]
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
+    cache = Path(cache_dir)
+    folder = cache / key
+    if (folder / _COMPLETE).is_file():
+        try:
+            return load_layout(root, database_dir=folder)
+        except InvalidBIDSError:
+            shutil.rmtree(folder, ignore_errors=True)
+    tmp = cache / f".tmp-{key}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        load_layout(root, database_dir=tmp)
+        (tmp / _COMPLETE).write_text(str(root) + "\n", encoding="utf-8")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another run finished the same index first: use theirs
+            pass
+        for other in cache.iterdir():  # older dataset states
+            if other.name != key and not other.name.startswith(".tmp-"):
+                shutil.rmtree(other, ignore_errors=True)
+        return load_layout(root, database_dir=folder)
+    except (OSError, InvalidBIDSError):
+        return load_layout(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Written last into a pybids database folder of :func:`cached_layout`.
+_COMPLETE = "complete"
+
+
 def scanner_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`SCANNER_FIELDS` present in a sidecar (inheritance already applied)."""
     return {k: metadata[k] for k in SCANNER_FIELDS if k in metadata and metadata[k] is not None}
@@ -438,6 +489,7 @@ def freesurfer_subject_candidates(scan: Scan, single_scan_subject: bool) -> list
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "cached_layout",
     "SCANNER_FIELDS",
     "SITE_FIELDS",
     "Scan",

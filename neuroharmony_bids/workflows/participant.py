@@ -34,6 +34,7 @@ from neuroharmony_bids.bids import failures
 from neuroharmony_bids.bids.covariates import read_covariates
 from neuroharmony_bids.bids.layout import (
     Scan,
+    cached_layout,
     find_scans,
     load_layout,
     scans_per_subject,
@@ -321,9 +322,16 @@ class Harmonized:
 
 
 def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
-    """Step 1: the selected T1w scans (pybids) and the layout."""
+    """Step 1: the selected T1w scans (pybids) and the layout.
+
+    With ``--participant-label`` only those subjects are indexed; otherwise the index is kept
+    in the work folder for the next run on the same dataset state (a re-run, or a run after
+    the tools finished elsewhere)."""
     t0 = time.monotonic()
-    layout = load_layout(settings.bids_dir, participant_label=settings.participant_label)
+    if settings.participant_label:
+        layout = load_layout(settings.bids_dir, participant_label=settings.participant_label)
+    else:
+        layout = cached_layout(settings.bids_dir, settings.effective_work_dir / "pybids")
     scans = find_scans(
         settings.bids_dir, settings.participant_label, settings.session_label, layout=layout
     )
