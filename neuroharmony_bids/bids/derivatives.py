@@ -471,6 +471,8 @@ def _json_value(value: Any) -> Any:
 def format_cell(value: Any) -> str:
     """One TSV cell as :func:`neuroharmony_bids.atomic.write_table` writes it (``%.10g``
     floats, ``n/a`` for missing or empty), without building a DataFrame per scan."""
+    if type(value) is float:  # most cells: skip the isinstance chain below
+        return "n/a" if value != value else f"{value:.10g}"
     if value is None:
         return "n/a"
     if isinstance(value, (bool, np.bool_)):
@@ -495,17 +497,20 @@ def format_tsv(row: Mapping[str, Any]) -> str:
 _DICT_CACHE: dict[tuple[str, ...], str] = {}
 
 
-def _sidecar_text(columns: Sequence[str], extra: Mapping[str, Any]) -> str:
-    """``json.dumps({**column_dictionary(columns), **extra}, indent=2)``, with the dictionary
-    part (identical for every scan) encoded once."""
+def _json_items(extra: Mapping[str, Any]) -> str:
+    """The top-level items of ``json.dumps(extra, indent=2)`` without the braces: each item's
+    text does not depend on the others, so a block shared by two sidecars is encoded once."""
+    return json.dumps(_json_value(dict(extra)), indent=2)[2:-2] if extra else ""
+
+
+def _sidecar_text(columns: Sequence[str], *items: str) -> str:
+    """``json.dumps({**column_dictionary(columns), **extra}, indent=2)`` from the dictionary
+    part (identical for every scan, encoded once) and :func:`_json_items` blocks."""
     key = tuple(columns)
     body = _DICT_CACHE.get(key)
     if body is None:
         body = _DICT_CACHE[key] = json.dumps(column_dictionary(columns), indent=2)[2:-2]
-    if not extra:
-        return "{\n" + body + "\n}\n"
-    tail = json.dumps(_json_value(dict(extra)), indent=2)
-    return "{\n" + body + ",\n" + tail[2:] + "\n"
+    return "{\n" + ",\n".join(b for b in (body, *items) if b) + "\n}\n"
 
 
 def write_scan_outputs(
@@ -544,10 +549,8 @@ def write_scan_outputs(
         "ImageQualityMetrics": provenance.get("ImageQualityMetrics", {}),
         "FreeSurfer": provenance.get("FreeSurfer", {}),
     }
-    raw_json = dict(common)
     model = dict(provenance.get("Model", {}))
     harm_json = {
-        **common,
         "Model": model,
         "Harmonization": {
             "Status": harmonized.get("nh_status"),
@@ -565,9 +568,11 @@ def write_scan_outputs(
             "PosteriorSD": f"per harmonized region, in the <region>{SD_SUFFIX} columns (mm^3)",
         },
     }
-    write_output(paths["raw_json"], _sidecar_text(list(raw_row), raw_json), durable=False)
+    shared = _json_items(common)  # the raw sidecar's extras, then the harmonized one's
+    write_output(paths["raw_json"], _sidecar_text(list(raw_row), shared), durable=False)
     write_output(paths["raw_tsv"], format_tsv(raw_row), durable=False)
-    write_output(paths["harmonized_json"], _sidecar_text(list(harm_row), harm_json), durable=False)
+    harm_text = _sidecar_text(list(harm_row), shared, _json_items(harm_json))
+    write_output(paths["harmonized_json"], harm_text, durable=False)
     write_output(paths["harmonized_tsv"], format_tsv(harm_row), durable=False)
     return paths
 
