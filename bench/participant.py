@@ -10,6 +10,12 @@ group under 40 s for 5,000 scans on 2 cores, the validator's own run excluded; v
 once per dataset state (the group level and re-runs reuse the participant level's stamp).
 
     python bench/participant.py [--n 1000] [--nprocs 2] [--keep DIR] [--compare-with ../main]
+
+Before/after side by side on one dataset (built once, kept; the other checkout's code runs the
+app, this script times it):
+
+    python bench/participant.py --n 5000 --keep /tmp/b5k --skip-validation
+    python bench/participant.py --n 5000 --keep /tmp/b5k --reuse-dataset --code ../base ...
 """
 
 from __future__ import annotations
@@ -60,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nprocs", type=int, default=2, help="--nprocs given to the app")
     ap.add_argument("--seed", type=int, default=0, help="resampling seed")
     ap.add_argument("--keep", type=Path, help="build in this folder and keep it")
+    ap.add_argument(
+        "--reuse-dataset",
+        action="store_true",
+        help="with --keep: use the BIDS dataset already built there (same --n and --seed); "
+        "only the outputs are deleted",
+    )
+    ap.add_argument(
+        "--code",
+        type=Path,
+        metavar="CHECKOUT",
+        help="run the app from this checkout (e.g. an older commit) instead of this one",
+    )
     ap.add_argument("--skip-validation", action="store_true", help="pass --skip-bids-validation")
     ap.add_argument("--with-reports", action="store_true", help="also write per-scan reports")
     ap.add_argument(
@@ -70,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         "older commit's `git archive`) on the same group tables, both in fresh processes",
     )
     args = ap.parse_args(argv)
+    if args.code is not None:
+        sys.path.insert(0, str(args.code.resolve()))
+        for name in [m for m in sys.modules if m.split(".")[0] == "neuroharmony_bids"]:
+            del sys.modules[name]
 
     import pandas as pd
 
@@ -78,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="nh-bench-"))
     bids_dir, out = root / "bids", root / "out"
-    for d in (bids_dir, out):
+    reuse = bool(args.keep and args.reuse_dataset and (bids_dir / "participants.tsv").is_file())
+    for d in (out,) if reuse else (bids_dir, out):
         if d.exists():
             shutil.rmtree(d)
-    table = pd.read_csv(shared_table())
     t0 = time.perf_counter()
-    rows = abide_rows(table, args.n, seed=args.seed, replace=True)
-    build_bids_dataset(bids_dir, rows)
+    if not reuse:
+        table = pd.read_csv(shared_table())
+        rows = abide_rows(table, args.n, seed=args.seed, replace=True)
+        build_bids_dataset(bids_dir, rows)
     t_build = time.perf_counter() - t0
 
     # time each named step of the two drivers (module-level functions, patched in place; a
@@ -92,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     import neuroharmony_bids.workflows.group as group_wf
     import neuroharmony_bids.workflows.participant as part_wf
 
-    step_secs: dict[str, dict[str, float]] = {"participant": {}, "group": {}}
+    # per step: [wall s, CPU s of the whole process (all threads)]; the machine is shared, so
+    # CPU time is printed beside wall time
+    step_secs: dict[str, dict[str, list[float]]] = {"participant": {}, "group": {}}
     current = ["participant"]
 
     def timed(module, name: str) -> None:
@@ -101,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             return
 
         def wrapper(*a, **k):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return func(*a, **k)
             finally:
-                steps = step_secs[current[0]]
-                steps[name] = steps.get(name, 0.0) + time.perf_counter() - t
+                acc = step_secs[current[0]].setdefault(name, [0.0, 0.0])
+                acc[0] += time.perf_counter() - t
+                acc[1] += time.process_time() - c
 
         setattr(module, name, wrapper)
 
@@ -118,26 +145,29 @@ def main(argv: list[str] | None = None) -> int:
                  "write_group_tables", "write_joint", "check_drift", "_write_report",
                  "train_model"):  # fmt: skip
         timed(group_wf, name)
-    steps_first_run: dict[str, float] = {}
+    steps_first_run: dict[str, list[float]] = {}
 
     common = ["--nprocs", str(args.nprocs), "-q"]
     if args.skip_validation:
         common.append("--skip-bids-validation")
     if not args.with_reports:
         common.append("--no-participant-reports")
-    timings = {}
+    timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     codes = {}
     for level in ("participant", "group"):
         current[0] = level
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         codes[level] = run([str(bids_dir), str(out), level, *common])
         timings[level] = time.perf_counter() - t
+        cpu[level] = time.process_time() - c
     steps_first_run.update(step_secs["participant"])
     step_secs["participant"].clear()
     current[0] = "participant"
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     codes["participant re-run"] = run([str(bids_dir), str(out), "participant", *common])
     timings["participant re-run"] = time.perf_counter() - t
+    cpu["participant re-run"] = time.process_time() - c
 
     compared: dict[str, str] = {}
     if args.compare_with:
@@ -163,13 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     total = timings["participant"] + timings["group"]
     print(f"scans: {args.n} (resampled ABIDE rows, seed {args.seed}); nprocs {args.nprocs}; "
           f"cpus visible {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}")  # fmt: skip
-    print(f"build fixture dataset:        {t_build:7.1f} s (not part of the target)")
+    import neuroharmony_bids
+
+    print(f"code: {Path(neuroharmony_bids.__file__).parent.parent}")
+    print(
+        f"build fixture dataset:        {t_build:7.1f} s (not part of the target"
+        + ("; reused)" if reuse else ")")
+    )
     for level, secs in timings.items():
-        print(f"{level + ':':29s} {secs:7.1f} s  (exit {codes[level]})")
+        print(
+            f"{level + ':':29s} {secs:7.1f} s wall {cpu[level]:7.1f} s CPU  (exit {codes[level]})"
+        )
         steps = steps_first_run if level == "participant" else step_secs[level.split()[0]]
-        for name, step in sorted(steps.items(), key=lambda kv: -kv[1]):
-            if step >= 0.05:
-                print(f"  {name + ':':27s} {step:7.1f} s")
+        for name, (wall, used) in sorted(steps.items(), key=lambda kv: -kv[1][0]):
+            if wall >= 0.05:
+                print(f"  {name + ':':27s} {wall:7.1f} s wall {used:7.1f} s CPU")
     print(
         f"participant + group:          {total:7.1f} s  ({total / max(args.n, 1) * 1000:.1f} ms/scan)"
     )

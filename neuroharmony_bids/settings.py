@@ -56,7 +56,7 @@ class Settings:
 
     @property
     def effective_work_dir(self) -> Path:
-        """``-w`` or ``<output_dir>/work`` (only created when a tool must run)."""
+        """``-w`` or ``<output_dir>/work`` (tool runs, and the participant level's pybids index)."""
         return self.work_dir if self.work_dir is not None else self.output_dir / "work"
 
     def mriqc_dirs(self) -> list[Path]:

@@ -124,6 +124,101 @@ def test_session_filter_and_session_age_wins(sessions_ds):
     assert [s.prefix for s in runs] == ["sub-3_ses-a_run-1"]
 
 
+def test_covariates_per_scan_problems_and_session_values(sessions_ds, tmp_path):
+    """Each scan's age/sex comes from its session row when present, else its participant
+    row; every unreadable or n/a value costs that scan only, with the same message for every
+    scan that has the same spelling."""
+    root = tmp_path / "mixed"
+    shutil.copytree(sessions_ds, root)
+    ptsv = root / "participants.tsv"
+    table = pd.read_csv(ptsv, sep="\t", dtype=str)
+    table["sex"] = ["x", " female ", None]
+    table.to_csv(ptsv, sep="\t", index=False, na_rep="n/a")
+    stsv = root / "sub-3" / "sub-3_sessions.tsv"
+    sessions = pd.read_csv(stsv, sep="\t", dtype=str)
+    sessions["sex"] = ["M", None]  # ses-a names the sex, ses-b falls back to the participant
+    sessions.loc[1, "age"] = "old"
+    sessions.to_csv(stsv, sep="\t", index=False, na_rep="n/a")
+    scans = B.find_scans(root)
+    covs = B.read_covariates(root, scans)
+    assert list(covs.table.index) == [s.bids_name for s in scans]
+    sub1 = [s.bids_name for s in scans if s.subject == "1"]
+    assert sorted(covs.errors) == sorted([*sub1, "sub-3_ses-b_T1w"])
+    assert covs.errors[sub1[0]] == covs.errors[sub1[1]]
+    assert "cannot read 'x' as a sex" in covs.errors[sub1[0]]
+    assert "age 'old' is not a number; sex is n/a" in covs.errors["sub-3_ses-b_T1w"]
+    assert set(covs.table.loc[[s.bids_name for s in scans if s.subject == "2"], "sex"]) == {"F"}
+    assert covs.table.at["sub-3_ses-a_run-1_T1w", "sex"] == "M"
+    assert covs.table["age"].dtype == float
+
+
+def test_layout_indexes_t1w_files_only(sessions_ds, tmp_path):
+    """pybids indexes T1w images and sidecars only (and the selected subjects only): the
+    scans, their entities and inherited metadata are those of a full index."""
+    root = tmp_path / "big"
+    shutil.copytree(sessions_ds, root)
+    (root / "T1w.json").write_text(json.dumps({"Manufacturer": "Top"}))
+    (root / "sub-1" / "sub-1_T1w.json").write_text(json.dumps({"SoftwareVersions": "sub"}))
+    extra = [
+        "sub-1/ses-a/func/sub-1_ses-a_task-rest_bold.nii.gz",
+        "sub-1/ses-a/func/sub-1_ses-a_task-rest_bold.json",
+        "sub-2/ses-b/dwi/sub-2_ses-b_dwi.nii.gz",
+        "sub-1/ses-a/anat/sub-1_ses-a_T2w.nii.gz",
+        "sub-1/ses-a/anat/sub-1_ses-a_FLAIR.json",
+        "derivatives/other/sub-1/anat/sub-1_T1w.nii.gz",
+        "sourcedata/sub-1/anat/sub-1_T1w.nii.gz",
+    ]
+    for rel in extra:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"{}" if rel.endswith(".json") else b"x")
+    layout = B.load_layout(root)
+    indexed = {Path(f).relative_to(root).as_posix() for f in layout.get(return_type="filename")}
+    assert not indexed & set(extra)
+    assert {"T1w.json", "sub-1/sub-1_T1w.json"} <= indexed
+    assert len(BL.t1w_images(layout)) == 6
+    scans = B.find_scans(root, layout=layout)
+    assert [s.prefix for s in scans] == [s.prefix for s in B.find_scans(sessions_ds)]
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    full = BIDSLayout(str(root), validate=False, indexer=BIDSLayoutIndexer(validate=False))
+    for f in full.get(suffix="T1w", extension=".nii.gz"):
+        assert B.sidecar_metadata(root, f.path) == f.get_metadata(), f.filename
+    only = B.load_layout(root, participant_label=["2"])
+    assert {s.subject for s in B.find_scans(root, ["2"], layout=only)} == {"2"}
+    assert BL.scans_per_subject(only) == {"2": 2}
+    with pytest.raises(NothingSelectedError, match="1, 2, 3"):
+        B.find_scans(root, ["99"], layout=B.load_layout(root, participant_label=["99"]))
+
+
+def test_cached_layout_follows_the_dataset_state(sessions_ds, tmp_path):
+    """The pybids index kept in the work folder is reused only for the same dataset state."""
+    root = tmp_path / "ds"
+    shutil.copytree(sessions_ds, root)
+    cache = tmp_path / "work" / "pybids"
+    first = BL.t1w_images(BL.cached_layout(root, cache))
+    (key,) = [p.name for p in cache.iterdir()]
+    db = cache / key / "layout_index.sqlite"
+    stamp = db.stat().st_mtime_ns
+    assert BL.t1w_images(BL.cached_layout(root, cache)) == first
+    assert db.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    # a new scan changes the dataset state: a new index, the old one removed
+    new = root / "sub-4" / "anat" / "sub-4_T1w.nii.gz"
+    new.parent.mkdir(parents=True)
+    shutil.copy(root / "sub-1" / "ses-a" / "anat" / "sub-1_ses-a_T1w.nii.gz", new)
+    assert BL.t1w_images(BL.cached_layout(root, cache)) == sorted(
+        [*first, "sub-4/anat/sub-4_T1w.nii.gz"]
+    )
+    assert [p.name for p in cache.iterdir()] != [key] and len(list(cache.iterdir())) == 1
+    # an index without its completion mark (a killed run) is rebuilt; a broken one too
+    (only,) = cache.iterdir()
+    (only / "complete").unlink()
+    assert len(BL.t1w_images(BL.cached_layout(root, cache))) == 7
+    (only / "layout_index.sqlite").write_bytes(b"not sqlite")
+    assert len(BL.t1w_images(BL.cached_layout(root, cache))) == 7
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
+
+
 def test_nothing_selected_is_exit_18(sessions_ds):
     with pytest.raises(NothingSelectedError) as err:
         B.find_scans(sessions_ds, ["99"])

@@ -185,6 +185,53 @@ def test_per_scan_files_and_sidecars(tmp_path):
     assert side == rebuilt
 
 
+def test_per_scan_files_skip_fsync_and_an_empty_one_counts_as_missing(tmp_path, monkeypatch):
+    """Per-scan files are written without an fsync each (rename keeps them whole for readers);
+    an OS crash may leave one empty, and a re-run must then recompute the scan."""
+    import neuroharmony_bids.atomic as A
+
+    synced = []
+    monkeypatch.setattr(A.os, "fsync", lambda fd: synced.append(fd))
+    out = _outputs(tmp_path)
+    assert D.is_done(out, SCAN) and not list(D.scan_dir(out, SCAN).glob(TMP_PREFIX + "*"))
+    assert len(synced) == 4  # the four dataset-level files are synced, the per-scan ones not
+    D.write_output(tmp_path / "durable.txt", "x\n")
+    assert len(synced) == 5  # the default write is durable
+    paths = D.scan_outputs(out, SCAN)
+    paths["raw_json"].write_bytes(b"")
+    assert D.missing_outputs(out, SCAN) == ["raw_json"]
+    assert not D.is_done(out, SCAN)
+
+
+def test_atomic_write_creates_folders_keeps_mode_and_leaves_no_temp(tmp_path, monkeypatch):
+    import os
+
+    import neuroharmony_bids.atomic as A
+
+    target = tmp_path / "new" / "deeper" / "file.tsv"
+    old = os.umask(0o077)
+    try:
+        A.write_text(target, "a\tb\n", durable=False)
+        A.write_text(target, "c\td\n")  # replaces it
+    finally:
+        os.umask(old)
+    assert target.read_text() == "c\td\n"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in target.parent.iterdir()] == ["file.tsv"]
+    # a temporary name left by a killed process of the same id: another name is taken
+    monkeypatch.setattr(A, "_COUNTER", iter([7, 7]))
+    stale = target.parent / f"{TMP_PREFIX}{os.getpid()}-{A.threading.get_ident()}-7.tmp"
+    stale.write_text("stale")
+    A.write_text(target, "e\n", durable=False)
+    assert target.read_text() == "e\n" and stale.read_text() == "stale"
+    # a failed write leaves neither a partial file nor its temporary file
+    monkeypatch.setattr(A.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        A.write_text(target, "f\n", durable=False)
+    assert target.read_text() == "e\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["file.tsv", stale.name])
+
+
 @pytest.mark.bids_validator
 def test_bids_validator_accepts_the_output_folder(tmp_path):
     out = _outputs(tmp_path)

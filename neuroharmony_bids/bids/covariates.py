@@ -58,30 +58,31 @@ def read_covariates(
     if "participant_id" not in participants.columns:
         raise InvalidBIDSError(f"{ptsv}: no participant_id column (BIDS requires it)")
     participants = participants.drop_duplicates("participant_id").set_index("participant_id")
-    sessions_cache: dict[str, pd.DataFrame | None] = {}
     wanted = [age_column, sex_column, *extra_columns]
     found_columns = set(participants.columns)
-    rows: dict[str, dict[str, Any]] = {}
+    names = [scan.bids_name for scan in scans]
+    # one vectorized lookup of every scan's participant row (n/a stays NaN)
+    table = participants.reindex(
+        [scan.participant_id for scan in scans],
+        columns=list(dict.fromkeys(wanted)),
+    )
+    table = table.astype(object)  # sessions.tsv text may land in an all-n/a column
+    table.index = pd.Index(names)
+    # sessions.tsv: read once per subject, first row per session_id; its values win
+    sessions_cache: dict[str, dict[str, dict[str, Any]] | None] = {}
+    overrides: dict[str, dict[str, Any]] = {}
     for scan in scans:
-        values: dict[str, Any] = {c: np.nan for c in wanted}
-        if scan.participant_id in participants.index:
-            prow = participants.loc[scan.participant_id]
-            for c in wanted:
-                if c in participants.columns and pd.notna(prow[c]):
-                    values[c] = prow[c]
-        if scan.session:
-            if scan.subject not in sessions_cache:
-                stsv = bids_dir / scan.participant_id / f"{scan.participant_id}_sessions.tsv"
-                sessions_cache[scan.subject] = _read_tsv(stsv) if stsv.is_file() else None
-            stable = sessions_cache[scan.subject]
-            if stable is not None and "session_id" in stable.columns:
-                found_columns |= set(stable.columns)
-                match = stable[stable["session_id"] == scan.session_id]
-                if len(match):
-                    for c in wanted:
-                        if c in stable.columns and pd.notna(match.iloc[0][c]):
-                            values[c] = match.iloc[0][c]
-        rows[scan.bids_name] = values
+        if not scan.session:
+            continue
+        if scan.subject not in sessions_cache:
+            sessions_cache[scan.subject] = _session_rows(bids_dir, scan, wanted, found_columns)
+        by_session = sessions_cache[scan.subject]
+        if by_session and scan.session_id in by_session:
+            overrides[scan.bids_name] = by_session[scan.session_id]
+    for name, values in overrides.items():
+        for c, v in values.items():
+            table.at[name, c] = v
+    table = table.infer_objects()  # the dtypes a table built from the values would have
     for col, flag in ((age_column, "--age-column"), (sex_column, "--sex-column")):
         if col not in found_columns:
             raise MissingInputError(
@@ -95,25 +96,27 @@ def read_covariates(
                 f"column {col!r} not found in {ptsv} (columns: "
                 f"{', '.join(participants.columns)}) nor in any sessions.tsv; check --site-column"
             )
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=wanted)
     errors: dict[str, str] = {}
     ages = pd.to_numeric(table[age_column], errors="coerce")
+    raw_ages = table[age_column].tolist()
+    raw_sexes = table[sex_column].tolist()
+    parsed_sex: dict[str, tuple[Any, str | None]] = {}  # each distinct spelling parsed once
     sexes: list[Any] = []
-    for name in table.index:
-        raw_age, raw_sex = table.at[name, age_column], table.at[name, sex_column]
+    for name, raw_age, age, raw_sex in zip(names, raw_ages, ages.tolist(), raw_sexes, strict=True):
         problems = []
         if pd.isna(raw_age):
             problems.append(f"{age_column} is n/a")
-        elif pd.isna(ages[name]):
+        elif pd.isna(age):
             problems.append(f"{age_column} {raw_age!r} is not a number")
         sex = np.nan
         if pd.isna(raw_sex):
             problems.append(f"{sex_column} is n/a")
         else:
-            try:
-                sex = parse_sex(pd.Series([raw_sex], name=sex_column), sex_mapping).iloc[0]
-            except Exception as exc:  # DataError/UsageError from parse_sex
-                problems.append(str(exc).replace("row 0: ", ""))
+            if raw_sex not in parsed_sex:
+                parsed_sex[raw_sex] = _parse_one_sex(raw_sex, sex_column, sex_mapping)
+            sex, problem = parsed_sex[raw_sex]
+            if problem:
+                problems.append(problem)
         sexes.append(sex)
         if problems:
             errors[name] = (
@@ -124,6 +127,37 @@ def read_covariates(
     for col in extra_columns:
         out[col] = table[col]
     return Covariates(table=out, errors=errors)
+
+
+def _session_rows(
+    bids_dir: Path, scan: Scan, wanted: Sequence[str], found_columns: set[str]
+) -> dict[str, dict[str, Any]] | None:
+    """A subject's sessions.tsv as {session_id: its non-n/a values of ``wanted``} (the first
+    row of a repeated session_id), or None without the file; adds its columns to
+    ``found_columns``."""
+    stsv = bids_dir / scan.participant_id / f"{scan.participant_id}_sessions.tsv"
+    if not stsv.is_file():
+        return None
+    stable = _read_tsv(stsv)
+    if "session_id" not in stable.columns:
+        return None
+    found_columns |= set(stable.columns)
+    cols = [c for c in dict.fromkeys(wanted) if c in stable.columns]
+    out: dict[str, dict[str, Any]] = {}
+    for session_id, *values in stable[["session_id", *cols]].itertuples(index=False):
+        if session_id not in out:
+            out[session_id] = {c: v for c, v in zip(cols, values, strict=True) if pd.notna(v)}
+    return out
+
+
+def _parse_one_sex(
+    raw: Any, column: str, mapping: Mapping[str, str] | None
+) -> tuple[Any, str | None]:
+    """One sex spelling as 'M'/'F', or NaN and the problem (the core's parser and message)."""
+    try:
+        return parse_sex(pd.Series([raw], name=column), mapping).iloc[0], None
+    except Exception as exc:  # DataError/UsageError from parse_sex
+        return np.nan, str(exc).replace("row 0: ", "")
 
 
 __all__ = [

@@ -15,9 +15,11 @@ the participant level refuses it by name instead of losing it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -194,12 +196,37 @@ def scan_from_name(bids_dir: str | os.PathLike, bids_name: str) -> Scan:
     return Scan(subject, Path(bids_dir) / scan.rel_dir / f"{bids_name}.nii.gz", pairs)
 
 
-def load_layout(bids_dir: str | os.PathLike, database_dir: str | os.PathLike | None = None):
-    """A pybids layout of the raw dataset (derivatives not indexed, no validation, no network).
+def t1w_ignore(participant_label: Sequence[str] = ()) -> list[Any]:
+    """What pybids need not index for a T1w-only app (fMRIPrep passes such a list too).
+
+    pybids' own defaults (``code``, ``models``, ``sourcedata``, ``stimuli``), ``derivatives``
+    (indexed separately, if ever), every datatype folder but ``anat`` (func, dwi, fmap ... are
+    most files of a dataset like UK Biobank), every ``anat`` file that is not a T1w image or
+    sidecar, and, with ``participant_label``, the other subjects (a SLURM array job indexes one
+    subject, not 5,000). Sidecars above ``anat`` stay indexed (BIDS inheritance).
+    """
+    ignore: list[Any] = [
+        re.compile(r"^/(code|models|sourcedata|stimuli|derivatives)(/|$)"),
+        re.compile(r"^/sub-[^/]+(/ses-[^/]+)?/(?!anat(/|$))[a-z]+(/|$)"),
+        re.compile(r"^/sub-[^/]+(/ses-[^/]+)?/anat/(?![^/]*_T1w\.(nii|nii\.gz|json)$)[^/]+$"),
+    ]
+    if participant_label:
+        keep = "|".join(re.escape(label) for label in participant_label)
+        ignore.append(re.compile(rf"^/sub-(?!({keep})(/|$))[^/]+"))
+    return ignore
+
+
+def load_layout(
+    bids_dir: str | os.PathLike,
+    database_dir: str | os.PathLike | None = None,
+    participant_label: Sequence[str] = (),
+):
+    """A pybids layout of the raw dataset's T1w images and sidecars (:func:`t1w_ignore`;
+    derivatives not indexed, no validation, no network).
 
     Sidecar metadata is not indexed (that triples pybids' indexing time on large datasets and
     one malformed sidecar would stop it); :func:`sidecar_metadata` reads the few sidecars of
-    the selected scans instead.
+    the selected scans instead. ``participant_label`` leaves the other subjects out.
     """
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
@@ -218,11 +245,62 @@ def load_layout(bids_dir: str | os.PathLike, database_dir: str | os.PathLike | N
             str(bids_dir),
             validate=False,
             derivatives=False,
-            indexer=BIDSLayoutIndexer(validate=False, index_metadata=False),
+            indexer=BIDSLayoutIndexer(
+                validate=False, index_metadata=False, ignore=t1w_ignore(participant_label)
+            ),
             **kwargs,
         )
     except Exception as exc:  # pybids raises many types for unreadable datasets
         raise InvalidBIDSError(f"pybids cannot index {bids_dir}: {exc}") from exc
+
+
+def cached_layout(bids_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> Any:
+    """:func:`load_layout`, its pybids database kept in ``cache_dir`` for the next run on the
+    same dataset state (fMRIPrep's ``--bids-database-dir``, made safe to reuse).
+
+    The database is keyed by the dataset's fingerprint (every file's name, size and mtime:
+    :func:`~neuroharmony_bids.bids.validate.dataset_fingerprint`), the pybids version and what
+    is indexed, so an added, removed or edited file gives a new index, never a stale one. It
+    is built in a temporary folder and renamed into place when complete; a database that
+    cannot be used is rebuilt, in memory if need be: the cache only ever saves time.
+    """
+    import bids
+
+    from neuroharmony_bids.bids.validate import dataset_fingerprint
+
+    root = Path(bids_dir).resolve()
+    ident = [str(root), dataset_fingerprint(root), bids.__version__]
+    ident += [p.pattern for p in t1w_ignore()]
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
+    cache = Path(cache_dir)
+    folder = cache / key
+    if (folder / _COMPLETE).is_file():
+        try:
+            return load_layout(root, database_dir=folder)
+        except InvalidBIDSError:
+            shutil.rmtree(folder, ignore_errors=True)
+    tmp = cache / f".tmp-{key}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        load_layout(root, database_dir=tmp)
+        (tmp / _COMPLETE).write_text(str(root) + "\n", encoding="utf-8")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another run finished the same index first: use theirs
+            pass
+        for other in cache.iterdir():  # older dataset states
+            if other.name != key and not other.name.startswith(".tmp-"):
+                shutil.rmtree(other, ignore_errors=True)
+        return load_layout(root, database_dir=folder)
+    except (OSError, InvalidBIDSError):
+        return load_layout(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Written last into a pybids database folder of :func:`cached_layout`.
+_COMPLETE = "complete"
 
 
 def scanner_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,6 +362,9 @@ def find_scans(
     all_subjects = sorted({s.subject for s in every})
     missing = [s for s in subjects if s not in all_subjects]
     if subjects and len(missing) == len(subjects):
+        # the layout may hold the selected subjects only: name those of the whole dataset
+        every_subject = (scan_from_relpath(bids_dir, r) for r in t1w_images(load_layout(bids_dir)))
+        all_subjects = sorted({s.subject for s in every_subject})
         shown = ", ".join(all_subjects[:10]) + (" ..." if len(all_subjects) > 10 else "")
         raise NothingSelectedError(
             f"--participant-label {' '.join(subjects)}: no participant with a T1w image of "
@@ -408,6 +489,7 @@ def freesurfer_subject_candidates(scan: Scan, single_scan_subject: bool) -> list
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "cached_layout",
     "SCANNER_FIELDS",
     "SITE_FIELDS",
     "Scan",
@@ -423,5 +505,6 @@ __all__ = [
     "scanner_site",
     "scans_per_subject",
     "sidecar_metadata",
+    "t1w_ignore",
     "t1w_images",
 ]

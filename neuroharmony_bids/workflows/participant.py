@@ -34,6 +34,7 @@ from neuroharmony_bids.bids import failures
 from neuroharmony_bids.bids.covariates import read_covariates
 from neuroharmony_bids.bids.layout import (
     Scan,
+    cached_layout,
     find_scans,
     load_layout,
     scans_per_subject,
@@ -321,9 +322,16 @@ class Harmonized:
 
 
 def plan_scans(settings: Settings, log: logging.Logger) -> tuple[list[Scan], Any]:
-    """Step 1: the selected T1w scans (pybids) and the layout."""
+    """Step 1: the selected T1w scans (pybids) and the layout.
+
+    With ``--participant-label`` only those subjects are indexed; otherwise the index is kept
+    in the work folder for the next run on the same dataset state (a re-run, or a run after
+    the tools finished elsewhere)."""
     t0 = time.monotonic()
-    layout = load_layout(settings.bids_dir)
+    if settings.participant_label:
+        layout = load_layout(settings.bids_dir, participant_label=settings.participant_label)
+    else:
+        layout = cached_layout(settings.bids_dir, settings.effective_work_dir / "pybids")
     scans = find_scans(
         settings.bids_dir, settings.participant_label, settings.session_label, layout=layout
     )
@@ -494,7 +502,10 @@ def write_scans(
 ) -> None:
     """Step 7: the per-scan derivatives (atomic; failed rows recorded)."""
     out = settings.output_dir
-    by_name = {str(b): i for i, b in enumerate(done.harmonized["bids_name"])}
+    rows = done.harmonized.to_dict("records")  # one conversion, not one Series per scan
+    by_name = {str(row["bids_name"]): row for row in rows}
+    ages = done.covariates["age"].to_dict()
+    sexes = done.covariates["sex"].to_dict()
     model_meta = {k: v for k, v in ident.items() if k in ("name", "version", "sha256", "path")}
     model_meta["freesurfer_version"] = done.model_freesurfer_version
     jobs = []
@@ -508,12 +519,11 @@ def write_scans(
         provenance["Sources"] = [f"bids:raw:{scan.relpath(settings.bids_dir)}"]
         provenance["Scanner"] = dict(scan.metadata)
         provenance["Covariates"] = {
-            "age": float(done.covariates.at[scan.bids_name, "age"]),
-            "sex": done.covariates.at[scan.bids_name, "sex"],
+            "age": float(ages[scan.bids_name]),
+            "sex": sexes[scan.bids_name],
         }
         provenance["Model"] = model_meta
-        hrow = done.harmonized.iloc[by_name[scan.bids_name]].to_dict()
-        jobs.append((scan, item.volumes, hrow, provenance))
+        jobs.append((scan, item.volumes, by_name[scan.bids_name], provenance))
     write_outputs(out, jobs, result, progress)
 
 
@@ -562,8 +572,9 @@ def write_outputs(
     progress: Progress,
     threads: int = 8,
 ) -> None:
-    """Write the per-scan files from a few threads: each atomic write waits on fsync/rename,
-    which release the GIL, so overlapping them is what makes 1,000 scans take seconds."""
+    """Write the per-scan files from a few threads: the open/write/rename syscalls release
+    the GIL, so they overlap with the next scan's formatting (about 2 ms of CPU per scan
+    here, half of it JSON encoding)."""
 
     def job(args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]) -> str:
         scan, volumes, hrow, provenance = args
