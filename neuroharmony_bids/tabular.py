@@ -8,13 +8,14 @@ CSV writer (pandas formats one float cell at a time), atomically:
 - numbers are written with the shortest text that reads back to the same 64-bit float
   (``1234.5``, ``0.00001``, ``1.5e+20``): a pass-through column keeps the input's digits;
 - missing values are empty in CSV and ``n/a`` in TSV; text is quoted only where a field holds
-  the delimiter, a quote or a line break;
+  the delimiter, a quote or a line break (that field alone, wherever its block falls);
 - text cells starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
   ``'`` (OWASP's CSV-injection guidance) so that a spreadsheet shows them as text, never runs
   them as a formula; numbers are never changed.
 
 pyarrow is a pinned dependency: there is no second writer whose float text could differ.
-pandas' reader is kept for tables pyarrow cannot type in blocks, so its messages name the row.
+pandas' reader is kept for tables pyarrow cannot type in blocks, so its messages name the row;
+it parses floats round-trip, so both readers give the same doubles (and the same output bytes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterable, Iterator
@@ -147,10 +149,10 @@ def read_table(path: str | Path, fast: bool = True) -> pd.DataFrame:
             return _arrow_table(path, sep, names)
         except Unstreamable:
             pass
-    try:
+    try:  # round_trip: the same double as pyarrow's (pandas' default parse can be 1 ulp off)
         return pd.read_csv(
             path, sep=sep, dtype={c: str for c in ID_COLUMNS}, na_values=["n/a"],
-            keep_default_na=True, low_memory=False,
+            keep_default_na=True, low_memory=False, float_precision="round_trip",
         )  # fmt: skip
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(
@@ -318,6 +320,7 @@ class TableWriter:
 
         table, count = _neutralise_arrow(pa.Table.from_pandas(block, preserve_index=False))
         self.neutralised += count
+        table, marks = _quote_where_needed(table, self.sep)
         if self.sep == "\t":  # BIDS: missing is n/a
             cols = []
             for col in table.columns:
@@ -325,20 +328,61 @@ class TableWriter:
                     col = pc.fill_null(pc.cast(col, pa.string()), "n/a")
                 cols.append(col)
             table = pa.table(cols, names=table.column_names)
-
-        def text(quoting: str) -> bytes:
-            buf = pa.BufferOutputStream()
-            opts = pcsv.WriteOptions(
-                include_header=False, delimiter=self.sep, quoting_style=quoting
-            )
-            pcsv.write_csv(table, buf, opts)
-            return buf.getvalue().to_pybytes()
-
-        try:  # quote only when a value needs it ("none" refuses such a value)
-            data = text("none")
-        except pa.ArrowInvalid:
-            data = text("needed")  # never refuses: an error here is raised, no block is lost
+        buf = pa.BufferOutputStream()
+        opts = pcsv.WriteOptions(include_header=False, delimiter=self.sep, quoting_style="none")
+        pcsv.write_csv(table, buf, opts)  # raises, never drops, on a value it cannot write
+        data = buf.getvalue()
+        if marks:
+            data = _unmark(data.to_pybytes(), marks, self.sep)
         self.fh.write(data)
+
+
+#: Private-use characters standing for a quote, the delimiter, LF and CR inside a quoted field
+#: while pyarrow writes it unquoted (its quoting is all text or none; ours is per field).
+_MARK_BASES = range(0xE000, 0xF900 - 4, 4)
+
+
+def _quote_where_needed(table, sep: str):
+    """Quote, RFC 4180 style, just the text cells holding the delimiter, a quote or a line
+    break; their structural characters become private-use marks that :func:`_unmark` turns
+    back after pyarrow writes the block unquoted. So a field is quoted by what it holds, never
+    by which block it fell in: (table, marks or None)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    structural = f'[{re.escape(sep)}"\n\r]'
+    texts = [
+        i
+        for i, col in enumerate(table.columns)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    ]
+    needs = {}
+    for i in texts:
+        hit = pc.match_substring_regex(table.column(i), structural)
+        if pc.any(hit).as_py():
+            needs[i] = hit
+    if not needs:
+        return table, None
+    for base in _MARK_BASES:  # marks no cell of this block already holds
+        marks = "".join(map(chr, range(base, base + 4)))
+        taken = f"[{marks}]"
+        if not any(pc.any(pc.match_substring_regex(table.column(i), taken)).as_py() for i in texts):
+            break
+    else:  # pragma: no cover - needs a block holding all 6,400 private-use characters
+        raise DataError("a text cell holds every private-use character; cannot quote it")
+    for i, hit in needs.items():
+        col = pc.replace_substring(table.column(i), '"', '""')
+        col = pc.binary_join_element_wise('"', col, '"', "")
+        for char, mark in zip(('"', sep, "\n", "\r"), marks, strict=True):
+            col = pc.replace_substring(col, char, mark)
+        table = table.set_column(i, table.field(i), pc.if_else(hit, col, table.column(i)))
+    return table, marks
+
+
+def _unmark(data: bytes, marks: str, sep: str) -> bytes:
+    for char, mark in zip(('"', sep, "\n", "\r"), marks, strict=True):
+        data = data.replace(mark.encode(), char.encode())
+    return data
 
 
 def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
