@@ -132,8 +132,7 @@ def _compact(result: pd.DataFrame, model) -> pd.DataFrame:
     rmap = region_columns(list(result.columns))
     cols = [rmap[r] for r in model.regions_ if r in rmap]
     if cols:
-        rounded = np.round(result[cols].to_numpy(dtype=float), HARMONIZED_DECIMALS)
-        result[cols] = pd.DataFrame(rounded, columns=cols, index=result.index)
+        result[cols] = np.round(result[cols].to_numpy(dtype=float), HARMONIZED_DECIMALS)
     names = {";".join(v): k for k, v in model.iqm_sets_.items()}
     used = result["nh_features_used"]
     result["nh_features_used"] = used.map(names).where(used.isin(list(names)), used)
