@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import LinAlgWarning
+from scipy.linalg import LinAlgWarning, eigh
 from scipy.stats import chi2
 from sklearn.base import BaseEstimator
 from sklearn.covariance import LedoitWolf
@@ -767,17 +767,33 @@ class NeuroHarmonizer(BaseEstimator):
         if int(n_scans) == 1:
             _, var = self._single_scan_gain(self.regions_, self.profile_weight * T, S, ())
         else:
-            var = np.maximum(np.diag(T - _posterior_gain(T, S, int(n_scans)) @ T), 0.0)
+            var = self._joint_variance(int(n_scans))
         sd = self.combat_.sigma * np.sqrt(var)
         return pd.DataFrame(
             {"sd_mm3": sd, "sd_pct": 100.0 * sd / np.abs(self.combat_.alpha)}, index=self.regions_
         )
+
+    def _joint_variance(self, n: int) -> np.ndarray:
+        """``diag(T - T (T + S/n)^-1 T)`` for any ``n`` from one eigendecomposition (no solve).
+
+        The generalized eigenproblem ``T V = S V diag(w)`` with ``V' S V = I`` diagonalizes
+        both: with ``B = S V``, ``T = B diag(w) B'`` and ``S = B B'``, so the posterior
+        covariance of a scanner seen ``n`` times is ``B diag(w / (1 + n w)) B'``.
+        """
+        cache = self.__dict__.setdefault("_gain_cache", {})
+        if "joint_eig" not in cache:
+            w, V = eigh(self.between_cov_, self.within_cov_)
+            cache["joint_eig"] = (np.maximum(w, 0.0), (self.within_cov_ @ V) ** 2)
+        w, B2 = cache["joint_eig"]
+        return B2 @ (w / (1.0 + n * w))
 
     def scans_to_halve(self, n_scans: int, limit: int = 100_000) -> int | None:
         """How many more scans of one scanner halve its correction's uncertainty.
 
         Uncertainty is the median over regions of the posterior SD (as in
         :meth:`scanner_uncertainty`); ``None`` if even ``limit`` scans would not halve it.
+        Each count costs one matrix-vector product (:meth:`_joint_variance`), so the search
+        over counts is cheap.
         """
 
         def median_sd(n: int) -> float:
