@@ -449,17 +449,13 @@ class NeuroHarmonizer(BaseEstimator):
         centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
         return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
 
-    def _clean_iqms(self, have: pd.DataFrame) -> pd.DataFrame:
+    def _iqm_never_negative(self, cols: Sequence[str]) -> np.ndarray:
         """MRIQC writes -1 when it cannot compute an IQM: missing, where -1 is impossible.
 
         An IQM whose training values are all >= 0 cannot be -1; IQMs that can be negative
         (kurtosis) keep the value.
         """
-        out = have.copy()
-        for c in out.columns:
-            if c in self.iqm_range_ and self.iqm_range_[c][0] >= 0:
-                out[c] = out[c].where(out[c] != -1.0)
-        return out
+        return np.array([self.iqm_range_[c][0] >= 0 for c in cols], dtype=bool)
 
     def _iqm_prior(self, prep: PreparedTable):
         """Per scan: prior location (all regions), confidence, IQMs used, OOD flags, IQMs missing.
@@ -468,12 +464,13 @@ class NeuroHarmonizer(BaseEstimator):
         IQM set to its training median and the confidence reduced by the share missing. More
         than ``MAX_MISSING_IQM_SHARE`` of the core IQMs missing: no IQM prior (profile only).
         """
-        have = self._clean_iqms(prep.iqms)
-        n = len(have)
+        n = len(prep.age)
         full = self.iqm_sets_["full"]
-        vals = np.column_stack(
-            [have[c].to_numpy(dtype=float) if c in have else np.full(n, np.nan) for c in full]
-        )
+        vals = np.full((n, len(full)), np.nan)
+        for j, c in enumerate(full):
+            if c in prep.iqms:
+                vals[:, j] = prep.iqms[c].to_numpy(dtype=float)
+        vals[(vals == -1.0) & self._iqm_never_negative(full)] = np.nan  # MRIQC's "not computed"
         missing = np.isnan(vals)
         core_idx = [full.index(c) for c in self.iqm_sets_["core"]]
         core_share = missing[:, core_idx].mean(axis=1)
