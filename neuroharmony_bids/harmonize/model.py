@@ -99,6 +99,52 @@ def _prior_fit(
     return w @ comps, b @ comps + centre
 
 
+def _ridge_path(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float]):
+    """Yield (alpha, coef, intercept) of scikit-learn's ``Ridge(alpha)`` for every penalty
+    from one SVD of the centred ``X``: ``coef = V diag(s / (s² + alpha)) U' Y``."""
+    xm, ym = X.mean(axis=0), Y.mean(axis=0)
+    U, s, Vt = np.linalg.svd(X - xm, full_matrices=False)
+    UtY = U.T @ (Y - ym)
+    for alpha in alphas:
+        coef = Vt.T @ ((s / (s**2 + alpha))[:, None] * UtY)
+        yield alpha, coef, ym - xm @ coef
+
+
+def _loso_prior_predictions(
+    X: np.ndarray, Y: np.ndarray, codes: np.ndarray, alphas: Sequence[float], clip: bool
+) -> dict[tuple[str, int, float], np.ndarray]:
+    """Leave-one-site-out predictions of every IQM-prior candidate (see :func:`_prior_fit`).
+
+    The same maps as :func:`_prior_fit`, computed without refitting per candidate: one SVD
+    per fold serves every penalty, and the site medians and means are the same in every fold
+    (a fold drops whole sites), so they are computed once.
+    """
+    labels = np.unique(codes)
+    site_x = np.stack([np.median(X[codes == j], axis=0) for j in labels])
+    site_y = np.stack([Y[codes == j].mean(axis=0) for j in labels])
+    preds = {("scan_ridge", 0, a): np.zeros_like(Y) for a in alphas}
+    preds |= {("site_pca_ridge", k, a): np.zeros_like(Y) for k in (1, 2, 3) for a in alphas}
+    for i, site in enumerate(labels):
+        te = codes == site
+        tr = ~te
+        held = X[te]
+        if clip:  # as at apply time: never extrapolate beyond the training IQM range
+            held = np.clip(held, X[tr].min(axis=0), X[tr].max(axis=0))
+        for alpha, coef, icpt in _ridge_path(X[tr], Y[tr], alphas):
+            preds[("scan_ridge", 0, alpha)][te] = held @ coef + icpt
+        others = np.arange(len(labels)) != i
+        sy = site_y[others]
+        centre = sy.mean(axis=0)
+        _, _, vt = np.linalg.svd(sy - centre, full_matrices=False)
+        for ncomp in (1, 2, 3):
+            comps = vt[:ncomp]
+            scores = (sy - centre) @ comps.T
+            for alpha, w, b in _ridge_path(site_x[others], scores, alphas):
+                pred = held @ (w @ comps) + (b @ comps + centre)
+                preds[("site_pca_ridge", ncomp, alpha)][te] = pred
+    return preds
+
+
 def _posterior_gain(T: np.ndarray, S: np.ndarray, n: float) -> np.ndarray:
     """``T (T + S/n)^-1``: how much of a site-mean deviation is attributed to the scanner."""
     return np.linalg.solve((T + S / n).T, T.T).T
@@ -384,19 +430,11 @@ class NeuroHarmonizer(BaseEstimator):
         """
         folds = list(LeaveOneGroupOut().split(X, groups=codes))
         zero_mse = float(np.mean(Y**2))
-        candidates = [("scan_ridge", 0, a) for a in self.ridge_alphas]
-        candidates += [("site_pca_ridge", k, a) for k in (1, 2, 3) for a in self.ridge_alphas]
         scores = {}
         preds = {}
-        for cand in candidates:
-            pred = np.zeros_like(Y)
-            for tr, te in folds:
-                coef, icpt = _prior_fit(X[tr], Y[tr], codes[tr], cand)
-                # as at apply time: never extrapolate beyond the training IQM range
-                held = X[te]
-                if self.robust_iqms:
-                    held = np.clip(held, X[tr].min(axis=0), X[tr].max(axis=0))
-                pred[te] = held @ coef + icpt
+        for cand, pred in _loso_prior_predictions(
+            X, Y, codes, self.ridge_alphas, self.robust_iqms
+        ).items():
             key = f"{cand[0]}(k={cand[1]},alpha={cand[2]:g})"
             scores[key] = float(np.mean((pred - Y) ** 2))
             preds[key] = (cand, pred)
