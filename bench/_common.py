@@ -159,6 +159,23 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "neuroharmony-bids" / "bench"
 
 
+def git_commit() -> str | None:
+    """The repository's HEAD commit (None outside a git checkout): recorded beside figures."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def memory(enabled: bool = True):
     """A joblib.Memory under :func:`cache_dir` (or a no-op one when ``enabled`` is False)."""
     from joblib import Memory

@@ -441,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         payload = {
+            "command": " ".join(
+                ["python", "bench/quality.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "commit": C.git_commit(),
             "config": {
                 "sites": sites,
                 "rows": args.rows,
