@@ -473,3 +473,14 @@ def test_sex_mapping_is_a_parameter(table, tmp_path):
         again.transform(coded.head(4))[REGIONS].to_numpy(float),
         model.transform(coded.head(4))[REGIONS].to_numpy(float),
     )
+
+
+def test_joint_uncertainty_closed_form_matches_the_direct_posterior(model):
+    from neuroharmony_bids.harmonize.model import _posterior_gain
+
+    T, S = model.between_cov_, model.within_cov_
+    for n in (2, 3, 17, 1000, 100_000):
+        direct = np.maximum(np.diag(T - _posterior_gain(T, S, n) @ T), 0.0)
+        np.testing.assert_allclose(model._joint_variance(n), direct, rtol=1e-9, atol=1e-14)
+        sd = model.combat_.sigma * np.sqrt(direct)
+        np.testing.assert_allclose(model.scanner_uncertainty(n)["sd_mm3"].to_numpy(), sd, rtol=1e-9)

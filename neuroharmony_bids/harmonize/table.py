@@ -204,9 +204,7 @@ def row_problems(
 
     Lets a caller (the BIDS App) set bad scans aside and harmonize the rest.
     """
-    table = table.reset_index(drop=True)
-    rmap = _restrict(region_columns(list(table.columns)), regions)
-    _check_columns(table, rmap, require_regions=False, covariates=())
+    rmap = check_table(table, regions=regions, require_regions=False)
     *_, problems = _parse_rows(table, rmap, sex_mapping)
     return {pos: "; ".join(items) for pos, items in sorted(problems.items())}
 
@@ -222,14 +220,21 @@ def prepare(
     covariates: Sequence[str] = (),
     sex_mapping: Mapping[str, str] | None = None,
     require_regions: bool = True,
+    checked: bool = False,
 ) -> PreparedTable:
     """Validate ``table`` and return canonical numeric views; refuse it at the first bad row.
 
     ``regions`` restricts the volumes to a model's regions (any present subset is used).
+    ``checked``: :func:`check_table` already passed on the table these rows come from (row
+    chunks), so only the rows are validated.
     """
-    table = table.reset_index(drop=True)
-    rmap = _restrict(region_columns(list(table.columns)), regions)
-    _check_columns(table, rmap, require_regions, covariates)
+    # rows are addressed by position throughout: no reset_index (a copy of the whole table)
+    if checked:
+        rmap = _restrict(region_columns(list(table.columns)), regions)
+    else:
+        rmap = check_table(
+            table, regions=regions, covariates=covariates, require_regions=require_regions
+        )
     vols, iqms, age, sex, etiv, problems = _parse_rows(table, rmap, sex_mapping)
     if problems:
         first = min(problems)
@@ -243,5 +248,22 @@ def prepare(
         age=age,
         sex=sex,
         etiv=etiv,
-        covariates=table[list(covariates)].copy(),
+        covariates=table[list(covariates)].reset_index(drop=True),
     )
+
+
+def check_table(
+    table: pd.DataFrame,
+    *,
+    regions: Sequence[str] | None = None,
+    covariates: Sequence[str] = (),
+    require_regions: bool = True,
+) -> dict[str, str]:
+    """Problems of the whole table (no rows, repeated scans, missing columns); the region map.
+
+    Done once per table, so that a caller preparing it in row chunks (``checked=True``) does
+    not repeat them per chunk.
+    """
+    rmap = _restrict(region_columns(list(table.columns)), regions)
+    _check_columns(table, rmap, require_regions, covariates)
+    return rmap
