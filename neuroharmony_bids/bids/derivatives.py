@@ -126,7 +126,9 @@ BIDSIGNORE = """\
 group_*
 logs/
 models/
-work/
+# the default work folder (the pybids index, Nipype's working files): bids-validator-deno
+# 2.x still reports "work/" itself as NOT_INCLUDED with a trailing slash, not without
+work
 """
 
 README = """\
