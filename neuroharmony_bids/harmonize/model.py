@@ -636,8 +636,9 @@ class NeuroHarmonizer(BaseEstimator):
                 prepare(table, regions=self.regions_, covariates=present, sex_mapping=mapping)
                 raise
             res = self._harmonize_rows(
-                prep, regions, groups, None if persons is None else persons[rows], fs_other[rows]
-            )
+                prep, regions, groups, None if persons is None else persons[rows], fs_other[rows],
+                want_sd=return_sd,
+            )  # fmt: skip
             harmonized[rows] = res.pop("harmonized")
             if sd is not None:
                 sd[rows] = res["sd"]
@@ -688,6 +689,7 @@ class NeuroHarmonizer(BaseEstimator):
         groups: tuple[np.ndarray, np.ndarray] | None,
         persons: np.ndarray | None,
         fs_version_other: np.ndarray,
+        want_sd: bool = False,
     ) -> dict[str, np.ndarray]:
         """Harmonized volumes, posterior SDs and flag columns of the rows of ``prep``.
 
@@ -700,16 +702,21 @@ class NeuroHarmonizer(BaseEstimator):
         mean = c.alpha[ridx] + design @ c.beta[:, ridx]
         sigma = c.sigma[ridx]
         raw = prep.volumes[regions].to_numpy()
-        z = (raw - mean) / sigma
+        z = raw - mean  # in-place steps below: the same arithmetic, fewer temporaries
+        z /= sigma
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
-        mu = mu_all[:, ridx] * conf[:, None]
+        mu = (mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]) * conf[:, None]
         T1 = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]
         # a region far from the training norm (person and site variation together) is flagged
         # and ignored by every other region's offset estimate
-        far_region = np.abs(z - mu) / np.sqrt(np.diag(T1 + S)) > REGION_Z_LIMIT
+        dev = z - mu
+        np.abs(dev, out=dev)
+        dev /= np.sqrt(np.diag(T1 + S))
+        far_region = dev > REGION_Z_LIMIT
+        del dev
         # pattern 0: nothing flagged (most scans, no sort); the others from flagged scans only
         patterns = np.zeros((1, len(regions)), dtype=bool)
         inverse = np.zeros(len(far_region), dtype=int)
@@ -725,10 +732,11 @@ class NeuroHarmonizer(BaseEstimator):
             keep = np.flatnonzero(~pattern)
             if rows.any() and len(keep):
                 sub = [regions[j] for j in keep]
-                broken[rows] = self._profile_pvalue(z[np.ix_(rows, keep)], sub) < limit
+                zk = z[rows] if len(keep) == len(regions) else z[np.ix_(rows, keep)]
+                broken[rows] = self._profile_pvalue(zk, sub) < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z)
-        scale = np.ones_like(z)
+        scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
         if groups is None:
             gidx, counts = np.arange(len(z)), np.ones(len(z), dtype=int)
         else:
@@ -737,10 +745,14 @@ class NeuroHarmonizer(BaseEstimator):
         Tw = self.profile_weight * T1
         for k, pattern in enumerate(patterns):
             rows = single & (inverse == k)
-            if rows.any():
-                W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            if not rows.any():
+                continue
+            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            if rows.all():  # the common case: every row, no masked copies
+                gamma[:] = mu + (z - mu) @ W.T
+            else:
                 gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
-                var[rows] = v
+            var[rows] = v
         a0, b0 = self.scale_prior_
         for j in np.unique(gidx[~single]):
             rows = gidx == j
@@ -757,12 +769,22 @@ class NeuroHarmonizer(BaseEstimator):
             var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
             if n > 1:
                 ss = ((zs - g) ** 2).sum(0)
+                if scale is None:
+                    scale = np.ones_like(z)
                 scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
-        harmonized = mean + sigma * (z - gamma) / scale
-        sd = sigma * np.sqrt(var) / scale
+        harmonized = z - gamma  # mean + sigma * (z - gamma) / scale, in place
+        harmonized *= sigma
+        if scale is not None:
+            harmonized /= scale
+        harmonized += mean
         # a profile broken as a whole (failed segmentation, other software) is left raw
         harmonized[broken] = raw[broken]
-        sd[broken] = np.nan
+        sd = None
+        if want_sd:
+            sd = sigma * np.sqrt(var)
+            if scale is not None:
+                sd /= scale
+            sd[broken] = np.nan
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
         fs_other = fs_version_other & single
