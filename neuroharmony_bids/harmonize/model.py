@@ -136,11 +136,12 @@ def _loso_prior_predictions(
         sy = site_y[others]
         centre = sy.mean(axis=0)
         _, _, vt = np.linalg.svd(sy - centre, full_matrices=False)
-        for ncomp in (1, 2, 3):
-            comps = vt[:ncomp]
-            scores = (sy - centre) @ comps.T
-            for alpha, w, b in _ridge_path(site_x[others], scores, alphas):
-                pred = held @ (w @ comps) + (b @ comps + centre)
+        comps = vt[:3]
+        # ridge fits each output on its own: the k-component map is the first k columns
+        for alpha, w, b in _ridge_path(site_x[others], (sy - centre) @ comps.T, alphas):
+            for ncomp in (1, 2, 3):
+                c = comps[:ncomp]
+                pred = held @ (w[:, :ncomp] @ c) + (b[:ncomp] @ c + centre)
                 preds[("site_pca_ridge", ncomp, alpha)][te] = pred
     return preds
 
@@ -467,11 +468,19 @@ class NeuroHarmonizer(BaseEstimator):
 
     # ------------------------------------------------------------------ apply
     def _profile_pvalue(self, z: np.ndarray, regions: Sequence[str]) -> np.ndarray:
-        """Chi-square p-value of a scan's regional profile under the training distribution."""
-        idx = [self.regions_.index(r) for r in regions]
-        S = self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
-        sol = np.linalg.solve(S, z.T).T
-        return chi2.sf(np.einsum("ij,ij->i", z, sol), df=len(idx))
+        """Chi-square p-value of a scan's regional profile under the training distribution.
+
+        The inverse covariance is kept per region set: one matrix product per chunk of scans.
+        """
+
+        def make() -> np.ndarray:
+            idx = [self.regions_.index(r) for r in regions]
+            return np.linalg.inv(
+                self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
+            )
+
+        P = self._cached(("profile", tuple(regions)), make)
+        return chi2.sf(np.einsum("ij,ij->i", z @ P, z), df=len(regions))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
@@ -568,9 +577,8 @@ class NeuroHarmonizer(BaseEstimator):
         ``cross_region``: region i's offset ignores region i, its homologue and ``flagged``;
         ``own_region``: it ignores only ``flagged``. Cached per region set and flag pattern.
         """
-        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
-        cache = self.__dict__.setdefault("_gain_cache", {})
-        if key not in cache:
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
             pos = {r: i for i, r in enumerate(regions)}
             exclude = []
             for i, r in enumerate(regions):
@@ -578,9 +586,19 @@ class NeuroHarmonizer(BaseEstimator):
                 if self.profile_update == "cross_region":
                     ex |= {i, pos.get(F.homologue(r), i)}
                 exclude.append(np.array(sorted(ex), dtype=int))
-            while len(cache) >= GAIN_CACHE_SIZE:  # drop the oldest pattern
+            return _masked_gain(T, S, exclude)
+
+        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
+        return self._cached(key, make)
+
+    def _cached(self, key: tuple, make):
+        """Matrices derived from the fitted covariances, kept per key (``fit`` clears them);
+        at most ``GAIN_CACHE_SIZE``, the oldest dropped first."""
+        cache = self.__dict__.setdefault("_gain_cache", {})
+        if key not in cache:
+            while len(cache) >= GAIN_CACHE_SIZE:
                 cache.pop(next(iter(cache)))
-            cache[key] = _masked_gain(T, S, exclude)
+            cache[key] = make()
         return cache[key]
 
     def transform(
@@ -837,11 +855,12 @@ class NeuroHarmonizer(BaseEstimator):
         both: with ``B = S V``, ``T = B diag(w) B'`` and ``S = B B'``, so the posterior
         covariance of a scanner seen ``n`` times is ``B diag(w / (1 + n w)) B'``.
         """
-        cache = self.__dict__.setdefault("_gain_cache", {})
-        if "joint_eig" not in cache:
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
             w, V = eigh(self.between_cov_, self.within_cov_)
-            cache["joint_eig"] = (np.maximum(w, 0.0), (self.within_cov_ @ V) ** 2)
-        w, B2 = cache["joint_eig"]
+            return np.maximum(w, 0.0), (self.within_cov_ @ V) ** 2
+
+        w, B2 = self._cached(("joint_eig",), make)
         return B2 @ (w / (1.0 + n * w))
 
     def scans_to_halve(self, n_scans: int, limit: int = 100_000) -> int | None:
