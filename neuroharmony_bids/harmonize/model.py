@@ -69,7 +69,10 @@ GAIN_CACHE_SIZE = 128
 
 def iqm_transform(x: np.ndarray) -> np.ndarray:
     """Signed log: IQMs span orders of magnitude and MRIQC releases rescale some of them."""
-    return np.sign(x) * np.log1p(np.abs(x))
+    out = np.abs(x)
+    np.log1p(out, out=out)
+    out *= np.sign(x)
+    return out
 
 
 def _ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -531,15 +534,24 @@ class NeuroHarmonizer(BaseEstimator):
                 continue
             cols = self.iqm_sets_[set_name]
             idx = [full.index(c) for c in cols]
-            Xs = (iqm_transform(vals[np.ix_(rows, idx)]) - self.iqm_center_[idx]) / (
-                self.iqm_scale_[idx]
-            )
+            every = rows.all()  # the common case: every scan has every IQM (no masked copies)
+            if cols == full:
+                Xs = iqm_transform(vals if every else vals[rows])
+            else:
+                Xs = iqm_transform(vals[np.ix_(rows, idx)])
+            Xs -= self.iqm_center_[idx]  # in place: the same arithmetic, fewer temporaries
+            Xs /= self.iqm_scale_[idx]
             gone = np.isnan(Xs)
-            Xs = np.where(gone, 0.0, Xs)  # a missing IQM sits at the training median
+            Xs[gone] = 0.0  # a missing IQM sits at the training median
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
             held = np.clip(Xs, lo, hi) if self.robust_iqms else Xs
-            mu[rows] = held @ prior["coef"] + prior["intercept"]
+            loc = held @ prior["coef"]
+            loc += prior["intercept"]
+            if every:
+                mu = loc
+            else:
+                mu[rows] = loc
             dist = self._iqm_distance(Xs)
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0) * (
                 1.0 - gone.mean(axis=1)
