@@ -747,7 +747,8 @@ class NeuroHarmonizer(BaseEstimator):
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
-        mu = (mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]) * conf[:, None]
+        mu = mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]
+        mu *= conf[:, None]  # in place: mu_all is not used again
         T1 = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]
         # a region far from the training norm (person and site variation together) is flagged
@@ -775,7 +776,7 @@ class NeuroHarmonizer(BaseEstimator):
                 zk = z[rows] if len(keep) == len(regions) else z[np.ix_(rows, keep)]
                 broken[rows] = self._profile_pvalue(zk, sub) < limit
         gamma = np.empty_like(z)
-        var = np.empty_like(z)
+        var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
         scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
         if groups is None:
             gidx, counts = np.arange(len(z)), np.ones(len(z), dtype=int)
@@ -792,7 +793,8 @@ class NeuroHarmonizer(BaseEstimator):
                 gamma[:] = mu + (z - mu) @ W.T
             else:
                 gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
-            var[rows] = v
+            if want_sd:
+                var[rows] = v
         a0, b0 = self.scale_prior_
         for j in np.unique(gidx[~single]):
             rows = gidx == j
@@ -806,7 +808,8 @@ class NeuroHarmonizer(BaseEstimator):
             G = _posterior_gain(T1, S, n)
             g = mbar + G @ (zs.mean(0) - mbar)
             gamma[rows] = g
-            var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
+            if want_sd:
+                var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
             if n > 1:
                 ss = ((zs - g) ** 2).sum(0)
                 if scale is None:
@@ -946,7 +949,9 @@ def _output_frame(
     is_float = (out.dtypes.iloc[pos] == np.float64).to_numpy()
     if not is_float.all():  # volumes given as integers or text become floats, as harmonized
         out[[cols[j] for j in np.flatnonzero(~is_float)]] = harmonized[:, ~is_float]
-    if is_float.any():
+    if is_float.all():  # (a masked selection would copy the whole array)
+        out.iloc[:, pos] = harmonized
+    elif is_float.any():
         out.iloc[:, pos[is_float]] = harmonized[:, is_float]
     for name, values in new.items():
         out[name] = values
