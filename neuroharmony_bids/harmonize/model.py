@@ -31,6 +31,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
@@ -69,7 +70,10 @@ GAIN_CACHE_SIZE = 128
 
 def iqm_transform(x: np.ndarray) -> np.ndarray:
     """Signed log: IQMs span orders of magnitude and MRIQC releases rescale some of them."""
-    return np.sign(x) * np.log1p(np.abs(x))
+    out = np.abs(x)
+    np.log1p(out, out=out)
+    out *= np.sign(x)
+    return out
 
 
 def _ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -136,11 +140,12 @@ def _loso_prior_predictions(
         sy = site_y[others]
         centre = sy.mean(axis=0)
         _, _, vt = np.linalg.svd(sy - centre, full_matrices=False)
-        for ncomp in (1, 2, 3):
-            comps = vt[:ncomp]
-            scores = (sy - centre) @ comps.T
-            for alpha, w, b in _ridge_path(site_x[others], scores, alphas):
-                pred = held @ (w @ comps) + (b @ comps + centre)
+        comps = vt[:3]
+        # ridge fits each output on its own: the k-component map is the first k columns
+        for alpha, w, b in _ridge_path(site_x[others], (sy - centre) @ comps.T, alphas):
+            for ncomp in (1, 2, 3):
+                c = comps[:ncomp]
+                pred = held @ (w[:, :ncomp] @ c) + (b[:ncomp] @ c + centre)
                 preds[("site_pca_ridge", ncomp, alpha)][te] = pred
     return preds
 
@@ -298,7 +303,16 @@ class NeuroHarmonizer(BaseEstimator):
         return given if given is not None else self.sex_mapping
 
     def fit(self, table: pd.DataFrame, site: str | Sequence = "site", sex_mapping=None):
-        """Fit on a multi-site table. ``site`` is a column name or one label per row."""
+        """Fit on a multi-site table. ``site`` is a column name or one label per row.
+
+        BLAS runs on one thread here: the fit is many small decompositions (a few per
+        leave-one-site-out fold), where threads cost more than they gain (10x slower on a busy
+        2-core machine), and one thread gives the same bits on every machine.
+        """
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(table, site, sex_mapping)
+
+    def _fit(self, table: pd.DataFrame, site, sex_mapping):
         self._validate_params()
         self.__dict__.pop("_gain_cache", None)  # gains of a previous fit are stale
         table = table.reset_index(drop=True)
@@ -467,11 +481,19 @@ class NeuroHarmonizer(BaseEstimator):
 
     # ------------------------------------------------------------------ apply
     def _profile_pvalue(self, z: np.ndarray, regions: Sequence[str]) -> np.ndarray:
-        """Chi-square p-value of a scan's regional profile under the training distribution."""
-        idx = [self.regions_.index(r) for r in regions]
-        S = self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
-        sol = np.linalg.solve(S, z.T).T
-        return chi2.sf(np.einsum("ij,ij->i", z, sol), df=len(idx))
+        """Chi-square p-value of a scan's regional profile under the training distribution.
+
+        The inverse covariance is kept per region set: one matrix product per chunk of scans.
+        """
+
+        def make() -> np.ndarray:
+            idx = [self.regions_.index(r) for r in regions]
+            return np.linalg.inv(
+                self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
+            )
+
+        P = self._cached(("profile", tuple(regions)), make)
+        return chi2.sf(np.einsum("ij,ij->i", z @ P, z), df=len(regions))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
@@ -522,15 +544,24 @@ class NeuroHarmonizer(BaseEstimator):
                 continue
             cols = self.iqm_sets_[set_name]
             idx = [full.index(c) for c in cols]
-            Xs = (iqm_transform(vals[np.ix_(rows, idx)]) - self.iqm_center_[idx]) / (
-                self.iqm_scale_[idx]
-            )
+            every = rows.all()  # the common case: every scan has every IQM (no masked copies)
+            if cols == full:
+                Xs = iqm_transform(vals if every else vals[rows])
+            else:
+                Xs = iqm_transform(vals[np.ix_(rows, idx)])
+            Xs -= self.iqm_center_[idx]  # in place: the same arithmetic, fewer temporaries
+            Xs /= self.iqm_scale_[idx]
             gone = np.isnan(Xs)
-            Xs = np.where(gone, 0.0, Xs)  # a missing IQM sits at the training median
+            Xs[gone] = 0.0  # a missing IQM sits at the training median
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
             held = np.clip(Xs, lo, hi) if self.robust_iqms else Xs
-            mu[rows] = held @ prior["coef"] + prior["intercept"]
+            loc = held @ prior["coef"]
+            loc += prior["intercept"]
+            if every:
+                mu = loc
+            else:
+                mu[rows] = loc
             dist = self._iqm_distance(Xs)
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0) * (
                 1.0 - gone.mean(axis=1)
@@ -568,9 +599,8 @@ class NeuroHarmonizer(BaseEstimator):
         ``cross_region``: region i's offset ignores region i, its homologue and ``flagged``;
         ``own_region``: it ignores only ``flagged``. Cached per region set and flag pattern.
         """
-        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
-        cache = self.__dict__.setdefault("_gain_cache", {})
-        if key not in cache:
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
             pos = {r: i for i, r in enumerate(regions)}
             exclude = []
             for i, r in enumerate(regions):
@@ -578,9 +608,19 @@ class NeuroHarmonizer(BaseEstimator):
                 if self.profile_update == "cross_region":
                     ex |= {i, pos.get(F.homologue(r), i)}
                 exclude.append(np.array(sorted(ex), dtype=int))
-            while len(cache) >= GAIN_CACHE_SIZE:  # drop the oldest pattern
+            return _masked_gain(T, S, exclude)
+
+        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
+        return self._cached(key, make)
+
+    def _cached(self, key: tuple, make):
+        """Matrices derived from the fitted covariances, kept per key (``fit`` clears them);
+        at most ``GAIN_CACHE_SIZE``, the oldest dropped first."""
+        cache = self.__dict__.setdefault("_gain_cache", {})
+        if key not in cache:
+            while len(cache) >= GAIN_CACHE_SIZE:
                 cache.pop(next(iter(cache)))
-            cache[key] = _masked_gain(T, S, exclude)
+            cache[key] = make()
         return cache[key]
 
     def transform(
@@ -636,8 +676,9 @@ class NeuroHarmonizer(BaseEstimator):
                 prepare(table, regions=self.regions_, covariates=present, sex_mapping=mapping)
                 raise
             res = self._harmonize_rows(
-                prep, regions, groups, None if persons is None else persons[rows], fs_other[rows]
-            )
+                prep, regions, groups, None if persons is None else persons[rows], fs_other[rows],
+                want_sd=return_sd,
+            )  # fmt: skip
             harmonized[rows] = res.pop("harmonized")
             if sd is not None:
                 sd[rows] = res["sd"]
@@ -688,6 +729,7 @@ class NeuroHarmonizer(BaseEstimator):
         groups: tuple[np.ndarray, np.ndarray] | None,
         persons: np.ndarray | None,
         fs_version_other: np.ndarray,
+        want_sd: bool = False,
     ) -> dict[str, np.ndarray]:
         """Harmonized volumes, posterior SDs and flag columns of the rows of ``prep``.
 
@@ -700,16 +742,22 @@ class NeuroHarmonizer(BaseEstimator):
         mean = c.alpha[ridx] + design @ c.beta[:, ridx]
         sigma = c.sigma[ridx]
         raw = prep.volumes[regions].to_numpy()
-        z = (raw - mean) / sigma
+        z = raw - mean  # in-place steps below: the same arithmetic, fewer temporaries
+        z /= sigma
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
-        mu = mu_all[:, ridx] * conf[:, None]
+        mu = mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]
+        mu *= conf[:, None]  # in place: mu_all is not used again
         T1 = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]
         # a region far from the training norm (person and site variation together) is flagged
         # and ignored by every other region's offset estimate
-        far_region = np.abs(z - mu) / np.sqrt(np.diag(T1 + S)) > REGION_Z_LIMIT
+        dev = z - mu
+        np.abs(dev, out=dev)
+        dev /= np.sqrt(np.diag(T1 + S))
+        far_region = dev > REGION_Z_LIMIT
+        del dev
         # pattern 0: nothing flagged (most scans, no sort); the others from flagged scans only
         patterns = np.zeros((1, len(regions)), dtype=bool)
         inverse = np.zeros(len(far_region), dtype=int)
@@ -725,10 +773,11 @@ class NeuroHarmonizer(BaseEstimator):
             keep = np.flatnonzero(~pattern)
             if rows.any() and len(keep):
                 sub = [regions[j] for j in keep]
-                broken[rows] = self._profile_pvalue(z[np.ix_(rows, keep)], sub) < limit
+                zk = z[rows] if len(keep) == len(regions) else z[np.ix_(rows, keep)]
+                broken[rows] = self._profile_pvalue(zk, sub) < limit
         gamma = np.empty_like(z)
-        var = np.empty_like(z)
-        scale = np.ones_like(z)
+        var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
+        scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
         if groups is None:
             gidx, counts = np.arange(len(z)), np.ones(len(z), dtype=int)
         else:
@@ -737,9 +786,14 @@ class NeuroHarmonizer(BaseEstimator):
         Tw = self.profile_weight * T1
         for k, pattern in enumerate(patterns):
             rows = single & (inverse == k)
-            if rows.any():
-                W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            if not rows.any():
+                continue
+            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            if rows.all():  # the common case: every row, no masked copies
+                gamma[:] = mu + (z - mu) @ W.T
+            else:
                 gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
+            if want_sd:
                 var[rows] = v
         a0, b0 = self.scale_prior_
         for j in np.unique(gidx[~single]):
@@ -754,15 +808,26 @@ class NeuroHarmonizer(BaseEstimator):
             G = _posterior_gain(T1, S, n)
             g = mbar + G @ (zs.mean(0) - mbar)
             gamma[rows] = g
-            var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
+            if want_sd:
+                var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
             if n > 1:
                 ss = ((zs - g) ** 2).sum(0)
+                if scale is None:
+                    scale = np.ones_like(z)
                 scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
-        harmonized = mean + sigma * (z - gamma) / scale
-        sd = sigma * np.sqrt(var) / scale
+        harmonized = z - gamma  # mean + sigma * (z - gamma) / scale, in place
+        harmonized *= sigma
+        if scale is not None:
+            harmonized /= scale
+        harmonized += mean
         # a profile broken as a whole (failed segmentation, other software) is left raw
         harmonized[broken] = raw[broken]
-        sd[broken] = np.nan
+        sd = None
+        if want_sd:
+            sd = sigma * np.sqrt(var)
+            if scale is not None:
+                sd /= scale
+            sd[broken] = np.nan
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
         fs_other = fs_version_other & single
@@ -815,11 +880,12 @@ class NeuroHarmonizer(BaseEstimator):
         both: with ``B = S V``, ``T = B diag(w) B'`` and ``S = B B'``, so the posterior
         covariance of a scanner seen ``n`` times is ``B diag(w / (1 + n w)) B'``.
         """
-        cache = self.__dict__.setdefault("_gain_cache", {})
-        if "joint_eig" not in cache:
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
             w, V = eigh(self.between_cov_, self.within_cov_)
-            cache["joint_eig"] = (np.maximum(w, 0.0), (self.within_cov_ @ V) ** 2)
-        w, B2 = cache["joint_eig"]
+            return np.maximum(w, 0.0), (self.within_cov_ @ V) ** 2
+
+        w, B2 = self._cached(("joint_eig",), make)
         return B2 @ (w / (1.0 + n * w))
 
     def scans_to_halve(self, n_scans: int, limit: int = 100_000) -> int | None:
@@ -883,7 +949,9 @@ def _output_frame(
     is_float = (out.dtypes.iloc[pos] == np.float64).to_numpy()
     if not is_float.all():  # volumes given as integers or text become floats, as harmonized
         out[[cols[j] for j in np.flatnonzero(~is_float)]] = harmonized[:, ~is_float]
-    if is_float.any():
+    if is_float.all():  # (a masked selection would copy the whole array)
+        out.iloc[:, pos] = harmonized
+    elif is_float.any():
         out.iloc[:, pos[is_float]] = harmonized[:, is_float]
     for name, values in new.items():
         out[name] = values

@@ -62,6 +62,11 @@ def _cell_problems(
         suspect = np.flatnonzero((values.isna() & column.notna()).to_numpy())
         text = column.iloc[suspect].astype(str).str.strip().str.lower()
         bad_text = suspect[~text.isin(["", "n/a", "nan", "na"]).to_numpy()]
+    if not len(bad_text):
+        # a finite sum means every cell is finite: one pass settles most columns
+        total = arr.sum()
+        if np.isfinite(total) or (allow_missing and not np.isinf(arr).any()):
+            return arr, problems
     for pos in bad_text:
         problems[int(pos)] = (
             f"column {col!r}, {row_label(table, pos)}: {table[col].iloc[pos]!r} is not a "
