@@ -75,6 +75,14 @@ def test_collect_tables_reads_every_file_once_and_names_bad_ones(participant_out
     cells[names.index("Left-Hippocampus")] = "oops"
     harm.write_text(header + "\n" + "\t".join(cells) + "\n")
 
+    # another header (a region this scan's FreeSurfer did not report): parsed on its own
+    other = found[2].files["raw_tsv"]
+    header, row = other.read_text().splitlines()
+    names, cells = header.split("\t"), row.split("\t")
+    gone = names.index("Left-Amygdala")
+    del names[gone], cells[gone]
+    other.write_text("\t".join(names) + "\n" + "\t".join(cells) + "\n")
+
     raw, harmonized, problems = collect_tables(found, logging.getLogger("test"))
     reasons = {p["bids_name"]: p["reason"] for p in problems}
     assert set(reasons) == {found[1].scan.bids_name, found[4].scan.bids_name}
@@ -85,6 +93,8 @@ def test_collect_tables_reads_every_file_once_and_names_bad_ones(participant_out
     assert str(found[4].files["raw_json"]) in reasons[found[4].scan.bids_name]
     assert len(raw) == len(harmonized) == n - 2
     kept = good_raw[~good_raw["bids_name"].isin(list(reasons))].reset_index(drop=True)
+    assert np.isnan(raw.loc[raw["bids_name"] == found[2].scan.bids_name, "Left-Amygdala"]).all()
+    kept.loc[kept["bids_name"] == found[2].scan.bids_name, "Left-Amygdala"] = np.nan
     pd.testing.assert_frame_equal(raw, kept)
     cell = harmonized.set_index("bids_name")["Left-Hippocampus"]
     assert cell[found[6].scan.bids_name] == "oops"

@@ -19,7 +19,7 @@ from neuroharmony_bids.reports.group import (
     AUC_SEED,
     build_group_report,
     shown_regions,
-    site_labels,
+    shown_sites,
 )
 from neuroharmony_bids.testing.example import simulate_table
 
@@ -169,7 +169,7 @@ def test_single_site_is_explained_not_tested():
 
 def test_site_from_scanner_metadata_or_absent():
     raw, harmonized, model, info, _ = report_inputs()
-    sites, how = site_labels(raw.drop(columns="site"))
+    sites, how = shown_sites(raw.drop(columns="site"))
     assert "scanner metadata" in how and sites.nunique() == 4
     scanner = ["site", "Manufacturer", "ManufacturersModelName"]
     html = build_group_report(

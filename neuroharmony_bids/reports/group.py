@@ -35,8 +35,10 @@ AUC_MAX_PER_SITE = 50
 AUC_SEED = 0
 
 
-def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
-    """The site of each scan and how it was found (a ``site`` column, else scanner metadata)."""
+def shown_sites(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The site the report shows for each scan, and how it was found: the table's ``site``
+    column (the group level filled it by ``workflows.group.site_labels``), else the scanner
+    (``bids.layout.scanner_site``, the one site-from-scanner rule); missing = ``unknown``."""
     if "site" in table_ and table_["site"].notna().any():
         return table_["site"].fillna("unknown").astype(str), "the table's 'site' column"
     labels, source = scanner_site(table_)
@@ -461,9 +463,9 @@ def build_group_report(
     """
     raw, harmonized = _align(raw, harmonized)
     regions = shown_regions(raw, harmonized, model)
-    sites, site_source = site_labels(raw)
+    sites, site_source = shown_sites(raw)
     if sites is None:
-        sites, site_source = site_labels(harmonized)
+        sites, site_source = shown_sites(harmonized)
     model_regions = {canonical_region(r) for r in (getattr(model, "regions_", None) or [])}
     use_total = "TotalGrayVol" in model_regions or (
         "TotalGrayVol" in raw
@@ -504,4 +506,4 @@ def write_group_report(
     return write_text(path, build_group_report(raw, harmonized, model, failed, model_info, drift))
 
 
-__all__ = ["build_group_report", "esc", "site_labels", "write_group_report"]
+__all__ = ["build_group_report", "esc", "shown_sites", "write_group_report"]

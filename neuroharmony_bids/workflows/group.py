@@ -138,7 +138,8 @@ def _split_one_row(path: Path, text: str) -> tuple[str, str]:
 
 def _read_files(paths: Sequence[Path]) -> list[bytes | OSError]:
     """Every file's bytes (or the error reading it), read by a small thread pool: at 5,000
-    scans the group level opens 15,000 files and the reads wait on the disk, not the CPU."""
+    scans the group level opens 15,000 files, and on a cluster file system each read waits on
+    the network or disk far longer than it needs the CPU."""
 
     def read(chunk: Sequence[Path]) -> list[bytes | OSError]:
         out: list[bytes | OSError] = []
@@ -160,8 +161,8 @@ def _stack_rows(rows: Sequence[tuple[int, str, str]], keep: frozenset[str]) -> p
     """One frame from many one-row TSVs, parsed in one pass per distinct header.
 
     ``rows`` are (position, header line, value line); the result is indexed by position and
-    holds only the ``keep`` columns. Cells read as ``read_one_row_tsv`` reads them: ``n/a``
-    is missing, a column of numbers is float, anything else stays text.
+    holds only the ``keep`` columns. ``n/a`` is missing, numbers are floats, and a text cell
+    stays text without turning the rest of its column into text.
     """
     by_header: dict[str, list[tuple[int, str]]] = {}
     for pos, header, values in rows:
@@ -178,8 +179,8 @@ def _stack_rows(rows: Sequence[tuple[int, str, str]], keep: frozenset[str]) -> p
             io.StringIO(text), sep="\t", header=None, names=names, usecols=wanted,
             na_values=["n/a"], keep_default_na=False, quoting=csv.QUOTE_NONE,
         )  # fmt: skip
-        for name in frame.columns:  # numbers are floats, whatever their text looked like,
-            kind = frame[name].dtype.kind  # and a stray text cell keeps its column numeric
+        for name in frame.columns:  # floats whatever the text looked like ("6442"), and a
+            kind = frame[name].dtype.kind  # stray text cell leaves the others numbers
             if kind in "iub":
                 frame[name] = frame[name].astype(float)
             elif kind == "O":
