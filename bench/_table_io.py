@@ -63,7 +63,8 @@ print(json.dumps(_stats(t, c)))
 
 # The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
 # beside pyarrow's, and what the harmonization itself costs. "format" is the block's text
-# (tabular.format_block: pyarrow's writer), "file" writing it out.
+# (tabular.format_block: pyarrow's writer), "file" writing it out. BLAS single-threaded, as in
+# the CLI's streamed pipeline.
 _STAGES = """
 import json, sys, time
 from pathlib import Path
@@ -71,9 +72,10 @@ from neuroharmony_bids import tabular as T
 from neuroharmony_bids.cli.table import _compact
 from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.io import load_model
+from threadpoolctl import threadpool_limits
 model, path = load_model(), Path(sys.argv[1])
 cpu = dict.fromkeys(("read", "harmonize", "compact", "format", "file"), 0.0)
-with open(sys.argv[2], "wb") as fh:
+with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas"):  # as the CLI
     writer = T.TableWriter(fh, ",")
     blocks = T._arrow_blocks(path, ",", T.read_header(path, ","), T.BLOCK_BYTES)
     c = time.process_time()

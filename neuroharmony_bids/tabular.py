@@ -336,7 +336,11 @@ def format_block(block: pd.DataFrame, sep: str):
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    table, count = _neutralise_arrow(pa.Table.from_pandas(block, preserve_index=False))
+    table = pa.Table.from_pandas(block, preserve_index=False)
+    for i, field in enumerate(table.schema):  # categories: their text, guarded and quoted too
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    table, count = _neutralise_arrow(table)
     table, marks = _quote_where_needed(table, sep)
     if sep == "\t":  # BIDS: missing is n/a
         cols = []

@@ -50,6 +50,13 @@ def test_tsv_missing_is_na_and_tab_is_quoted(tmp_path):
     assert out.read_bytes() == b'note\tvalue\n"a\tb"\tn/a\nc,d\t2\n'
 
 
+def test_categories_are_written_as_their_text(tmp_path):
+    table = pd.DataFrame({"site": pd.Categorical(["a,b", "=x", "c"]), "value": [1.0, 2.0, 3.0]})
+    out = tmp_path / "out.csv"
+    assert tabular.write_blocks(out, [table]) == 1
+    assert out.read_bytes() == b'site,value\n"a,b",1\n\'=x,2\nc,3\n'
+
+
 def test_a_failing_block_leaves_no_output(tmp_path):
     def blocks():
         yield _table()

@@ -173,6 +173,8 @@ def _harmonized_blocks(
 
 
 def _harmonize(args) -> None:
+    from threadpoolctl import threadpool_limits
+
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.io import load_model
 
@@ -187,10 +189,11 @@ def _harmonize(args) -> None:
     summary = {"rows": 0, "ood": 0}
     neutralised = None
     if args.site_column is None:
-        try:
-            neutralised = T.write_blocks(
-                out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
-            )
+        try:  # the pipeline's threads use the cores; BLAS threads would only spin beside them
+            with threadpool_limits(limits=1, user_api="blas"):
+                neutralised = T.write_blocks(
+                    out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
+                )
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
             summary = {"rows": 0, "ood": 0}
     if neutralised is None:
