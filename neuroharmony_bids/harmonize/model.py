@@ -42,6 +42,7 @@ from neuroharmony_bids.harmonize.table import (
     prepare,
     row_label,
     row_problems,
+    unusable_volume_problem,
 )
 
 #: Optional per-row column naming the FreeSurfer version that produced the volumes.
@@ -320,6 +321,9 @@ class NeuroHarmonizer(BaseEstimator):
         prep = prepare(
             table, covariates=self.covariates, sex_mapping=self._sex_mapping(sex_mapping)
         )
+        problem = unusable_volume_problem(table, prep)
+        if problem is not None:
+            raise DataError(problem)
         missing_core = [c for c in F.CORE_IQMS if c not in prep.iqms.columns]
         if missing_core:
             raise DataError(
@@ -742,6 +746,10 @@ class NeuroHarmonizer(BaseEstimator):
         mean = c.alpha[ridx] + design @ c.beta[:, ridx]
         sigma = c.sigma[ridx]
         raw = prep.volumes[regions].to_numpy()
+        # a missing, zero or negative volume (a structure not segmented) tells nothing about
+        # the scanner: flagged, ignored by the other regions, and written as it came
+        unusable = prep.unusable[regions].to_numpy()
+        any_unusable = unusable.any()
         z = raw - mean  # in-place steps below: the same arithmetic, fewer temporaries
         z /= sigma
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
@@ -749,6 +757,8 @@ class NeuroHarmonizer(BaseEstimator):
             conf = np.zeros_like(conf)
         mu = mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]
         mu *= conf[:, None]  # in place: mu_all is not used again
+        if any_unusable:
+            z[unusable] = mu[unusable]  # neutral: no deviation (and no NaN) to spread
         T1 = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]
         # a region far from the training norm (person and site variation together) is flagged
@@ -758,6 +768,8 @@ class NeuroHarmonizer(BaseEstimator):
         dev /= np.sqrt(np.diag(T1 + S))
         far_region = dev > REGION_Z_LIMIT
         del dev
+        if any_unusable:
+            far_region |= unusable
         # pattern 0: nothing flagged (most scans, no sort); the others from flagged scans only
         patterns = np.zeros((1, len(regions)), dtype=bool)
         inverse = np.zeros(len(far_region), dtype=int)
@@ -820,14 +832,21 @@ class NeuroHarmonizer(BaseEstimator):
         if scale is not None:
             harmonized /= scale
         harmonized += mean
-        # a profile broken as a whole (failed segmentation, other software) is left raw
-        harmonized[broken] = raw[broken]
+        # a volume cannot be negative: a tiny structure the correction would take to <= 0
+        # mm³ is left raw and flagged, as is an unusable one; a profile broken as a whole
+        # (failed segmentation, other software) is left raw entirely
+        with np.errstate(invalid="ignore"):
+            left_raw = unusable | (harmonized <= 0)
+        left_raw[broken] = True
+        if left_raw.any():
+            harmonized[left_raw] = raw[left_raw]
+            far_region |= left_raw & ~broken[:, None]
         sd = None
         if want_sd:
             sd = sigma * np.sqrt(var)
             if scale is not None:
                 sd /= scale
-            sd[broken] = np.nan
+            sd[left_raw] = np.nan
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
         fs_other = fs_version_other & single
@@ -849,7 +868,7 @@ class NeuroHarmonizer(BaseEstimator):
             "nh_out_of_range": flagged.any(axis=1),
             "nh_out_of_range_features": _join_names(flagged, names),
             "nh_features_used": used,
-            "nh_n_regions": np.where(broken, 0, len(regions)),
+            "nh_n_regions": len(regions) - left_raw.sum(axis=1),
             "nh_regions_flagged": _join_names(far_region, cols),
             "nh_iqms_missing": iqms_missing,
         }

@@ -38,6 +38,7 @@ class PreparedTable:
     """Numeric views of a validated table, keyed by canonical names."""
 
     volumes: pd.DataFrame  # canonical region names → float
+    unusable: pd.DataFrame  # same columns → True where the volume is missing or not positive
     region_columns: dict[str, str]  # canonical → name in the user's table
     iqms: pd.DataFrame  # MRIQC IQM names → float (NaN where missing)
     iqm_columns: dict[str, str]
@@ -154,25 +155,16 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
         for pos, text in found.items():
             problems.setdefault(pos, []).append(text)
 
-    vols = {}
-    nonpositive: dict[int, list[str]] = {}
+    # an empty, zero or negative volume (a structure FreeSurfer did not segment) is not the
+    # scan's problem: the model flags that region and harmonizes the others (unusable)
+    vols, unusable = {}, {}
     for canon, col in rmap.items():
-        arr, found = _cell_problems(table, col)
+        arr, found = _cell_problems(table, col, allow_missing=True)
         add(found)
         zero_ok = any(z in canon for z in ZERO_ALLOWED)
         with np.errstate(invalid="ignore"):
-            bad = (arr < 0 if zero_ok else arr <= 0) & np.isfinite(arr)
-        for pos in np.flatnonzero(bad):
-            nonpositive.setdefault(int(pos), []).append(f"{col!r} = {arr[pos]:g} mm³")
+            unusable[canon] = np.isnan(arr) | (arr < 0 if zero_ok else arr <= 0)
         vols[canon] = arr
-    for pos, cells in nonpositive.items():
-        add(
-            {
-                pos: f"{row_label(table, pos)}: volume is not positive in column(s) "
-                f"{', '.join(cells)}; a zero or negative volume means a failed FreeSurfer "
-                "segmentation — rerun FreeSurfer for this scan or leave it out"
-            }
-        )
     iqms = {}
     for name, col in iqm_columns(list(table.columns)).items():
         iqms[name], found = _cell_problems(table, col, allow_missing=True)
@@ -196,7 +188,25 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
         add(found)
         with np.errstate(invalid="ignore"):
             add(_range_problems(table, etiv_col, etiv, etiv <= 0, "is not a positive eTIV"))
-    return vols, iqms, age, sex, etiv, problems
+    return vols, unusable, iqms, age, sex, etiv, problems
+
+
+def unusable_volume_problem(table: pd.DataFrame, prep: PreparedTable) -> str | None:
+    """Why the first row with an empty, zero or negative volume cannot be used (None if none):
+    training needs every region of every scan."""
+    bad = prep.unusable.to_numpy()
+    if not bad.any():
+        return None
+    pos = int(np.flatnonzero(bad.any(axis=1))[0])
+    cells = [
+        f"{prep.region_columns[r]!r} = {prep.volumes[r].iloc[pos]:g} mm³"
+        for r in prep.unusable.columns[bad[pos]]
+    ]
+    return (
+        f"{row_label(table, pos)}: volume missing or not positive in column(s) "
+        f"{', '.join(cells)}; a model is trained on complete segmentations only: rerun "
+        "FreeSurfer for this scan or leave it out"
+    )
 
 
 def row_problems(
@@ -240,13 +250,14 @@ def prepare(
         rmap = check_table(
             table, regions=regions, covariates=covariates, require_regions=require_regions
         )
-    vols, iqms, age, sex, etiv, problems = _parse_rows(table, rmap, sex_mapping)
+    vols, unusable, iqms, age, sex, etiv, problems = _parse_rows(table, rmap, sex_mapping)
     if problems:
         first = min(problems)
         more = f" ({len(problems) - 1} more row(s) have problems)" if len(problems) > 1 else ""
         raise DataError(problems[first][0] + more)
     return PreparedTable(
         volumes=pd.DataFrame(vols),
+        unusable=pd.DataFrame(unusable, columns=list(vols)),
         region_columns=rmap,
         iqms=pd.DataFrame(iqms, index=range(len(table))),
         iqm_columns=iqm_columns(list(table.columns)),
