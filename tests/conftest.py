@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,14 @@ def pytest_runtest_setup(item):
             f"{VALIDATOR} is not on PATH: it is pinned in requirements.lock (scripts/run_tests.sh "
             f"installs it), or `pip install {VALIDATOR}`"
         )
+
+
+def load_script(name: str):
+    """A script of ``scripts/`` (not a package module) imported by path, for testing it."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data_dir() -> Path | None:

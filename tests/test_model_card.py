@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -15,12 +15,7 @@ CARD = REPO / "neuroharmony_bids" / "data" / "MODEL_CARD.md"
 
 @pytest.fixture(scope="module")
 def card_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_pretrained", REPO / "scripts" / "train_pretrained.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_pretrained")
 
 
 def _metrics(n: float, auc: float) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import load_script
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -50,15 +50,6 @@ def _parser_or_skip() -> argparse.ArgumentParser:
         "neuroharmony_bids.cli.parser", reason="neuroharmony_bids.cli.parser is not written yet"
     )
     return mod.build_parser()
-
-
-def _load_make_boutiques():
-    spec = importlib.util.spec_from_file_location(
-        "make_boutiques", REPO / "scripts" / "make_boutiques.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------- Dockerfile parsing
@@ -914,7 +905,7 @@ def test_invocation_example_is_valid_and_the_parser_accepts_its_command():
 
 def test_generator_translates_every_kind_of_argparse_option(tmp_path):
     """The generator on a synthetic parser: bosh accepts the result and the command round-trips."""
-    mb = _load_make_boutiques()
+    mb = load_script("make_boutiques")
     p = argparse.ArgumentParser(prog="x")
     p.add_argument("bids_dir", type=Path, help="input")
     p.add_argument("output_dir", type=Path)
