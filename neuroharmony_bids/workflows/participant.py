@@ -18,12 +18,10 @@ Steps, with why:
 
 from __future__ import annotations
 
-import functools
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,13 +445,7 @@ def collect_inputs(
     expected = core_iqms(model)
     shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
-    todo = [p for p in plans if not p.failure and p.scan.bids_name not in covs.errors]
-    _PARSE_TABLES.clear()
-    try:
-        jobs = [(plan, tuple(expected)) for plan in todo]
-        parsed = dict(zip(map(id, todo), map_scans(_parse_job, jobs, settings.nprocs), strict=True))
-    finally:
-        _PARSE_TABLES.clear()
+    group_tables: dict[Path, pd.DataFrame] = {}
     for plan in plans:
         name = plan.scan.bids_name
         if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
@@ -464,9 +456,10 @@ def collect_inputs(
             _fail(result, settings.output_dir, plan.scan, covs.errors[name], 65, log)
             progress.update()
             continue
-        item = parsed[id(plan)]
-        if isinstance(item, NeuroharmonyError):
-            _fail(result, settings.output_dir, plan.scan, str(item), item.exit_code, log)
+        try:
+            item = parse_scan(plan, group_tables, expected)
+        except NeuroharmonyError as exc:
+            _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
             progress.update()
             continue
         if name in shared:
@@ -476,37 +469,6 @@ def collect_inputs(
             result.warnings.append(warning)
             log.warning("%s: %s", name, warning)
     return inputs, covs.table
-
-
-#: MRIQC group tables read by :func:`_parse_job` during one :func:`collect_inputs` call (each
-#: forked worker fills its own copy); emptied before and after.
-_PARSE_TABLES: dict[Path, pd.DataFrame] = {}
-
-
-def _parse_job(job: tuple[ScanPlan, tuple[str, ...]]) -> ScanInputs | NeuroharmonyError:
-    """:func:`parse_scan` for :func:`map_scans`: a bad scan's error is returned, not raised,
-    so that it costs that scan only."""
-    plan, expected = job
-    try:
-        return parse_scan(plan, _PARSE_TABLES, expected)
-    except NeuroharmonyError as exc:
-        return exc
-
-
-#: Below this many scans a process pool costs more than it saves.
-MIN_SCANS_FOR_PROCESSES = 256
-
-
-def map_scans(func: Callable[[Any], Any], items: Sequence[Any], nprocs: int) -> list[Any]:
-    """``[func(i) for i in items]``, in ``nprocs`` forked processes when there are enough
-    items (parsing and formatting are pure Python: threads would share one CPU). Results keep
-    the order of ``items``, so outputs do not depend on ``nprocs``."""
-    if nprocs <= 1 or len(items) < MIN_SCANS_FOR_PROCESSES:
-        return [func(item) for item in items]
-    chunk = max(16, len(items) // (nprocs * 8))
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=nprocs, mp_context=context) as pool:
-        return list(pool.map(func, items, chunksize=chunk))
 
 
 def harmonize_scans(
@@ -562,7 +524,7 @@ def write_scans(
         }
         provenance["Model"] = model_meta
         jobs.append((scan, item.volumes, by_name[scan.bids_name], provenance))
-    write_outputs(out, jobs, result, progress, nprocs=settings.nprocs)
+    write_outputs(out, jobs, result, progress)
 
 
 def run_participant(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
@@ -609,30 +571,21 @@ def write_outputs(
     result: RunResult,
     progress: Progress,
     threads: int = 8,
-    nprocs: int = 1,
 ) -> None:
-    """Write the per-scan files: in ``nprocs`` processes (:func:`map_scans`) when there are
-    many, else from a few threads (the open/write/rename syscalls release the GIL, so they
-    overlap with the next scan's formatting: about 2 ms of CPU per scan here, half of it JSON
-    encoding)."""
-    job = functools.partial(_write_job, out)
-    if nprocs > 1 and len(jobs) >= MIN_SCANS_FOR_PROCESSES:
-        names = map_scans(job, jobs, nprocs)
-    else:
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            names = list(pool.map(job, jobs))
-    for name in names:
-        result.succeeded.append(name)
-        progress.update()
+    """Write the per-scan files from a few threads: the open/write/rename syscalls release
+    the GIL, so they overlap with the next scan's formatting (about 2 ms of CPU per scan
+    here, half of it JSON encoding)."""
 
+    def job(args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]) -> str:
+        scan, volumes, hrow, provenance = args
+        D.write_scan_outputs(out, scan, volumes, hrow, provenance)
+        failures.clear_failure(out, scan)
+        return scan.bids_name
 
-def _write_job(
-    out: Path, args: tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]
-) -> str:
-    scan, volumes, hrow, provenance = args
-    D.write_scan_outputs(out, scan, volumes, hrow, provenance)
-    failures.clear_failure(out, scan)
-    return scan.bids_name
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for name in pool.map(job, jobs):
+            result.succeeded.append(name)
+            progress.update()
 
 
 def _fail(
