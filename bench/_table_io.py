@@ -6,7 +6,10 @@ that a busy shared machine slows both alike; the best wall time of each is kept.
 - wall-time ratio CLI / (pyarrow read + write), target ≤ 1.3;
 - peak RSS of the CLI / the input table's size in memory (pyarrow), target ≤ 2;
 - whether two CLI runs give byte-identical files, and whether pandas (and R, when ``Rscript``
-  is on PATH) read the output back with every row and column.
+  is on PATH) read the output back with every row and column;
+- with ``$NEUROHARMONY_BENCH_BASE`` set to another checkout (e.g. the code at the start of a
+  round), the same figures for its CLI, measured alternately in the same run, and whether its
+  output has the same bytes.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ print(json.dumps(_stats(t, c)))
 
 
 # The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
-# beside pyarrow's, and what the harmonization itself costs.
+# beside pyarrow's, and what the harmonization itself costs. "format" is the block's text
+# (tabular.format_block: pyarrow's writer), "file" writing it out. BLAS single-threaded, as in
+# the CLI's streamed pipeline.
 _STAGES = """
 import json, sys, time
 from pathlib import Path
@@ -67,9 +72,10 @@ from neuroharmony_bids import tabular as T
 from neuroharmony_bids.cli.table import _compact
 from neuroharmony_bids.harmonize.apply import harmonize_table
 from neuroharmony_bids.harmonize.io import load_model
+from threadpoolctl import threadpool_limits
 model, path = load_model(), Path(sys.argv[1])
-cpu = dict.fromkeys(("read", "harmonize", "compact", "write"), 0.0)
-with open(sys.argv[2], "wb") as fh:
+cpu = dict.fromkeys(("read", "harmonize", "compact", "format", "file"), 0.0)
+with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas"):  # as the CLI
     writer = T.TableWriter(fh, ",")
     blocks = T._arrow_blocks(path, ",", T.read_header(path, ","), T.BLOCK_BYTES)
     c = time.process_time()
@@ -79,16 +85,20 @@ with open(sys.argv[2], "wb") as fh:
         c2 = time.process_time()
         out = _compact(out, model)
         c3 = time.process_time()
-        writer.write(out)
+        writer.header(out)
+        text = T.format_block(out, ",")
+        c4 = time.process_time()
+        writer.put(*text)
         cpu["read"] += c1 - c; cpu["harmonize"] += c2 - c1; cpu["compact"] += c3 - c2
+        cpu["format"] += c4 - c3
         c = time.process_time()
-        cpu["write"] += c - c3
+        cpu["file"] += c - c4
 print(json.dumps(cpu))
 """
 
 
-def _child(code: str, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _child(code: str, *args: str, repo: Path = REPO) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False
     )
@@ -111,34 +121,36 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    base = os.environ.get("NEUROHARMONY_BENCH_BASE")
+    base = Path(base).resolve() if base else None
     with tempfile.TemporaryDirectory(prefix="nh-table-io-") as tmp:
         src = Path(tmp) / "scans.csv"
         pcsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), src)
-        arrow, cli = [], []
-        for i in range(repeat):
+        arrow, cli, old = [], [], []
+        for i in range(repeat):  # alternate, so that a busy machine slows all alike
             arrow.append(_child(_ARROW, str(src), str(Path(tmp) / "arrow.csv")))
             cli.append(_child(_CLI, str(src), str(Path(tmp) / f"cli{i}.csv")))
+            if base:
+                old.append(_child(_CLI, str(src), str(Path(tmp) / "base.csv"), repo=base))
         stages = _child(_STAGES, str(src), str(Path(tmp) / "stages.csv"))
-        a = min(arrow, key=lambda r: r["wall"])
-        c = min(cli, key=lambda r: r["wall"])
-        a["cpu"], c["cpu"] = min(r["cpu"] for r in arrow), min(r["cpu"] for r in cli)
+        a, c = _best(arrow), _best(cli)
         nbytes = a["nbytes"]
         first = (Path(tmp) / "cli0.csv").read_bytes()
         same = all((Path(tmp) / f"cli{i}.csv").read_bytes() == first for i in range(repeat))
         back = pd.read_csv(Path(tmp) / "cli0.csv")
         pandas_ok = back.shape[0] == len(table) and back.shape[1] >= table.shape[1]
+        io_cpu = sum(stages.values()) - stages["harmonize"]
         rows = [
             ("table", f"{len(table):,} rows × {table.shape[1]} columns, "
                       f"{src.stat().st_size / 2**20:.0f} MiB CSV, {nbytes / 2**20:.0f} MiB in memory"),
             ("pyarrow read + write", f"{a['wall']:.2f} s wall, {a['cpu']:.2f} s CPU (read "
                                      f"{a['read']:.2f} s), peak RSS {a['rss'] / 2**20:.0f} MiB"),
-            ("neuroharmony harmonize", f"{c['wall']:.2f} s wall, {c['cpu']:.2f} s CPU, "
-                                       f"peak RSS {c['rss'] / 2**20:.0f} MiB"),
+            ("neuroharmony harmonize", _run(c)),
             ("time ratio CLI / pyarrow", f"{c['wall'] / a['wall']:.2f} wall, "
                                          f"{c['cpu'] / a['cpu']:.2f} CPU (target ≤ 1.3)"),
             ("CLI stages, CPU s (one after another)", ", ".join(
-                f"{k} {v:.2f}" for k, v in stages.items()) + f"; I/O alone (read + compact + "
-                f"write) / pyarrow: {(sum(stages.values()) - stages['harmonize']) / a['cpu']:.2f}"),
+                f"{k} {v:.2f}" for k, v in stages.items()) + f"; I/O alone (all but harmonize) "
+                f"/ pyarrow: {io_cpu / a['cpu']:.2f}"),
             ("peak RSS / table in memory", f"{c['rss'] / nbytes:.2f} (target ≤ 2; pyarrow alone: "
                                            f"{a['rss'] / nbytes:.2f})"),
             ("output bytes", f"{len(first) / 2**20:.0f} MiB"),
@@ -146,4 +158,27 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
             ("pandas reads it back", "yes" if pandas_ok else f"NO: {back.shape}"),
             ("R reads it back", _r_reads(Path(tmp) / "cli0.csv", len(back), back.shape[1])),
         ]  # fmt: skip
+        if base:
+            b = _best(old)
+            same_as_base = (Path(tmp) / "base.csv").read_bytes() == first
+            rows += [
+                (f"base CLI ({base})", _run(b)),
+                ("base ratio CLI / pyarrow", f"{b['wall'] / a['wall']:.2f} wall, "
+                                             f"{b['cpu'] / a['cpu']:.2f} CPU"),
+                ("this CLI / base CLI", f"{c['wall'] / b['wall']:.2f} wall, "
+                                        f"{c['cpu'] / b['cpu']:.2f} CPU, "
+                                        f"{c['rss'] / b['rss']:.2f} peak RSS"),
+                ("same bytes as base", "yes" if same_as_base else "NO"),
+            ]  # fmt: skip
     return rows
+
+
+def _best(runs: list[dict]) -> dict:
+    """The fastest run's figures, with the least CPU of all runs (the least disturbed)."""
+    best = dict(min(runs, key=lambda r: r["wall"]))
+    best["cpu"] = min(r["cpu"] for r in runs)
+    return best
+
+
+def _run(r: dict) -> str:
+    return f"{r['wall']:.2f} s wall, {r['cpu']:.2f} s CPU, peak RSS {r['rss'] / 2**20:.0f} MiB"

@@ -65,9 +65,9 @@ read = dict(sep="\\t", na_values="n/a", keep_default_na=False)
 raw = pd.read_csv(out + "/group_desc-raw_morph.tsv", **read)
 harm = pd.read_csv(out + "/group_desc-harmonized_morph.tsv", **read)
 model, info = load_model_with_info()
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 build_group_report(raw, harm, model, None, info, None)
-print(f"{time.perf_counter() - t:.1f} s ({len(raw)} scans)")
+print(f"{time.perf_counter() - t:.1f} s wall, {time.process_time() - c:.1f} s CPU ({len(raw)} scans)")
 """
 
 

@@ -653,10 +653,12 @@ import neuroharmony_bids.atomic as atomic
 flag, nth = sys.argv[1], int(sys.argv[2])
 _replace, count = os.replace, [0]
 def replace(src, dst):
-    count[0] += 1
-    if count[0] == nth and os.path.basename(str(dst)).endswith(("_morph.tsv", "_morph.json")):
-        open(flag, "w").close()
-        time.sleep(3600)
+    # the nth per-scan output file (other renames, e.g. the pybids index, do not count)
+    if os.path.basename(str(dst)).endswith(("_morph.tsv", "_morph.json")):
+        count[0] += 1
+        if count[0] == nth:
+            open(flag, "w").close()
+            time.sleep(3600)
     return _replace(src, dst)
 atomic.os.replace = replace
 from neuroharmony_bids.cli.run import main

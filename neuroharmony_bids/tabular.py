@@ -8,13 +8,14 @@ CSV writer (pandas formats one float cell at a time), atomically:
 - numbers are written with the shortest text that reads back to the same 64-bit float
   (``1234.5``, ``0.00001``, ``1.5e+20``): a pass-through column keeps the input's digits;
 - missing values are empty in CSV and ``n/a`` in TSV; text is quoted only where a field holds
-  the delimiter, a quote or a line break;
+  the delimiter, a quote or a line break (that field alone, wherever its block falls);
 - text cells starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
   ``'`` (OWASP's CSV-injection guidance) so that a spreadsheet shows them as text, never runs
   them as a formula; numbers are never changed.
 
 pyarrow is a pinned dependency: there is no second writer whose float text could differ.
-pandas' reader is kept for tables pyarrow cannot type in blocks, so its messages name the row.
+pandas' reader is kept for tables pyarrow cannot type in blocks, so its messages name the row;
+it parses floats round-trip, so both readers give the same doubles (and the same output bytes).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import stat
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from queue import Full, Queue
@@ -41,6 +44,8 @@ MAX_HEADER_BYTES = 4 * 2**20
 #: Bytes of CSV per block when streaming: memory stays a few blocks whatever the row count
 #: (8 MiB: ~460 MiB peak RSS with the shipped model; 16 MiB: ~650 MiB, no faster).
 BLOCK_BYTES = 8 * 2**20
+#: Blocks formatted as text at once (pyarrow's writer is single-threaded per call).
+FORMAT_THREADS = 2
 #: pandas' default missing-value tokens plus BIDS' ``n/a``: the same in both readers.
 NA_VALUES = (
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
@@ -147,10 +152,10 @@ def read_table(path: str | Path, fast: bool = True) -> pd.DataFrame:
             return _arrow_table(path, sep, names)
         except Unstreamable:
             pass
-    try:
+    try:  # round_trip: the same double as pyarrow's (pandas' default parse can be 1 ulp off)
         return pd.read_csv(
             path, sep=sep, dtype={c: str for c in ID_COLUMNS}, na_values=["n/a"],
-            keep_default_na=True, low_memory=False,
+            keep_default_na=True, low_memory=False, float_precision="round_trip",
         )  # fmt: skip
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(
@@ -306,52 +311,129 @@ class TableWriter:
         self.neutralised = 0
 
     def write(self, block: pd.DataFrame) -> None:
+        self.header(block)
+        self.put(*format_block(block, self.sep))
+
+    def header(self, block: pd.DataFrame) -> None:
+        """The header line, from the first block's columns (later calls do nothing)."""
         if self.columns is None:
             self.columns = [str(c) for c in block.columns]
             self.fh.write(_header_line(self.columns, self.sep))
-        self._write_arrow(block)
 
-    def _write_arrow(self, block: pd.DataFrame) -> None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.csv as pcsv
-
-        table, count = _neutralise_arrow(pa.Table.from_pandas(block, preserve_index=False))
-        self.neutralised += count
-        if self.sep == "\t":  # BIDS: missing is n/a
-            cols = []
-            for col in table.columns:
-                if col.null_count:
-                    col = pc.fill_null(pc.cast(col, pa.string()), "n/a")
-                cols.append(col)
-            table = pa.table(cols, names=table.column_names)
-
-        def text(quoting: str) -> bytes:
-            buf = pa.BufferOutputStream()
-            opts = pcsv.WriteOptions(
-                include_header=False, delimiter=self.sep, quoting_style=quoting
-            )
-            pcsv.write_csv(table, buf, opts)
-            return buf.getvalue().to_pybytes()
-
-        try:  # quote only when a value needs it ("none" refuses such a value)
-            data = text("none")
-        except pa.ArrowInvalid:
-            data = text("needed")  # never refuses: an error here is raised, no block is lost
+    def put(self, data, neutralised: int) -> None:
+        """A block's text from :func:`format_block`, in table order."""
+        self.neutralised += neutralised
         self.fh.write(data)
 
 
+def format_block(block: pd.DataFrame, sep: str):
+    """A block's rows as CSV/TSV bytes (no header) and its count of neutralised cells.
+
+    Pure, and pyarrow formats without the GIL: blocks can be formatted on several threads
+    and written in order (:func:`write_blocks`).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    table = pa.Table.from_pandas(block, preserve_index=False)
+    for i, field in enumerate(table.schema):  # categories: their text, guarded and quoted too
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    table, count = _neutralise_arrow(table)
+    table, marks = _quote_where_needed(table, sep)
+    if sep == "\t":  # BIDS: missing is n/a
+        cols = []
+        for col in table.columns:
+            if col.null_count:
+                col = pc.fill_null(pc.cast(col, pa.string()), "n/a")
+            cols.append(col)
+        table = pa.table(cols, names=table.column_names)
+    buf = pa.BufferOutputStream()
+    opts = pcsv.WriteOptions(include_header=False, delimiter=sep, quoting_style="none")
+    pcsv.write_csv(table, buf, opts)  # raises, never drops, on a value it cannot write
+    data = buf.getvalue()
+    if marks:
+        data = _unmark(data.to_pybytes(), marks, sep)
+    return data, count
+
+
+#: Private-use characters standing for a quote, the delimiter, LF and CR inside a quoted field
+#: while pyarrow writes it unquoted (its quoting is all text or none; ours is per field).
+_MARK_BASES = range(0xE000, 0xF900 - 4, 4)
+
+
+def _quote_where_needed(table, sep: str):
+    """Quote, RFC 4180 style, just the text cells holding the delimiter, a quote or a line
+    break; their structural characters become private-use marks that :func:`_unmark` turns
+    back after pyarrow writes the block unquoted. So a field is quoted by what it holds, never
+    by which block it fell in: (table, marks or None)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    structural = f'[{re.escape(sep)}"\n\r]'
+    texts = [
+        i
+        for i, col in enumerate(table.columns)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    ]
+    needs = {}
+    for i in texts:
+        hit = pc.match_substring_regex(table.column(i), structural)
+        if pc.any(hit).as_py():
+            needs[i] = hit
+    if not needs:
+        return table, None
+    for base in _MARK_BASES:  # marks no cell of this block already holds
+        marks = "".join(map(chr, range(base, base + 4)))
+        taken = f"[{marks}]"
+        if not any(pc.any(pc.match_substring_regex(table.column(i), taken)).as_py() for i in texts):
+            break
+    else:  # pragma: no cover - needs a block holding all 6,400 private-use characters
+        raise DataError("a text cell holds every private-use character; cannot quote it")
+    for i, hit in needs.items():
+        col = pc.replace_substring(table.column(i), '"', '""')
+        col = pc.binary_join_element_wise('"', col, '"', "")
+        for char, mark in zip(('"', sep, "\n", "\r"), marks, strict=True):
+            col = pc.replace_substring(col, char, mark)
+        table = table.set_column(i, table.field(i), pc.if_else(hit, col, table.column(i)))
+    return table, marks
+
+
+def _unmark(data: bytes, marks: str, sep: str) -> bytes:
+    for char, mark in zip(('"', sep, "\n", "\r"), marks, strict=True):
+        data = data.replace(mark.encode(), char.encode())
+    return data
+
+
 def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
-    """Write blocks to ``path`` atomically (while the next block is made); return cells
-    neutralised. Nothing appears at ``path`` unless every block was written."""
+    """Write blocks to ``path`` atomically; return cells neutralised. Nothing appears at
+    ``path`` unless every block was written.
+
+    The next block is made (read, harmonized) in a background thread while up to
+    :data:`FORMAT_THREADS` blocks are formatted at once; blocks are written in order, so the
+    bytes do not depend on the thread count or timing.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from neuroharmony_bids.atomic import atomic_path
 
     path = Path(path)
     sep = sep or separator(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as fh,
+        ThreadPoolExecutor(FORMAT_THREADS, thread_name_prefix="neuroharmony-format") as pool,
+    ):
         writer = TableWriter(fh, sep)
-        for block in prefetched(blocks):  # the next block is made while this one is written
-            writer.write(block)
+        pending: deque = deque()
+        for block in prefetched(blocks):
+            writer.header(block)
+            pending.append(pool.submit(format_block, block, sep))
+            if len(pending) > FORMAT_THREADS:
+                writer.put(*pending.popleft().result())
+        while pending:
+            writer.put(*pending.popleft().result())
     return writer.neutralised
 
 

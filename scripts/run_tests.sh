@@ -9,4 +9,4 @@ source "$repo/scripts/bootstrap.sh"
 cd "$repo"
 ruff check .
 ruff format --check .
-python -m pytest -n 2 "$@"
+python -m pytest -n 2 --durations=20 "$@"

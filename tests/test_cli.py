@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import shutil
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from neuroharmony_bids import __version__
 from neuroharmony_bids.cli.parser import build_parser, parse_settings
-from neuroharmony_bids.cli.run import run
+from neuroharmony_bids.cli.run import LOGGER_NAME, run
 from neuroharmony_bids.errors import UsageError
 from neuroharmony_bids.testing import abide_rows, build_bids_dataset
 
@@ -146,6 +147,8 @@ def test_missing_tools_and_derivatives_exit_66(no_derivatives, tmp_path, capsys,
         assert needle in msg
     # nothing per scan was written
     assert not list(out.glob("sub-*"))
+    # the run's handlers are gone with it: none writes to this run's (soon closed) stderr
+    assert logging.getLogger(LOGGER_NAME).handlers == []
 
 
 @pytest.mark.bids_validator

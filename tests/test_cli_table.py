@@ -295,3 +295,46 @@ def test_info_refuses_damaged_models_and_compares(trained, tmp_path, call):
     assert res.returncode == 0 and "same file content" in res.stdout
     res = call("info", "--compare", str(model), str(DEFAULT_MODEL))
     assert res.returncode == 1 and "differ beyond rtol=1e-09" in res.stdout
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_streamed_and_whole_table_paths_write_the_same_bytes(
+    trained, tmp_path, monkeypatch, call, suffix
+):
+    """Several blocks vs the whole table at once, on flagged rows, missing IQMs, text that
+    needs quoting (only in later blocks), formula cells and an all-empty text column: one
+    output, byte for byte, and the same on a second run."""
+    from neuroharmony_bids import tabular
+    from neuroharmony_bids.harmonize import features as F
+
+    _, table, model = trained
+    t = table.drop(columns=["site"]).copy()
+    t.loc[5, F.CORE_IQMS[0]] = float("nan")  # a missing IQM
+    t.loc[[7, 60], F.CORE_IQMS[1]] *= 50  # out of the training range: flagged
+    t.loc[61, REGIONS[0]] *= 4  # a region far from its expected value
+    t.loc[70, "notes"] = 'said "no", then left\ttab'  # delimiter, quote, tab: a later block
+    t.loc[71, "notes"] = "two\r\nlines"
+    t.loc[72, "notes"] = "=1+1"
+    t["empty"] = float("nan")
+    t["empty"] = t["empty"].astype(object)
+    inp = tmp_path / f"in{suffix}"
+    t.to_csv(inp, sep="," if suffix == ".csv" else "\t", index=False)
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 4096)
+    assert len(list(tabular.iter_blocks(inp))) > 3
+    outs = [tmp_path / f"streamed{i}{suffix}" for i in (1, 2)]
+    for out in outs:
+        assert call("harmonize", str(inp), str(out), "--model", str(model)).returncode == 0
+
+    def whole(*args, **kwargs):
+        raise tabular.Unstreamable("test: take the whole-table path")
+
+    monkeypatch.setattr(tabular, "iter_blocks", whole)
+    one = tmp_path / f"whole{suffix}"
+    res = call("harmonize", str(inp), str(one), "--model", str(model))
+    assert res.returncode == 0, res.stderr
+    assert outs[0].read_bytes() == outs[1].read_bytes() == one.read_bytes()
+    got = pd.read_csv(one, sep="," if suffix == ".csv" else "\t", dtype={"notes": str})
+    assert got["notes"][70] == 'said "no", then left\ttab' and got["notes"][72] == "'=1+1"
+    assert got["notes"][71] == "two\r\nlines" and got["empty"].isna().all()
+    assert got["nh_out_of_range"][[7, 60]].tolist() == [1, 1]
+    assert len(got) == len(t) and list(got.columns[: t.shape[1]]) == list(t.columns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_workflows import pick_rows
 
 from neuroharmony_bids.cli.run import run
@@ -38,6 +39,7 @@ def test_group_writes_joint_table_matching_the_core(abide_table, tmp_path):
     assert "desc-jointharmonized" in desc
 
 
+@pytest.mark.slow
 def test_every_run_writes_the_citation(abide_table, tmp_path):
     rows = pick_rows(abide_table, 2, offset=6)
     bids = tmp_path / "bids"
@@ -50,6 +52,7 @@ def test_every_run_writes_the_citation(abide_table, tmp_path):
     assert "6.x or earlier" in md.read_text() or "FreeSurfer 6" in md.read_text()
 
 
+@pytest.mark.slow
 def test_group_reports_iqm_drift(abide_table, tmp_path):
     rows = pick_rows(abide_table, 2, offset=4)
     rows = rows.assign(**{c: rows[c] * 20 for c in rows.columns if c.startswith("iqm_snrd_")})

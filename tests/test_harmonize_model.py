@@ -293,15 +293,57 @@ def test_training_site_is_recognised_by_data(table, model):
         (lambda t: t.assign(age="x"), r"column 'age', row 1"),
         (lambda t: t.drop(columns=["sex"]), "missing required column"),
         (lambda t: t.assign(sex="9"), "--sex-mapping"),
-        (lambda t: t.assign(**{REGIONS[0]: -1.0}), "not positive"),
         (lambda t: t.assign(**{REGIONS[1]: np.inf}), "infinite"),
-        (lambda t: t.assign(**{REGIONS[2]: np.nan}), "missing value"),
+        (lambda t: t.assign(**{REGIONS[2]: "big"}), "is not a number"),
         (lambda t: pd.concat([t, t.head(1)]), "same scan"),
     ],
 )
 def test_bad_input_names_column_and_row(table, model, mutate, pattern):
     with pytest.raises(DataError, match=pattern):
         model.transform(mutate(table.copy()))
+
+
+def test_one_unusable_region_costs_a_flag_not_the_scan(table, model):
+    """An empty, zero or negative volume (a structure not segmented) is flagged and written as
+    it came; the scan's other regions are harmonized as if that region were far (ignored)."""
+    rows = table.head(3).copy()
+    rows.loc[rows.index[0], REGIONS[0]] = np.nan
+    rows.loc[rows.index[1], REGIONS[1]] = 0.0
+    out, sd = model.transform(rows, return_sd=True)
+    assert list(out["nh_status"]) == ["harmonized"] * 3
+    assert np.isnan(out[REGIONS[0]].iloc[0]) and out[REGIONS[1]].iloc[1] == 0.0
+    assert np.isnan(sd[REGIONS[0]].iloc[0]) and np.isnan(sd[REGIONS[1]].iloc[1])
+    assert REGIONS[0] in out["nh_regions_flagged"].iloc[0].split(";")
+    assert REGIONS[1] in out["nh_regions_flagged"].iloc[1].split(";")
+    n = out["nh_n_regions"].to_numpy()
+    assert n[0] == n[2] - 1 and n[1] == n[2] - 1
+    assert np.isfinite(out.iloc[:, [out.columns.get_loc(r) for r in REGIONS[2:]]]).all().all()
+    # the same as a scan whose region is far: the others ignore it when estimating the scanner
+    far = rows.copy()
+    far.loc[far.index[0], REGIONS[0]] = 1e9
+    far_out = model.transform(far)
+    np.testing.assert_allclose(
+        out[REGIONS[1:]].iloc[0].to_numpy(float), far_out[REGIONS[1:]].iloc[0].to_numpy(float)
+    )
+    assert model.invalid_rows(rows) == {}
+    # training, though, needs complete segmentations: refused, naming the row and column
+    with pytest.raises(DataError, match=rf"row 1 .*{REGIONS[0]!r} = nan mm³"):
+        NeuroHarmonizer().fit(table.assign(**{REGIONS[0]: [np.nan] + [1.0] * (len(table) - 1)}))
+
+
+def test_harmonized_volume_is_never_negative(table, model):
+    """A tiny structure the correction would take below 0 mm³ is left raw and flagged."""
+    rows = table.head(1).copy()
+    correction = rows[REGIONS].to_numpy(float) - model.transform(rows)[REGIONS].to_numpy(float)
+    j = int(np.argmax(correction[0]))  # the region the model shrinks most
+    assert correction[0, j] > 0
+    # the single-scan correction of a region does not depend on its own volume (cross-region)
+    rows[REGIONS[j]] = correction[0, j] / 2
+    out, sd = model.transform(rows, return_sd=True)
+    assert out[REGIONS[j]].iloc[0] == correction[0, j] / 2  # left raw, not negative
+    assert REGIONS[j] in out["nh_regions_flagged"].iloc[0].split(";")
+    assert np.isnan(sd[REGIONS[j]].iloc[0])
+    assert (out[REGIONS].to_numpy(float) > 0).all()
 
 
 def test_training_refuses_lonely_site_and_confounded_covariate(table):
@@ -473,3 +515,14 @@ def test_sex_mapping_is_a_parameter(table, tmp_path):
         again.transform(coded.head(4))[REGIONS].to_numpy(float),
         model.transform(coded.head(4))[REGIONS].to_numpy(float),
     )
+
+
+def test_joint_uncertainty_closed_form_matches_the_direct_posterior(model):
+    from neuroharmony_bids.harmonize.model import _posterior_gain
+
+    T, S = model.between_cov_, model.within_cov_
+    for n in (2, 3, 17, 1000, 100_000):
+        direct = np.maximum(np.diag(T - _posterior_gain(T, S, n) @ T), 0.0)
+        np.testing.assert_allclose(model._joint_variance(n), direct, rtol=1e-9, atol=1e-14)
+        sd = model.combat_.sigma * np.sqrt(direct)
+        np.testing.assert_allclose(model.scanner_uncertainty(n)["sd_mm3"].to_numpy(), sd, rtol=1e-9)

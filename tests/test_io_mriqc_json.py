@@ -142,6 +142,7 @@ def abide_iqms(row: pd.Series) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 def test_writer_is_byte_identical_to_mriqc_iqmfilesink(abide_table, tmp_path):
     """The JSON layout is MRIQC 24's own: run its IQMFileSink on the same values and compare."""
     pytest.importorskip(

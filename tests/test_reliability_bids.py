@@ -30,6 +30,7 @@ def _param(s: RB.Scenario):
     return pytest.param(s, id=s.name.split(" (")[0].replace(" ", "_"), marks=marks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", [_param(s) for s in RB.SCENARIOS])
 def test_bids_scenario(scenario, abide_table, tmp_path):
     problems = scenario.run(abide_table, tmp_path)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import reliability as R  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,seed", [("mid-write", 1), ("first-output", 2), ("delay", 3)])
 def test_sigkill_then_rerun_completes(mode, seed, abide_table, tmp_path):
     """Killed at a random/first-output/mid-write point, the re-run completes every scan and no
@@ -27,6 +28,7 @@ def test_sigkill_then_rerun_completes(mode, seed, abide_table, tmp_path):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_temporary_file(abide_table, tmp_path):
     ds = R.make_dataset(tmp_path / "ds", abide_table, n=2, seed=5)
     problems, left = R.kill_and_rerun(ds, tmp_path / "out", "mid-write", random.Random(5))
@@ -34,6 +36,7 @@ def test_sigkill_mid_write_leaves_no_temporary_file(abide_table, tmp_path):
     assert left == [], f"temporary files left after the re-run: {left}"
 
 
+@pytest.mark.slow
 def test_sixteen_parallel_participant_jobs(abide_table, tmp_path):
     ds = R.make_dataset(tmp_path / "ds", abide_table, n=16, seed=11)
     assert len(ds.participants) == 16

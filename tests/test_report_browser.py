@@ -58,6 +58,7 @@ def _render(html_path: Path, user_data: Path) -> tuple[list[dict], list[str], st
     return images, errors, title
 
 
+@pytest.mark.slow
 def test_group_report_renders_in_chromium(tmp_path):
     from test_reports import report_inputs
 

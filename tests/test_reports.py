@@ -18,8 +18,8 @@ from neuroharmony_bids.reports.group import (
     AUC_MAX_PER_SITE,
     AUC_SEED,
     build_group_report,
-    region_columns,
-    site_labels,
+    shown_regions,
+    shown_sites,
 )
 from neuroharmony_bids.testing.example import simulate_table
 
@@ -84,7 +84,7 @@ def test_group_report_has_every_section_and_embedded_figures(group_html):
 
 def test_group_report_site_statistics_match_metrics(group_html):
     raw, harmonized, model, _, _ = report_inputs()
-    regions = region_columns(raw, harmonized, model)
+    regions = shown_regions(raw, harmonized, model)
     sites = raw["site"].to_numpy()
     cov = raw[["age", "sex"]]
     kw = {"max_per_site": AUC_MAX_PER_SITE, "seed": AUC_SEED, "tol": 1e-3}
@@ -107,7 +107,7 @@ def test_group_report_says_when_the_site_classifier_subsampled(monkeypatch):
     import neuroharmony_bids.reports.group as group_report
 
     raw, harmonized, model, _, _ = report_inputs()
-    regions = region_columns(raw, harmonized, model)
+    regions = shown_regions(raw, harmonized, model)
     sites = raw["site"].astype(str)
     monkeypatch.setattr(group_report, "AUC_MAX_PER_SITE", 3)
     block = group_report._metrics_block(raw, harmonized, regions, sites)
@@ -135,6 +135,28 @@ def test_group_report_model_section(group_html):
     assert "Leave-one-site-out" in section and "single_scan" in section
 
 
+def test_model_info_has_one_owner_rendered_as_html_and_text(group_html):
+    """The report's model section and `neuroharmony info` show the same rows."""
+    import html as html_lib
+
+    from neuroharmony_bids.cli.table import format_info
+    from neuroharmony_bids.reports.model_summary import gather_model_info, model_rows
+
+    model, info = report_model()
+    text = format_info(info)
+    section = html_lib.unescape(_sections(group_html)["model"])
+    rows = model_rows(gather_model_info(model, info))
+    assert [label for label, _ in rows["model"][:2]] == ["model", "description"]
+    for block in ("model", "training", "loso"):
+        assert rows[block]
+        for label, value in rows[block]:
+            if block != "training" or not label.startswith(("regions", "training age")):
+                assert f"{label}" in text and value in text, (label, value)
+            assert label in section and value in section, (label, value)
+    # a region list is folded away in the HTML, not dropped
+    assert re.search(r"<details><summary>regions \(\d+\)</summary>", section)
+
+
 def test_single_site_is_explained_not_tested():
     raw, harmonized, model, info, _ = report_inputs()
     one = raw["site"] == raw["site"].iloc[0]
@@ -147,7 +169,7 @@ def test_single_site_is_explained_not_tested():
 
 def test_site_from_scanner_metadata_or_absent():
     raw, harmonized, model, info, _ = report_inputs()
-    sites, how = site_labels(raw.drop(columns="site"))
+    sites, how = shown_sites(raw.drop(columns="site"))
     assert "scanner metadata" in how and sites.nunique() == 4
     scanner = ["site", "Manufacturer", "ManufacturersModelName"]
     html = build_group_report(
@@ -160,7 +182,7 @@ def test_freesurfer6_spelling_is_recognised():
     raw, harmonized, model, _, _ = report_inputs()
     fs6 = {v: k for k, v in FS_ALIASES.items() if k.endswith("Thalamus-Proper")}
     renamed = raw.rename(columns=fs6)
-    assert "Left-Thalamus-Proper" in region_columns(renamed, harmonized.rename(columns=fs6), model)
+    assert "Left-Thalamus-Proper" in shown_regions(renamed, harmonized.rename(columns=fs6), model)
     keys = key_region_series(renamed)
     assert "Thalamus" in keys
     expected = raw["Left-Thalamus"] + raw["Right-Thalamus"]

@@ -104,11 +104,15 @@ _NH_DICTIONARY: dict[str, dict[str, Any]] = {
     "nh_features_used": {
         "Description": "Semicolon-separated MRIQC IQMs the model used to predict the correction",
     },
-    "nh_n_regions": {"Description": "Number of regions the model harmonized for this scan"},
+    "nh_n_regions": {
+        "Description": "Number of regions the model harmonized for this scan (regions left "
+        "unharmonized are named in nh_regions_flagged)"
+    },
     "nh_regions_flagged": {
         "Description": "Semicolon-separated regions far outside the training distribution "
-        "(person and scanner variation together): flagged, and ignored when the other regions' "
-        "scanner offset is estimated (n/a when none)",
+        "(person and scanner variation together), or whose volume is missing, zero or negative, "
+        "or would be harmonized to 0 mm³ or less: ignored when the other regions' scanner "
+        "offset is estimated; the last three are written unharmonized (n/a when none)",
     },
     "nh_iqms_missing": {
         "Description": "Semicolon-separated core MRIQC IQMs the model needed but MRIQC could "
@@ -126,7 +130,9 @@ BIDSIGNORE = """\
 group_*
 logs/
 models/
-work/
+# the default work folder (the pybids index, Nipype's working files): bids-validator-deno
+# 2.x still reports "work/" itself as NOT_INCLUDED with a trailing slash, not without
+work
 """
 
 README = """\

@@ -184,14 +184,16 @@ def setup_logging(settings: Settings, log_dir: Path | None) -> tuple[logging.Log
 
 
 def _close_logging(logger: logging.Logger) -> None:
+    """Detach every handler of this run: a console handler left on the logger would write to
+    the stderr of a finished run (a closed stream when the app runs in-process again)."""
     for handler in list(logger.handlers):
+        logger.removeHandler(handler)
         try:
             handler.flush()
             if isinstance(handler, logging.FileHandler):
-                logger.removeHandler(handler)
                 handler.close()
-        except OSError:  # a full disk must not turn a clear error into a traceback
-            logger.removeHandler(handler)
+        except (OSError, ValueError):  # a full disk or a closed stream: not worth a traceback
+            pass
 
 
 def _to_log_file(logger: logging.Logger, level: int, message: str) -> None:

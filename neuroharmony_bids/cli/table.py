@@ -132,8 +132,7 @@ def _compact(result: pd.DataFrame, model) -> pd.DataFrame:
     rmap = region_columns(list(result.columns))
     cols = [rmap[r] for r in model.regions_ if r in rmap]
     if cols:
-        rounded = np.round(result[cols].to_numpy(dtype=float), HARMONIZED_DECIMALS)
-        result[cols] = pd.DataFrame(rounded, columns=cols, index=result.index)
+        result[cols] = np.round(result[cols].to_numpy(dtype=float), HARMONIZED_DECIMALS)
     names = {";".join(v): k for k, v in model.iqm_sets_.items()}
     used = result["nh_features_used"]
     result["nh_features_used"] = used.map(names).where(used.isin(list(names)), used)
@@ -174,6 +173,8 @@ def _harmonized_blocks(
 
 
 def _harmonize(args) -> None:
+    from threadpoolctl import threadpool_limits
+
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.io import load_model
 
@@ -188,10 +189,11 @@ def _harmonize(args) -> None:
     summary = {"rows": 0, "ood": 0}
     neutralised = None
     if args.site_column is None:
-        try:
-            neutralised = T.write_blocks(
-                out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
-            )
+        try:  # the pipeline's threads use the cores; BLAS threads would only spin beside them
+            with threadpool_limits(limits=1, user_api="blas"):
+                neutralised = T.write_blocks(
+                    out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
+                )
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
             summary = {"rows": 0, "ood": 0}
     if neutralised is None:
@@ -241,68 +243,11 @@ def _train(args) -> None:
     print(f"wrote {args.model} (sha256 {sha})")
 
 
-def _get(d, *keys, default="?"):
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return default if d is None else d
-
-
-def _num(value, spec: str) -> str:
-    return format(value, spec) if isinstance(value, int | float) else "?"
-
-
 def format_info(info: dict) -> str:
-    """Human-readable model summary (free-form parts of a model may be missing: shown as ?)."""
-    meta = info["metadata"]
-    summ = info["training_summary"] or {}
-    lines = [
-        f"model:            {meta.get('name', '?')}",
-        f"file:             {info['path']}",
-        f"sha256:           {info['sha256']}",
-        f"format:           {info['format']} schema {info['schema_version']}, "
-        f"written by neuroharmony-bids {info['package_version']}",
-    ]
-    for key in ("training_table", "training_table_sha256", "freesurfer_version", "mriqc_version"):
-        if key in meta:
-            lines.append(f"{key + ':':18}{meta[key]}")
-    sites = _get(summ, "sites", default={})
-    lines += [
-        f"training cohort:  {_get(summ, 'n_scans')} scans, {_get(summ, 'n_sites')} sites, "
-        f"ages {_num(_get(summ, 'age', 'min'), '.1f')}-{_num(_get(summ, 'age', 'max'), '.1f')}, "
-        f"sex F={_get(summ, 'sex', 'F', default=0)} M={_get(summ, 'sex', 'M', default=0)}",
-        f"sites:            "
-        f"{', '.join(f'{k} ({v})' for k, v in sites.items()) if isinstance(sites, dict) else '?'}",
-        f"protected:        {', '.join(info['design'])}",
-        f"regions ({len(info['regions'])}):    {' '.join(info['regions'])}",
-        f"IQMs (core):      {' '.join(info['iqms']['core'])}",
-        f"IQMs (full):      {len(info['iqms']['full'])} IQMs",
-        "nh_features_used: 'core' or 'full' in `neuroharmony harmonize` outputs (the sets above)",
-    ]
-    for name, cv in (info["iqm_prior_cv"] or {}).items():
-        if isinstance(cv, dict):
-            lines.append(
-                f"IQM prior {name:5}:  {cv.get('chosen', '?')}, LOSO MSE gain vs no prior "
-                f"{_num(cv.get('gain_vs_zero'), '+.3f')} "
-                f"({_num(cv.get('calibrated_gain_vs_zero'), '+.3f')} after calibration)"
-            )
-    summary = _get(info["cv_metrics"], "summary", default=None)
-    if isinstance(summary, dict) and summary:
-        lines.append("leave-one-site-out (sum of significant regions; mean AUC, R², MAE%, Δage r):")
-        for method, m in summary.items():
-            if isinstance(m, dict):
-                lines.append(
-                    f"  {method:12} sig={_num(m.get('n_significant'), '.0f')} "
-                    f"auc={_num(m.get('auc'), '.3f')} r2={_num(m.get('r2'), '.3f')} "
-                    f"mae%={_num(m.get('mae_pct'), '.2f')} "
-                    f"dage_r={_num(m.get('age_r_change'), '.3f')}"
-                    + (
-                        f" retention={_num(m.get('retention'), '.3f')} "
-                        f"(worst region {_num(m.get('retention_worst'), '.3f')})"
-                        if "retention" in m
-                        else ""
-                    )
-                )
-    return "\n".join(lines)
+    """Human-readable model summary; what it shows is owned by reports.model_summary."""
+    from neuroharmony_bids.reports.model_summary import model_text
+
+    return model_text(info)
 
 
 def _compare(a: str, b: str, rtol: float | None) -> int:

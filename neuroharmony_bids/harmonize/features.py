@@ -174,9 +174,15 @@ def sex_problems(
     for v in mapping.values():
         if v not in ("M", "F"):
             raise UsageError(f"sex mapping values must be M or F, got {v!r}")
-    keys = values.astype(object).where(values.notna(), "").astype(str).str.strip().str.lower()
-    keys = keys.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
-    parsed = keys.map({**_SEX_SPELLINGS, **mapping})
+    text = values.astype(object).where(values.notna(), "").astype(str)
+    # a column holds a handful of spellings: normalise each distinct one, not every row
+    codes, uniq = pd.factorize(text)
+    norm = pd.Series(uniq, dtype=object).str.strip().str.lower()
+    norm = norm.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
+    keys = pd.Series(norm.to_numpy()[codes], index=values.index, dtype=object)
+    parsed = pd.Series(
+        norm.map({**_SEX_SPELLINGS, **mapping}).to_numpy()[codes], index=values.index, dtype=object
+    )
     problems = {}
     for pos in np.flatnonzero(parsed.isna().to_numpy()):
         key, raw = keys.iloc[pos], values.iloc[pos]

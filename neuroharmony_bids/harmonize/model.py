@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import LinAlgWarning
+from scipy.linalg import LinAlgWarning, eigh
 from scipy.stats import chi2
 from sklearn.base import BaseEstimator
 from sklearn.covariance import LedoitWolf
@@ -31,15 +31,18 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
 from neuroharmony_bids.harmonize.combat import check_design, fit_combat
 from neuroharmony_bids.harmonize.table import (
     PreparedTable,
+    check_table,
     prepare,
     row_label,
     row_problems,
+    unusable_volume_problem,
 )
 
 #: Optional per-row column naming the FreeSurfer version that produced the volumes.
@@ -59,11 +62,19 @@ MAX_FLAGGED_SHARE = 0.25
 MAX_MISSING_IQM_SHARE = 0.25
 PROFILE_UPDATES = ("cross_region", "own_region")
 FLAG_COLUMNS = F.FLAG_COLUMNS
+#: Rows harmonized at a time. Single-scan rows are independent, so a chunk's temporaries (a
+#: few rows × regions float arrays, about 3 MiB) stay cache-sized whatever the table size.
+CHUNK_ROWS = 4096
+#: Gains kept per model (one per region set and flagged-region pattern, 80 kB each).
+GAIN_CACHE_SIZE = 128
 
 
 def iqm_transform(x: np.ndarray) -> np.ndarray:
     """Signed log: IQMs span orders of magnitude and MRIQC releases rescale some of them."""
-    return np.sign(x) * np.log1p(np.abs(x))
+    out = np.abs(x)
+    np.log1p(out, out=out)
+    out *= np.sign(x)
+    return out
 
 
 def _ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +102,53 @@ def _prior_fit(
     scores = (site_y - centre) @ comps.T
     w, b = _ridge_fit(site_x, scores, alpha)
     return w @ comps, b @ comps + centre
+
+
+def _ridge_path(X: np.ndarray, Y: np.ndarray, alphas: Sequence[float]):
+    """Yield (alpha, coef, intercept) of scikit-learn's ``Ridge(alpha)`` for every penalty
+    from one SVD of the centred ``X``: ``coef = V diag(s / (s² + alpha)) U' Y``."""
+    xm, ym = X.mean(axis=0), Y.mean(axis=0)
+    U, s, Vt = np.linalg.svd(X - xm, full_matrices=False)
+    UtY = U.T @ (Y - ym)
+    for alpha in alphas:
+        coef = Vt.T @ ((s / (s**2 + alpha))[:, None] * UtY)
+        yield alpha, coef, ym - xm @ coef
+
+
+def _loso_prior_predictions(
+    X: np.ndarray, Y: np.ndarray, codes: np.ndarray, alphas: Sequence[float], clip: bool
+) -> dict[tuple[str, int, float], np.ndarray]:
+    """Leave-one-site-out predictions of every IQM-prior candidate (see :func:`_prior_fit`).
+
+    The same maps as :func:`_prior_fit`, computed without refitting per candidate: one SVD
+    per fold serves every penalty, and the site medians and means are the same in every fold
+    (a fold drops whole sites), so they are computed once.
+    """
+    labels = np.unique(codes)
+    site_x = np.stack([np.median(X[codes == j], axis=0) for j in labels])
+    site_y = np.stack([Y[codes == j].mean(axis=0) for j in labels])
+    preds = {("scan_ridge", 0, a): np.zeros_like(Y) for a in alphas}
+    preds |= {("site_pca_ridge", k, a): np.zeros_like(Y) for k in (1, 2, 3) for a in alphas}
+    for i, site in enumerate(labels):
+        te = codes == site
+        tr = ~te
+        held = X[te]
+        if clip:  # as at apply time: never extrapolate beyond the training IQM range
+            held = np.clip(held, X[tr].min(axis=0), X[tr].max(axis=0))
+        for alpha, coef, icpt in _ridge_path(X[tr], Y[tr], alphas):
+            preds[("scan_ridge", 0, alpha)][te] = held @ coef + icpt
+        others = np.arange(len(labels)) != i
+        sy = site_y[others]
+        centre = sy.mean(axis=0)
+        _, _, vt = np.linalg.svd(sy - centre, full_matrices=False)
+        comps = vt[:3]
+        # ridge fits each output on its own: the k-component map is the first k columns
+        for alpha, w, b in _ridge_path(site_x[others], (sy - centre) @ comps.T, alphas):
+            for ncomp in (1, 2, 3):
+                c = comps[:ncomp]
+                pred = held @ (w[:, :ncomp] @ c) + (b[:ncomp] @ c + centre)
+                preds[("site_pca_ridge", ncomp, alpha)][te] = pred
+    return preds
 
 
 def _posterior_gain(T: np.ndarray, S: np.ndarray, n: float) -> np.ndarray:
@@ -246,7 +304,16 @@ class NeuroHarmonizer(BaseEstimator):
         return given if given is not None else self.sex_mapping
 
     def fit(self, table: pd.DataFrame, site: str | Sequence = "site", sex_mapping=None):
-        """Fit on a multi-site table. ``site`` is a column name or one label per row."""
+        """Fit on a multi-site table. ``site`` is a column name or one label per row.
+
+        BLAS runs on one thread here: the fit is many small decompositions (a few per
+        leave-one-site-out fold), where threads cost more than they gain (10x slower on a busy
+        2-core machine), and one thread gives the same bits on every machine.
+        """
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(table, site, sex_mapping)
+
+    def _fit(self, table: pd.DataFrame, site, sex_mapping):
         self._validate_params()
         self.__dict__.pop("_gain_cache", None)  # gains of a previous fit are stale
         table = table.reset_index(drop=True)
@@ -254,6 +321,9 @@ class NeuroHarmonizer(BaseEstimator):
         prep = prepare(
             table, covariates=self.covariates, sex_mapping=self._sex_mapping(sex_mapping)
         )
+        problem = unusable_volume_problem(table, prep)
+        if problem is not None:
+            raise DataError(problem)
         missing_core = [c for c in F.CORE_IQMS if c not in prep.iqms.columns]
         if missing_core:
             raise DataError(
@@ -378,19 +448,11 @@ class NeuroHarmonizer(BaseEstimator):
         """
         folds = list(LeaveOneGroupOut().split(X, groups=codes))
         zero_mse = float(np.mean(Y**2))
-        candidates = [("scan_ridge", 0, a) for a in self.ridge_alphas]
-        candidates += [("site_pca_ridge", k, a) for k in (1, 2, 3) for a in self.ridge_alphas]
         scores = {}
         preds = {}
-        for cand in candidates:
-            pred = np.zeros_like(Y)
-            for tr, te in folds:
-                coef, icpt = _prior_fit(X[tr], Y[tr], codes[tr], cand)
-                # as at apply time: never extrapolate beyond the training IQM range
-                held = X[te]
-                if self.robust_iqms:
-                    held = np.clip(held, X[tr].min(axis=0), X[tr].max(axis=0))
-                pred[te] = held @ coef + icpt
+        for cand, pred in _loso_prior_predictions(
+            X, Y, codes, self.ridge_alphas, self.robust_iqms
+        ).items():
             key = f"{cand[0]}(k={cand[1]},alpha={cand[2]:g})"
             scores[key] = float(np.mean((pred - Y) ** 2))
             preds[key] = (cand, pred)
@@ -423,11 +485,19 @@ class NeuroHarmonizer(BaseEstimator):
 
     # ------------------------------------------------------------------ apply
     def _profile_pvalue(self, z: np.ndarray, regions: Sequence[str]) -> np.ndarray:
-        """Chi-square p-value of a scan's regional profile under the training distribution."""
-        idx = [self.regions_.index(r) for r in regions]
-        S = self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
-        sol = np.linalg.solve(S, z.T).T
-        return chi2.sf(np.einsum("ij,ij->i", z, sol), df=len(idx))
+        """Chi-square p-value of a scan's regional profile under the training distribution.
+
+        The inverse covariance is kept per region set: one matrix product per chunk of scans.
+        """
+
+        def make() -> np.ndarray:
+            idx = [self.regions_.index(r) for r in regions]
+            return np.linalg.inv(
+                self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
+            )
+
+        P = self._cached(("profile", tuple(regions)), make)
+        return chi2.sf(np.einsum("ij,ij->i", z @ P, z), df=len(regions))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
@@ -443,17 +513,13 @@ class NeuroHarmonizer(BaseEstimator):
         centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
         return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
 
-    def _clean_iqms(self, have: pd.DataFrame) -> pd.DataFrame:
+    def _iqm_never_negative(self, cols: Sequence[str]) -> np.ndarray:
         """MRIQC writes -1 when it cannot compute an IQM: missing, where -1 is impossible.
 
         An IQM whose training values are all >= 0 cannot be -1; IQMs that can be negative
         (kurtosis) keep the value.
         """
-        out = have.copy()
-        for c in out.columns:
-            if c in self.iqm_range_ and self.iqm_range_[c][0] >= 0:
-                out[c] = out[c].where(out[c] != -1.0)
-        return out
+        return np.array([self.iqm_range_[c][0] >= 0 for c in cols], dtype=bool)
 
     def _iqm_prior(self, prep: PreparedTable):
         """Per scan: prior location (all regions), confidence, IQMs used, OOD flags, IQMs missing.
@@ -462,12 +528,13 @@ class NeuroHarmonizer(BaseEstimator):
         IQM set to its training median and the confidence reduced by the share missing. More
         than ``MAX_MISSING_IQM_SHARE`` of the core IQMs missing: no IQM prior (profile only).
         """
-        have = self._clean_iqms(prep.iqms)
-        n = len(have)
+        n = len(prep.age)
         full = self.iqm_sets_["full"]
-        vals = np.column_stack(
-            [have[c].to_numpy(dtype=float) if c in have else np.full(n, np.nan) for c in full]
-        )
+        vals = np.full((n, len(full)), np.nan)
+        for j, c in enumerate(full):
+            if c in prep.iqms:
+                vals[:, j] = prep.iqms[c].to_numpy(dtype=float)
+        vals[(vals == -1.0) & self._iqm_never_negative(full)] = np.nan  # MRIQC's "not computed"
         missing = np.isnan(vals)
         core_idx = [full.index(c) for c in self.iqm_sets_["core"]]
         core_share = missing[:, core_idx].mean(axis=1)
@@ -481,15 +548,24 @@ class NeuroHarmonizer(BaseEstimator):
                 continue
             cols = self.iqm_sets_[set_name]
             idx = [full.index(c) for c in cols]
-            Xs = (iqm_transform(vals[np.ix_(rows, idx)]) - self.iqm_center_[idx]) / (
-                self.iqm_scale_[idx]
-            )
+            every = rows.all()  # the common case: every scan has every IQM (no masked copies)
+            if cols == full:
+                Xs = iqm_transform(vals if every else vals[rows])
+            else:
+                Xs = iqm_transform(vals[np.ix_(rows, idx)])
+            Xs -= self.iqm_center_[idx]  # in place: the same arithmetic, fewer temporaries
+            Xs /= self.iqm_scale_[idx]
             gone = np.isnan(Xs)
-            Xs = np.where(gone, 0.0, Xs)  # a missing IQM sits at the training median
+            Xs[gone] = 0.0  # a missing IQM sits at the training median
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
             held = np.clip(Xs, lo, hi) if self.robust_iqms else Xs
-            mu[rows] = held @ prior["coef"] + prior["intercept"]
+            loc = held @ prior["coef"]
+            loc += prior["intercept"]
+            if every:
+                mu = loc
+            else:
+                mu[rows] = loc
             dist = self._iqm_distance(Xs)
             conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0) * (
                 1.0 - gone.mean(axis=1)
@@ -527,9 +603,8 @@ class NeuroHarmonizer(BaseEstimator):
         ``cross_region``: region i's offset ignores region i, its homologue and ``flagged``;
         ``own_region``: it ignores only ``flagged``. Cached per region set and flag pattern.
         """
-        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
-        cache = self.__dict__.setdefault("_gain_cache", {})
-        if key not in cache:
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
             pos = {r: i for i, r in enumerate(regions)}
             exclude = []
             for i, r in enumerate(regions):
@@ -537,9 +612,19 @@ class NeuroHarmonizer(BaseEstimator):
                 if self.profile_update == "cross_region":
                     ex |= {i, pos.get(F.homologue(r), i)}
                 exclude.append(np.array(sorted(ex), dtype=int))
-            if len(cache) > 64:
-                cache.clear()
-            cache[key] = _masked_gain(T, S, exclude)
+            return _masked_gain(T, S, exclude)
+
+        key = (tuple(regions), self.profile_weight, self.profile_update, flagged)
+        return self._cached(key, make)
+
+    def _cached(self, key: tuple, make):
+        """Matrices derived from the fitted covariances, kept per key (``fit`` clears them);
+        at most ``GAIN_CACHE_SIZE``, the oldest dropped first."""
+        cache = self.__dict__.setdefault("_gain_cache", {})
+        if key not in cache:
+            while len(cache) >= GAIN_CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[key] = make()
         return cache[key]
 
     def transform(
@@ -558,32 +643,133 @@ class NeuroHarmonizer(BaseEstimator):
         the same index and the user's region column names, each harmonized volume's posterior
         standard deviation in mm³ (the uncertainty of the scanner correction; NaN where a scan
         was left unharmonized).
+
+        Rows go through in chunks of ``CHUNK_ROWS`` (whole sites on the joint path) written
+        into preallocated outputs: temporaries stay bounded and memory is the output alone.
         """
         check_is_fitted(self, "combat_")
-        table = table.reset_index(drop=True)
         present = [c for c in self.covariates if c in table.columns]
-        prep = prepare(
-            table,
-            regions=self.regions_,
-            covariates=present,
-            sex_mapping=self._sex_mapping(sex_mapping),
+        mapping = self._sex_mapping(sex_mapping)
+        rmap = check_table(table, regions=self.regions_, covariates=present)
+        regions = [r for r in self.regions_ if r in rmap]
+        cols = [rmap[r] for r in regions]
+        n = len(table)
+        harmonized = np.empty((n, len(regions)))
+        sd = np.empty((n, len(regions))) if return_sd else None
+        new = {
+            "nh_status": np.full(n, "harmonized", dtype=object),
+            "nh_confidence": np.zeros(n),
+            "nh_out_of_range": np.zeros(n, dtype=int),
+            "nh_out_of_range_features": np.full(n, "", dtype=object),
+            "nh_features_used": np.full(n, "", dtype=object),
+            "nh_n_regions": np.zeros(n, dtype=int),
+            "nh_regions_flagged": np.full(n, "", dtype=object),
+            "nh_iqms_missing": np.full(n, "", dtype=object),
+        }
+        fs_other = self._other_freesurfer_version(table)
+        persons = None if person_column is None else table[person_column].astype(str).to_numpy()
+        for rows, groups in self._row_chunks(table, site_column):
+            part = table.iloc[rows]  # a slice is a view; whole sites (joint path) a copy
+            try:
+                prep = prepare(
+                    part, regions=self.regions_, covariates=present, sex_mapping=mapping,
+                    checked=True,
+                )  # fmt: skip
+            except DataError:
+                # the first bad row of the whole table, numbered as in the user's table
+                prepare(table, regions=self.regions_, covariates=present, sex_mapping=mapping)
+                raise
+            res = self._harmonize_rows(
+                prep, regions, groups, None if persons is None else persons[rows], fs_other[rows],
+                want_sd=return_sd,
+            )  # fmt: skip
+            harmonized[rows] = res.pop("harmonized")
+            if sd is not None:
+                sd[rows] = res["sd"]
+            res.pop("sd")
+            for name, values in res.items():
+                new[name][rows] = values
+        out = _output_frame(table, cols, harmonized, new)
+        if sd is not None:
+            return out, pd.DataFrame(sd, columns=cols, index=out.index)
+        return out
+
+    def _row_chunks(self, table: pd.DataFrame, site_column: str | None):
+        """Yield (rows, groups): row positions of the table and, on the joint path, the
+        (site index per row, scans per site) of those rows; chunks hold whole sites."""
+        n = len(table)
+        if site_column is None:  # every scan on its own
+            for start in range(0, n, CHUNK_ROWS):
+                yield slice(start, min(start + CHUNK_ROWS, n)), None
+            return
+        _, gidx, counts = np.unique(
+            self._site_values(table, site_column), return_inverse=True, return_counts=True
         )
-        regions = [r for r in self.regions_ if r in prep.volumes]
+        gidx = np.asarray(gidx).ravel()
+        order = np.argsort(gidx, kind="stable")  # sites in turn, each in table order
+        ends = np.cumsum(counts)
+        start = 0
+        while start < n:
+            k = int(np.searchsorted(ends, start + CHUNK_ROWS, side="right"))
+            # as many whole sites as fit in a chunk, or one site larger than a chunk
+            stop = int(ends[k - 1]) if k and ends[k - 1] > start else int(ends[k])
+            rows = order[start:stop]
+            yield rows, (gidx[rows], counts)
+            start = stop
+
+    def _other_freesurfer_version(self, table: pd.DataFrame) -> np.ndarray:
+        """Per row: its FreeSurfer version column names another version than the model's."""
+        n = len(table)
+        if FS_VERSION_COLUMN not in table.columns or self.freesurfer_version_ is None:
+            return np.zeros(n, dtype=bool)
+        codes, uniq = pd.factorize(table[FS_VERSION_COLUMN])  # few versions: parse each once
+        other = [_major_minor(v) != self.freesurfer_version_ for v in uniq]
+        return np.append(np.asarray(other, dtype=bool), False)[codes]  # code -1 (missing): no
+
+    def _harmonize_rows(
+        self,
+        prep: PreparedTable,
+        regions: Sequence[str],
+        groups: tuple[np.ndarray, np.ndarray] | None,
+        persons: np.ndarray | None,
+        fs_version_other: np.ndarray,
+        want_sd: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Harmonized volumes, posterior SDs and flag columns of the rows of ``prep``.
+
+        ``groups``: None (each scan alone) or (site index per row, scans per site), with every
+        site's rows in ``prep``.
+        """
         ridx = [self.regions_.index(r) for r in regions]
         design = self._design(prep)
         c = self.combat_
         mean = c.alpha[ridx] + design @ c.beta[:, ridx]
         sigma = c.sigma[ridx]
-        z = (prep.volumes[regions].to_numpy() - mean) / sigma
+        raw = prep.volumes[regions].to_numpy()
+        # a missing, zero or negative volume (a structure not segmented) tells nothing about
+        # the scanner: flagged, ignored by the other regions, and written as it came
+        unusable = prep.unusable[regions].to_numpy()
+        any_unusable = unusable.any()
+        z = raw - mean  # in-place steps below: the same arithmetic, fewer temporaries
+        z /= sigma
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
-        mu = mu_all[:, ridx] * conf[:, None]
+        mu = mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]
+        mu *= conf[:, None]  # in place: mu_all is not used again
+        if any_unusable:
+            z[unusable] = mu[unusable]  # neutral: no deviation (and no NaN) to spread
         T1 = self.between_cov_[np.ix_(ridx, ridx)]
         S = self.within_cov_[np.ix_(ridx, ridx)]
         # a region far from the training norm (person and site variation together) is flagged
         # and ignored by every other region's offset estimate
-        far_region = np.abs(z - mu) / np.sqrt(np.diag(T1 + S)) > REGION_Z_LIMIT
+        dev = z - mu
+        np.abs(dev, out=dev)
+        dev /= np.sqrt(np.diag(T1 + S))
+        far_region = dev > REGION_Z_LIMIT
+        del dev
+        if any_unusable:
+            far_region |= unusable
         # pattern 0: nothing flagged (most scans, no sort); the others from flagged scans only
         patterns = np.zeros((1, len(regions)), dtype=bool)
         inverse = np.zeros(len(far_region), dtype=int)
@@ -599,31 +785,34 @@ class NeuroHarmonizer(BaseEstimator):
             keep = np.flatnonzero(~pattern)
             if rows.any() and len(keep):
                 sub = [regions[j] for j in keep]
-                broken[rows] = self._profile_pvalue(z[np.ix_(rows, keep)], sub) < limit
+                zk = z[rows] if len(keep) == len(regions) else z[np.ix_(rows, keep)]
+                broken[rows] = self._profile_pvalue(zk, sub) < limit
         gamma = np.empty_like(z)
-        var = np.empty_like(z)
-        scale = np.ones_like(z)
-        if site_column is None:  # every scan on its own
-            gidx, counts = np.arange(len(table)), np.ones(len(table), dtype=int)
+        var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
+        scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
+        if groups is None:
+            gidx, counts = np.arange(len(z)), np.ones(len(z), dtype=int)
         else:
-            groups = self._site_values(table, site_column)
-            _, gidx, counts = np.unique(groups, return_inverse=True, return_counts=True)
-            gidx = np.asarray(gidx).ravel()
+            gidx, counts = groups
         single = counts[gidx] == 1
         Tw = self.profile_weight * T1
         for k, pattern in enumerate(patterns):
             rows = single & (inverse == k)
-            if rows.any():
-                W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            if not rows.any():
+                continue
+            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            if rows.all():  # the common case: every row, no masked copies
+                gamma[:] = mu + (z - mu) @ W.T
+            else:
                 gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
+            if want_sd:
                 var[rows] = v
         a0, b0 = self.scale_prior_
-        persons = None if person_column is None else table[person_column].astype(str)
-        for j in np.flatnonzero(counts > 1):
+        for j in np.unique(gidx[~single]):
             rows = gidx == j
             zs, ms = z[rows], mu[rows]
             if persons is not None:  # one vote per person: a person's scans averaged first
-                key = persons[rows].to_numpy()
+                key = persons[rows]
                 zs = pd.DataFrame(zs).groupby(key, sort=True).mean().to_numpy()
                 ms = pd.DataFrame(ms).groupby(key, sort=True).mean().to_numpy()
             n = len(zs)
@@ -631,50 +820,58 @@ class NeuroHarmonizer(BaseEstimator):
             G = _posterior_gain(T1, S, n)
             g = mbar + G @ (zs.mean(0) - mbar)
             gamma[rows] = g
-            var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
+            if want_sd:
+                var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
             if n > 1:
                 ss = ((zs - g) ** 2).sum(0)
+                if scale is None:
+                    scale = np.ones_like(z)
                 scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
-        raw = prep.volumes[regions].to_numpy()
-        harmonized = mean + sigma * (z - gamma) / scale
-        sd = sigma * np.sqrt(var) / scale
-        # a profile broken as a whole (failed segmentation, other software) is left raw
-        harmonized[broken] = raw[broken]
-        sd[broken] = np.nan
-        cols = [prep.region_columns[r] for r in regions]
-        out = table.copy()
-        out[cols] = harmonized
+        harmonized = z - gamma  # mean + sigma * (z - gamma) / scale, in place
+        harmonized *= sigma
+        if scale is not None:
+            harmonized /= scale
+        harmonized += mean
+        # a volume cannot be negative: a tiny structure the correction would take to <= 0
+        # mm³ is left raw and flagged, as is an unusable one; a profile broken as a whole
+        # (failed segmentation, other software) is left raw entirely
+        with np.errstate(invalid="ignore"):
+            left_raw = unusable | (harmonized <= 0)
+        left_raw[broken] = True
+        if left_raw.any():
+            harmonized[left_raw] = raw[left_raw]
+            far_region |= left_raw & ~broken[:, None]
+        sd = None
+        if want_sd:
+            sd = sigma * np.sqrt(var)
+            if scale is not None:
+                sd /= scale
+            sd[left_raw] = np.nan
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
-        fs_other = np.zeros(len(table), dtype=bool)
-        if FS_VERSION_COLUMN in table.columns and self.freesurfer_version_ is not None:
-            found = table[FS_VERSION_COLUMN]
-            fs_other = (
-                found.notna() & (found.map(_major_minor) != self.freesurfer_version_)
-            ).to_numpy() & single
+        fs_other = fs_version_other & single
         # out-of-range flags, vectorized over scans: one boolean column per feature
         names = [*self.iqms_, "age", "eTIV", "regional_profile", "freesurfer_version"]
-        etiv_out = np.zeros(len(table), dtype=bool)
+        etiv_out = np.zeros(len(z), dtype=bool)
         if self.etiv_range_ is not None and prep.etiv is not None:
             etiv_out = (prep.etiv < self.etiv_range_[0]) | (prep.etiv > self.etiv_range_[1])
         age_out = (prep.age < self.age_range_[0]) | (prep.age > self.age_range_[1])
         flagged = np.column_stack([ood, age_out, etiv_out, broken, fs_other])
-        new = pd.DataFrame(
-            {
-                "nh_status": np.where(broken, "unharmonized", "harmonized"),
-                "nh_confidence": np.where(broken, 0.0, np.round(conf, 4)),
-                "nh_out_of_range": flagged.any(axis=1).astype(int),
-                "nh_out_of_range_features": _join_names(flagged, names),
-                "nh_features_used": used,
-                "nh_n_regions": np.where(broken, 0, len(regions)),
-                "nh_regions_flagged": _join_names(far_region, cols),
-                "nh_iqms_missing": iqms_missing,
-            }
-        )
-        out = pd.concat([out.drop(columns=[c for c in FLAG_COLUMNS if c in out]), new], axis=1)
-        if return_sd:
-            return out, pd.DataFrame(sd, columns=cols, index=out.index)
-        return out
+        status = np.full(len(z), "harmonized", dtype=object)
+        status[broken] = "unharmonized"
+        cols = [prep.region_columns[r] for r in regions]
+        return {
+            "harmonized": harmonized,
+            "sd": sd,
+            "nh_status": status,
+            "nh_confidence": np.where(broken, 0.0, np.round(conf, 4)),
+            "nh_out_of_range": flagged.any(axis=1),
+            "nh_out_of_range_features": _join_names(flagged, names),
+            "nh_features_used": used,
+            "nh_n_regions": len(regions) - left_raw.sum(axis=1),
+            "nh_regions_flagged": _join_names(far_region, cols),
+            "nh_iqms_missing": iqms_missing,
+        }
 
     def scanner_uncertainty(self, n_scans: int) -> pd.DataFrame:
         """Posterior SD of a scanner's correction per region once ``n_scans`` of it are seen.
@@ -689,17 +886,34 @@ class NeuroHarmonizer(BaseEstimator):
         if int(n_scans) == 1:
             _, var = self._single_scan_gain(self.regions_, self.profile_weight * T, S, ())
         else:
-            var = np.maximum(np.diag(T - _posterior_gain(T, S, int(n_scans)) @ T), 0.0)
+            var = self._joint_variance(int(n_scans))
         sd = self.combat_.sigma * np.sqrt(var)
         return pd.DataFrame(
             {"sd_mm3": sd, "sd_pct": 100.0 * sd / np.abs(self.combat_.alpha)}, index=self.regions_
         )
+
+    def _joint_variance(self, n: int) -> np.ndarray:
+        """``diag(T - T (T + S/n)^-1 T)`` for any ``n`` from one eigendecomposition (no solve).
+
+        The generalized eigenproblem ``T V = S V diag(w)`` with ``V' S V = I`` diagonalizes
+        both: with ``B = S V``, ``T = B diag(w) B'`` and ``S = B B'``, so the posterior
+        covariance of a scanner seen ``n`` times is ``B diag(w / (1 + n w)) B'``.
+        """
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            w, V = eigh(self.between_cov_, self.within_cov_)
+            return np.maximum(w, 0.0), (self.within_cov_ @ V) ** 2
+
+        w, B2 = self._cached(("joint_eig",), make)
+        return B2 @ (w / (1.0 + n * w))
 
     def scans_to_halve(self, n_scans: int, limit: int = 100_000) -> int | None:
         """How many more scans of one scanner halve its correction's uncertainty.
 
         Uncertainty is the median over regions of the posterior SD (as in
         :meth:`scanner_uncertainty`); ``None`` if even ``limit`` scans would not halve it.
+        Each count costs one matrix-vector product (:meth:`_joint_variance`), so the search
+        over counts is cheap.
         """
 
         def median_sd(n: int) -> float:
@@ -737,6 +951,30 @@ class NeuroHarmonizer(BaseEstimator):
         return pd.DataFrame(
             {"mean": mean, "lower": mean - half, "upper": mean + half}, index=self.regions_
         )
+
+
+def _output_frame(
+    table: pd.DataFrame, cols: Sequence[str], harmonized: np.ndarray, new: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """The user's table with ``cols`` set to ``harmonized`` and the ``nh_*`` columns appended.
+
+    One copy of the table, written in place (no per-column replacement or concatenation,
+    each of which would copy it again); the index is reset as by ``reset_index(drop=True)``.
+    """
+    old = [c for c in FLAG_COLUMNS if c in table.columns]
+    out = table.drop(columns=old) if old else table.copy()
+    out.index = pd.RangeIndex(len(out))
+    pos = out.columns.get_indexer(cols)
+    is_float = (out.dtypes.iloc[pos] == np.float64).to_numpy()
+    if not is_float.all():  # volumes given as integers or text become floats, as harmonized
+        out[[cols[j] for j in np.flatnonzero(~is_float)]] = harmonized[:, ~is_float]
+    if is_float.all():  # (a masked selection would copy the whole array)
+        out.iloc[:, pos] = harmonized
+    elif is_float.any():
+        out.iloc[:, pos[is_float]] = harmonized[:, is_float]
+    for name, values in new.items():
+        out[name] = values
+    return out
 
 
 def _join_names(flags: np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -38,6 +38,7 @@ class PreparedTable:
     """Numeric views of a validated table, keyed by canonical names."""
 
     volumes: pd.DataFrame  # canonical region names → float
+    unusable: pd.DataFrame  # same columns → True where the volume is missing or not positive
     region_columns: dict[str, str]  # canonical → name in the user's table
     iqms: pd.DataFrame  # MRIQC IQM names → float (NaN where missing)
     iqm_columns: dict[str, str]
@@ -62,6 +63,11 @@ def _cell_problems(
         suspect = np.flatnonzero((values.isna() & column.notna()).to_numpy())
         text = column.iloc[suspect].astype(str).str.strip().str.lower()
         bad_text = suspect[~text.isin(["", "n/a", "nan", "na"]).to_numpy()]
+    if not len(bad_text):
+        # a finite sum means every cell is finite: one pass settles most columns
+        total = arr.sum()
+        if np.isfinite(total) or (allow_missing and not np.isinf(arr).any()):
+            return arr, problems
     for pos in bad_text:
         problems[int(pos)] = (
             f"column {col!r}, {row_label(table, pos)}: {table[col].iloc[pos]!r} is not a "
@@ -149,25 +155,16 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
         for pos, text in found.items():
             problems.setdefault(pos, []).append(text)
 
-    vols = {}
-    nonpositive: dict[int, list[str]] = {}
+    # an empty, zero or negative volume (a structure FreeSurfer did not segment) is not the
+    # scan's problem: the model flags that region and harmonizes the others (unusable)
+    vols, unusable = {}, {}
     for canon, col in rmap.items():
-        arr, found = _cell_problems(table, col)
+        arr, found = _cell_problems(table, col, allow_missing=True)
         add(found)
         zero_ok = any(z in canon for z in ZERO_ALLOWED)
         with np.errstate(invalid="ignore"):
-            bad = (arr < 0 if zero_ok else arr <= 0) & np.isfinite(arr)
-        for pos in np.flatnonzero(bad):
-            nonpositive.setdefault(int(pos), []).append(f"{col!r} = {arr[pos]:g} mm³")
+            unusable[canon] = np.isnan(arr) | (arr < 0 if zero_ok else arr <= 0)
         vols[canon] = arr
-    for pos, cells in nonpositive.items():
-        add(
-            {
-                pos: f"{row_label(table, pos)}: volume is not positive in column(s) "
-                f"{', '.join(cells)}; a zero or negative volume means a failed FreeSurfer "
-                "segmentation — rerun FreeSurfer for this scan or leave it out"
-            }
-        )
     iqms = {}
     for name, col in iqm_columns(list(table.columns)).items():
         iqms[name], found = _cell_problems(table, col, allow_missing=True)
@@ -191,7 +188,25 @@ def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
         add(found)
         with np.errstate(invalid="ignore"):
             add(_range_problems(table, etiv_col, etiv, etiv <= 0, "is not a positive eTIV"))
-    return vols, iqms, age, sex, etiv, problems
+    return vols, unusable, iqms, age, sex, etiv, problems
+
+
+def unusable_volume_problem(table: pd.DataFrame, prep: PreparedTable) -> str | None:
+    """Why the first row with an empty, zero or negative volume cannot be used (None if none):
+    training needs every region of every scan."""
+    bad = prep.unusable.to_numpy()
+    if not bad.any():
+        return None
+    pos = int(np.flatnonzero(bad.any(axis=1))[0])
+    cells = [
+        f"{prep.region_columns[r]!r} = {prep.volumes[r].iloc[pos]:g} mm³"
+        for r in prep.unusable.columns[bad[pos]]
+    ]
+    return (
+        f"{row_label(table, pos)}: volume missing or not positive in column(s) "
+        f"{', '.join(cells)}; a model is trained on complete segmentations only: rerun "
+        "FreeSurfer for this scan or leave it out"
+    )
 
 
 def row_problems(
@@ -204,9 +219,7 @@ def row_problems(
 
     Lets a caller (the BIDS App) set bad scans aside and harmonize the rest.
     """
-    table = table.reset_index(drop=True)
-    rmap = _restrict(region_columns(list(table.columns)), regions)
-    _check_columns(table, rmap, require_regions=False, covariates=())
+    rmap = check_table(table, regions=regions, require_regions=False)
     *_, problems = _parse_rows(table, rmap, sex_mapping)
     return {pos: "; ".join(items) for pos, items in sorted(problems.items())}
 
@@ -222,26 +235,51 @@ def prepare(
     covariates: Sequence[str] = (),
     sex_mapping: Mapping[str, str] | None = None,
     require_regions: bool = True,
+    checked: bool = False,
 ) -> PreparedTable:
     """Validate ``table`` and return canonical numeric views; refuse it at the first bad row.
 
     ``regions`` restricts the volumes to a model's regions (any present subset is used).
+    ``checked``: :func:`check_table` already passed on the table these rows come from (row
+    chunks), so only the rows are validated.
     """
-    table = table.reset_index(drop=True)
-    rmap = _restrict(region_columns(list(table.columns)), regions)
-    _check_columns(table, rmap, require_regions, covariates)
-    vols, iqms, age, sex, etiv, problems = _parse_rows(table, rmap, sex_mapping)
+    # rows are addressed by position throughout: no reset_index (a copy of the whole table)
+    if checked:
+        rmap = _restrict(region_columns(list(table.columns)), regions)
+    else:
+        rmap = check_table(
+            table, regions=regions, covariates=covariates, require_regions=require_regions
+        )
+    vols, unusable, iqms, age, sex, etiv, problems = _parse_rows(table, rmap, sex_mapping)
     if problems:
         first = min(problems)
         more = f" ({len(problems) - 1} more row(s) have problems)" if len(problems) > 1 else ""
         raise DataError(problems[first][0] + more)
     return PreparedTable(
         volumes=pd.DataFrame(vols),
+        unusable=pd.DataFrame(unusable, columns=list(vols)),
         region_columns=rmap,
         iqms=pd.DataFrame(iqms, index=range(len(table))),
         iqm_columns=iqm_columns(list(table.columns)),
         age=age,
         sex=sex,
         etiv=etiv,
-        covariates=table[list(covariates)].copy(),
+        covariates=table[list(covariates)].reset_index(drop=True),
     )
+
+
+def check_table(
+    table: pd.DataFrame,
+    *,
+    regions: Sequence[str] | None = None,
+    covariates: Sequence[str] = (),
+    require_regions: bool = True,
+) -> dict[str, str]:
+    """Problems of the whole table (no rows, repeated scans, missing columns); the region map.
+
+    Done once per table, so that a caller preparing it in row chunks (``checked=True``) does
+    not repeat them per chunk.
+    """
+    rmap = _restrict(region_columns(list(table.columns)), regions)
+    _check_columns(table, rmap, require_regions, covariates)
+    return rmap

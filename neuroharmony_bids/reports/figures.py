@@ -143,16 +143,19 @@ def site_mean_z(table: pd.DataFrame, regions: Sequence[str], sites: pd.Series) -
     x = _covariate_matrix(table)
     values = table[list(regions)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
     z = np.full_like(values, np.nan)
-    for j in range(values.shape[1]):
-        y = values[:, j]
-        ok = np.isfinite(y)
-        if ok.sum() <= x.shape[1]:
+    finite = np.isfinite(values)
+    complete = finite.all(axis=0)  # regions without a gap: one least-squares solve for all
+    groups = [(np.flatnonzero(complete), np.ones(len(values), dtype=bool))]
+    groups += [(np.array([j]), finite[:, j]) for j in np.flatnonzero(~complete)]
+    for cols, ok in groups:
+        if not len(cols) or ok.sum() <= x.shape[1]:
             continue
+        y = values[:, cols]
         beta, *_ = np.linalg.lstsq(x[ok], y[ok], rcond=None)
         resid = y - x @ beta
-        sd = np.nanstd(resid[ok], ddof=1)
-        if sd > 0:
-            z[:, j] = resid / sd
+        sd = np.nanstd(resid[ok], axis=0, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z[:, cols] = np.where(sd > 0, resid / sd, np.nan)
     frame = pd.DataFrame(z, columns=list(regions), index=table.index)
     return frame.groupby(sites.to_numpy()).mean()
 
@@ -203,12 +206,13 @@ def key_region_boxplots(
     axes = np.atleast_1d(fig.subplots(nrows, 1, squeeze=False)[:, 0])
     margins(fig, nrows, 1, left=0.9, right=0.2, top=0.3, bottom=tick_space, hgap=tick_space + 0.3)
     pos = np.arange(len(order), dtype=float)
+    site_v = sites.astype(str).to_numpy()
     for ax, label in zip(axes, labels, strict=False):
         for shift, series, colour in (
             (-0.2, raw[label], RAW_COLOUR),
             (0.2, harm[label], HARM_COLOUR),
         ):
-            data = [series[sites.astype(str).to_numpy() == s].dropna().to_numpy() for s in order]
+            data = [series[site_v == s].dropna().to_numpy() for s in order]
             keep = [i for i, d in enumerate(data) if len(d)]
             bp = ax.boxplot(
                 [data[i] for i in keep],

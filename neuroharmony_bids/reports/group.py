@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from neuroharmony_bids.atomic import write_text
 from neuroharmony_bids.bids.layout import scanner_site
@@ -34,8 +35,10 @@ AUC_MAX_PER_SITE = 50
 AUC_SEED = 0
 
 
-def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
-    """The site of each scan and how it was found (a ``site`` column, else scanner metadata)."""
+def shown_sites(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The site the report shows for each scan, and how it was found: the table's ``site``
+    column (the group level filled it by ``workflows.group.site_labels``), else the scanner
+    (``bids.layout.scanner_site``, the one site-from-scanner rule); missing = ``unknown``."""
     if "site" in table_ and table_["site"].notna().any():
         return table_["site"].fillna("unknown").astype(str), "the table's 'site' column"
     labels, source = scanner_site(table_)
@@ -44,8 +47,12 @@ def site_labels(table_: pd.DataFrame) -> tuple[pd.Series | None, str]:
     return None, "no 'site' column and " + source
 
 
-def region_columns(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> list[str]:
-    """Region columns present in both tables that the model harmonizes (user's spelling)."""
+def shown_regions(raw: pd.DataFrame, harmonized: pd.DataFrame, model: Any) -> list[str]:
+    """The regions the report shows: columns of both tables that the model harmonizes, in
+    the user's spelling (FreeSurfer 6 or 7), eTIV left out (it scales, it is not compared).
+
+    Not :func:`neuroharmony_bids.harmonize.table.region_columns`, which maps each model region
+    to the user's column for harmonizing."""
     known = list(getattr(model, "regions_", None) or NEUROHARMONY_REGIONS)
     known_set = {canonical_region(r) for r in known}
     return [
@@ -441,6 +448,7 @@ def _uncertainty_section(model: Any, sites: pd.Series | None) -> Section:
     return Section("uncertainty", title, "\n".join(body))
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # small matrices: threads only cost (metrics)
 def build_group_report(
     raw: pd.DataFrame,
     harmonized: pd.DataFrame,
@@ -454,10 +462,10 @@ def build_group_report(
     ``drift``: a :class:`~neuroharmony_bids.harmonize.drift.DriftReport` for this dataset.
     """
     raw, harmonized = _align(raw, harmonized)
-    regions = region_columns(raw, harmonized, model)
-    sites, site_source = site_labels(raw)
+    regions = shown_regions(raw, harmonized, model)
+    sites, site_source = shown_sites(raw)
     if sites is None:
-        sites, site_source = site_labels(harmonized)
+        sites, site_source = shown_sites(harmonized)
     model_regions = {canonical_region(r) for r in (getattr(model, "regions_", None) or [])}
     use_total = "TotalGrayVol" in model_regions or (
         "TotalGrayVol" in raw
@@ -498,4 +506,4 @@ def write_group_report(
     return write_text(path, build_group_report(raw, harmonized, model, failed, model_info, drift))
 
 
-__all__ = ["build_group_report", "esc", "site_labels", "write_group_report"]
+__all__ = ["build_group_report", "esc", "shown_sites", "write_group_report"]

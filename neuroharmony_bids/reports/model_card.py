@@ -91,3 +91,33 @@ def model_card_text(
         "",
     ]
     return "\n".join(lines)
+
+
+def save_with_card(
+    model: Any,
+    path: Path,
+    table: pd.DataFrame,
+    *,
+    dataset_name: str,
+    bids_dir: os.PathLike | str,
+    site_source: str,
+) -> dict[str, Path]:
+    """Save ``model`` at ``path`` and its Markdown card beside it (``<stem>_card.md``).
+
+    The model file's metadata names the dataset and where sites came from, so that
+    ``neuroharmony info`` and the reports of later runs can say what the model was trained on.
+    """
+    from neuroharmony_bids.atomic import write_text
+    from neuroharmony_bids.harmonize.io import save_model
+
+    metadata = {
+        "name": path.stem.replace("_", "-"),
+        "description": "Dataset-specific model trained by neuroharmony-bids group --train on "
+        f"{dataset_name}",
+        "training_dataset": dataset_name,
+        "site_from": site_source,
+    }
+    sha = save_model(model, path, metadata=metadata)
+    card = path.with_name(path.stem + "_card.md")
+    write_text(card, model_card_text(path, sha, model, table, bids_dir, site_source))
+    return {"model": path, "model_card": card}
