@@ -3,7 +3,8 @@
 
 Builds a BIDS dataset from resampled rows of the shared ABIDE table (tiny placeholder T1w
 images, FreeSurfer stats and MRIQC JSONs rendered in their real layouts; about 1 % of ABIDE
-rows have a failed parcellation and are reported as failed scans), then times
+rows have one region at 0 mm³, a partly failed parcellation: since this round such a scan is
+harmonized with that region flagged, before it was a failed scan), then times
 ``neuroharmony-bids bids out participant`` and ``... group`` exactly as a user runs them
 (BIDS validation included unless --skip-validation). Target (issue 15): participant +
 group under 40 s for 5,000 scans on 2 cores, the validator's own run excluded; validation runs
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"harmonized tables written:    {n_out}; failed scans reported: {n_failed} "
-        "(ABIDE rows with a 0 mm^3 region: failed parcellations, exit 1 by design)"
+        "(ABIDE rows with a 0 mm^3 region are harmonized with that region flagged; code "
+        "before this round refused them, exit 1)"
     )
     for label, line in compared.items():
         print(f"group report alone, {label}: {line}")
