@@ -54,8 +54,8 @@ def shared_table() -> pd.DataFrame | None:
 def make_dataset(root: Path, table: pd.DataFrame, n: int = 3, seed: int = 0):
     """A BIDS dataset with FreeSurfer/MRIQC derivatives from ``n`` ABIDE rows.
 
-    Rows with a zero/negative volume (failed segmentations in ABIDE, refused by design) are
-    left out so that a scan fails only where a scenario breaks it on purpose.
+    Rows with a zero/negative volume (partly failed segmentations in ABIDE, harmonized with
+    that region flagged) are left out so that every flag comes from a scenario on purpose.
     """
     return build_bids_dataset(root, abide_rows(usable_rows(table), n, seed=seed))
 
