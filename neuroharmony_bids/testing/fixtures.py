@@ -28,6 +28,7 @@ import pandas as pd
 
 from neuroharmony_bids.atomic import write_bytes, write_table, write_text
 from neuroharmony_bids.harmonize.features import canonical_region
+from neuroharmony_bids.harmonize.table import ZERO_ALLOWED
 from neuroharmony_bids.harmonize.table import iqm_columns as _core_iqm_columns
 from neuroharmony_bids.io.freesurfer_stats import ASEG_TABLE
 from neuroharmony_bids.testing.freesurfer_outputs import write_subject_stats
@@ -305,15 +306,15 @@ def _derivative_description(path: Path, name: str, version: str) -> None:
 
 def failed_parcellation(rows: pd.DataFrame) -> pd.Series:
     """Rows with a zero/negative or missing Desikan-Killiany or aseg volume of the Neuroharmony
-    set (failed FreeSurfer runs: ABIDE has a few; the app reports them as failed scans)."""
+    set (failed FreeSurfer runs: ABIDE has a few; the app harmonizes such a scan with those
+    regions flagged, and training refuses it). Zero is allowed where the core allows it."""
     from neuroharmony_bids.harmonize.features import NEUROHARMONY_REGIONS
 
     cols = [c for c in rows.columns if canonical_region(c) in set(NEUROHARMONY_REGIONS)]
-    zero_ok = ("Inf-Lat-Vent", "vessel", "hypointensities", "5th-Ventricle", "choroid-plexus")
     bad = pd.Series(False, index=rows.index)
     for c in cols:
         vals = pd.to_numeric(rows[c], errors="coerce")
-        limit = vals < 0 if any(z in c for z in zero_ok) else vals <= 0
+        limit = vals < 0 if any(z in c for z in ZERO_ALLOWED) else vals <= 0
         bad |= vals.isna() | limit
     return bad
 
