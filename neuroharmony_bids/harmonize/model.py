@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,8 @@ from neuroharmony_bids.harmonize import features as F
 from neuroharmony_bids.harmonize.combat import check_design, fit_combat
 from neuroharmony_bids.harmonize.table import (
     PreparedTable,
+    RowReader,
+    ScanFields,
     check_table,
     prepare,
     row_label,
@@ -62,9 +65,13 @@ MAX_FLAGGED_SHARE = 0.25
 MAX_MISSING_IQM_SHARE = 0.25
 PROFILE_UPDATES = ("cross_region", "own_region")
 FLAG_COLUMNS = F.FLAG_COLUMNS
-#: Rows harmonized at a time. Single-scan rows are independent, so a chunk's temporaries (a
-#: few rows × regions float arrays, about 3 MiB) stay cache-sized whatever the table size.
+#: Rows harmonized at a time, at most. Single-scan rows are independent, so a chunk's
+#: temporaries (a few rows × regions float arrays, about 3 MiB) stay bounded whatever the table
+#: size. A table of fewer than ``CHUNKS_PER_TABLE * CHUNK_ROWS`` rows goes in that many chunks
+#: (of at least ``MIN_CHUNK_ROWS``), so the working memory stays small beside its output.
 CHUNK_ROWS = 4096
+CHUNKS_PER_TABLE = 16
+MIN_CHUNK_ROWS = 128
 #: Gains kept per model (one per region set and flagged-region pattern, 80 kB each).
 GAIN_CACHE_SIZE = 128
 
@@ -73,8 +80,7 @@ def iqm_transform(x: np.ndarray) -> np.ndarray:
     """Signed log: IQMs span orders of magnitude and MRIQC releases rescale some of them."""
     out = np.abs(x)
     np.log1p(out, out=out)
-    out *= np.sign(x)
-    return out
+    return np.copysign(out, x, out=out)  # sign(x) * out, one pass (x = -0.0 gives -0.0)
 
 
 def _ridge_fit(X: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +186,16 @@ def _masked_gain(
     return W, np.maximum(var, 0.0)
 
 
+@dataclass(frozen=True)
+class ValidRows:
+    """What :meth:`NeuroHarmonizer.transform_valid` returns."""
+
+    harmonized: pd.DataFrame  # the valid rows as transform outputs them (index 0..k-1)
+    sd: pd.DataFrame | None  # their posterior SDs (return_sd), same index
+    rows: np.ndarray  # 0-based position in the input table of each harmonized row
+    refused: dict[int, str]  # 0-based row of the input → why it was refused
+
+
 class NeuroHarmonizer(BaseEstimator):
     """IQM- and profile-driven ComBat-supervised harmonizer (scikit-learn conventions).
 
@@ -272,7 +288,7 @@ class NeuroHarmonizer(BaseEstimator):
             names += [f"{cov}[{lev}]" for lev in levels[1:]]
         return encoding, names
 
-    def _design(self, prep: PreparedTable) -> np.ndarray:
+    def _design(self, prep: PreparedTable | ScanFields) -> np.ndarray:
         """Covariate design (no intercept) from the fitted encodings; writes no state."""
         age = (prep.age - AGE_CENTER) / 10.0
         cols = [age, age**2, F.sex_to_float(prep.sex)]
@@ -501,17 +517,30 @@ class NeuroHarmonizer(BaseEstimator):
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
-        if self.robust_iqms:
-            return np.max(np.abs(xs), axis=1)
+        if self.robust_iqms:  # max |x| = max(max x, -min x), exactly, without a temporary
+            return np.maximum(xs.max(axis=1), -xs.min(axis=1))
         return np.sqrt(np.mean(xs**2, axis=1))
 
     def _iqm_zrange(self, cols: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Training range of the IQMs ``cols`` in the prior's robust-z units."""
-        idx = [self.iqms_.index(c) for c in cols]
-        lo = np.array([self.iqm_range_[c][0] for c in cols])
-        hi = np.array([self.iqm_range_[c][1] for c in cols])
-        centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
-        return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            idx = [self.iqms_.index(c) for c in cols]
+            lo = np.array([self.iqm_range_[c][0] for c in cols])
+            hi = np.array([self.iqm_range_[c][1] for c in cols])
+            centre, scale = self.iqm_center_[idx], self.iqm_scale_[idx]
+            return (iqm_transform(lo) - centre) / scale, (iqm_transform(hi) - centre) / scale
+
+        return self._cached(("zrange", tuple(cols)), make)
+
+    def _iqm_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training range of every model IQM (raw units), for the out-of-range flags."""
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            lo = np.array([self.iqm_range_[c][0] for c in self.iqms_])
+            return lo, np.array([self.iqm_range_[c][1] for c in self.iqms_])
+
+        return self._cached(("iqm_bounds",), make)
 
     def _iqm_never_negative(self, cols: Sequence[str]) -> np.ndarray:
         """MRIQC writes -1 when it cannot compute an IQM: missing, where -1 is impossible.
@@ -521,65 +550,82 @@ class NeuroHarmonizer(BaseEstimator):
         """
         return np.array([self.iqm_range_[c][0] >= 0 for c in cols], dtype=bool)
 
-    def _iqm_prior(self, prep: PreparedTable):
+    def _iqm_prior(self, vals: np.ndarray):
         """Per scan: prior location (all regions), confidence, IQMs used, OOD flags, IQMs missing.
 
+        ``vals``: the model's IQMs (``iqms_`` order, NaN where missing), changed in place.
         All the model's IQMs present: the full prior. Otherwise the core prior with each missing
         IQM set to its training median and the confidence reduced by the share missing. More
         than ``MAX_MISSING_IQM_SHARE`` of the core IQMs missing: no IQM prior (profile only).
         """
-        n = len(prep.age)
+        n = len(vals)
         full = self.iqm_sets_["full"]
-        vals = np.full((n, len(full)), np.nan)
-        for j, c in enumerate(full):
-            if c in prep.iqms:
-                vals[:, j] = prep.iqms[c].to_numpy(dtype=float)
-        vals[(vals == -1.0) & self._iqm_never_negative(full)] = np.nan  # MRIQC's "not computed"
+        core = self.iqm_sets_["core"]
+        minus = vals == -1.0
+        if minus.any():  # MRIQC's "not computed", where -1 is impossible
+            minus &= self._iqm_never_negative(full)
+            vals[minus] = np.nan
+        del minus
         missing = np.isnan(vals)
-        core_idx = [full.index(c) for c in self.iqm_sets_["core"]]
-        core_share = missing[:, core_idx].mean(axis=1)
-        use_full = ~missing.any(axis=1)
-        use_core = ~use_full & (core_share <= MAX_MISSING_IQM_SHARE)
-        mu = np.zeros((n, len(self.regions_)))
+        if missing.any():
+            core_idx = [full.index(c) for c in core]
+            core_share = missing[:, core_idx].mean(axis=1)
+            use_full = ~missing.any(axis=1)
+            use_core = ~use_full & (core_share <= MAX_MISSING_IQM_SHARE)
+            # named as missing: the model's core IQMs the scan lacks (all used when present)
+            iqms_missing = _join_names(missing[:, core_idx], core)
+        else:  # the common case: no masks, no per-scan lists (a scalar fills every row)
+            use_full, use_core, iqms_missing = None, None, ""
+        mu = None
         conf = np.zeros(n)
-        used = np.full(n, "", dtype=object)
-        for set_name, rows in (("full", use_full), ("core", use_core)):
-            if not rows.any():
+        used: np.ndarray | str = "" if use_full is None else np.full(n, "", dtype=object)
+        sets = (
+            [("full", use_full)] if use_full is None else [("full", use_full), ("core", use_core)]
+        )
+        for set_name, rows in sets:
+            if rows is not None and not rows.any():
                 continue
             cols = self.iqm_sets_[set_name]
             idx = [full.index(c) for c in cols]
-            every = rows.all()  # the common case: every scan has every IQM (no masked copies)
+            every = rows is None or rows.all()  # every scan has every IQM (no masked copies)
             if cols == full:
                 Xs = iqm_transform(vals if every else vals[rows])
             else:
                 Xs = iqm_transform(vals[np.ix_(rows, idx)])
             Xs -= self.iqm_center_[idx]  # in place: the same arithmetic, fewer temporaries
             Xs /= self.iqm_scale_[idx]
-            gone = np.isnan(Xs)
-            Xs[gone] = 0.0  # a missing IQM sits at the training median
+            gone = np.isnan(Xs) if rows is not None else None
+            if gone is not None:
+                Xs[gone] = 0.0  # a missing IQM sits at the training median
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
             held = np.clip(Xs, lo, hi) if self.robust_iqms else Xs
             loc = held @ prior["coef"]
             loc += prior["intercept"]
+            del held
             if every:
                 mu = loc
             else:
+                if mu is None:
+                    mu = np.zeros((n, len(self.regions_)))
                 mu[rows] = loc
             dist = self._iqm_distance(Xs)
-            conf[rows] = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0) * (
-                1.0 - gone.mean(axis=1)
-            )
+            c = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0)
+            if gone is None:  # (multiplying by 1 - 0 is exact: skipped)
+                conf = c
+                used = ";".join(cols)
+                continue
+            conf[rows] = c * (1.0 - gone.mean(axis=1))
             used[rows] = ";".join(cols)
             if gone.any():  # per-scan lists only for the scans missing some of this set
                 part = np.flatnonzero(rows)[gone.any(axis=1)]
                 used[part] = _join_names(~gone[gone.any(axis=1)], cols)
-        # named as missing: the model's core IQMs the scan lacks (all of them used when present)
-        iqms_missing = _join_names(missing[:, core_idx], self.iqm_sets_["core"])
-        lo = np.array([self.iqm_range_[c][0] for c in full])
-        hi = np.array([self.iqm_range_[c][1] for c in full])
+        if mu is None:
+            mu = np.zeros((n, len(self.regions_)))
+        lo, hi = self._iqm_bounds()
         with np.errstate(invalid="ignore"):
-            ood = (vals < lo) | (vals > hi)
+            ood = vals < lo
+            ood |= vals > hi
         return mu, conf, used, ood, iqms_missing
 
     def invalid_rows(
@@ -642,20 +688,62 @@ class NeuroHarmonizer(BaseEstimator):
         a site with one scan is a single scan). With ``return_sd`` also return, in a frame with
         the same index and the user's region column names, each harmonized volume's posterior
         standard deviation in mm³ (the uncertainty of the scanner correction; NaN where a scan
-        was left unharmonized).
+        was left unharmonized). A bad row refuses the whole table, naming the first one; to
+        set bad rows aside instead, see :meth:`transform_valid`.
 
-        Rows go through in chunks of ``CHUNK_ROWS`` (whole sites on the joint path) written
-        into preallocated outputs: temporaries stay bounded and memory is the output alone.
+        Rows go through in chunks (whole sites on the joint path) written straight into the
+        output's columns: temporaries stay bounded and memory is the output alone.
         """
+        done = self._transform(table, site_column, sex_mapping, return_sd, person_column, False)
+        return (done.harmonized, done.sd) if return_sd else done.harmonized
+
+    def transform_valid(
+        self,
+        table: pd.DataFrame,
+        site_column: str | None = None,
+        sex_mapping: Mapping[str, str] | None = None,
+        return_sd: bool = False,
+        person_column: str | None = None,
+    ) -> ValidRows:
+        """:meth:`transform` of the valid rows, the others set aside with their reasons.
+
+        Rows are validated once, in the same pass that harmonizes them (a batch caller needs
+        no separate check). A refused row counts for nothing: on the joint path it is left out
+        of its site's estimate. Problems of the whole table (no rows, a missing column,
+        repeated scans) still refuse it.
+        """
+        return self._transform(table, site_column, sex_mapping, return_sd, person_column, True)
+
+    def _transform(
+        self,
+        table: pd.DataFrame,
+        site_column: str | None,
+        sex_mapping: Mapping[str, str] | None,
+        return_sd: bool,
+        person_column: str | None,
+        set_aside: bool,
+    ) -> ValidRows:
         check_is_fitted(self, "combat_")
         present = [c for c in self.covariates if c in table.columns]
         mapping = self._sex_mapping(sex_mapping)
         rmap = check_table(table, regions=self.regions_, covariates=present)
         regions = [r for r in self.regions_ if r in rmap]
         cols = [rmap[r] for r in regions]
-        n = len(table)
-        harmonized = np.empty((n, len(regions)))
-        sd = np.empty((n, len(regions))) if return_sd else None
+        reader = RowReader(
+            table, rmap, regions, self.iqms_, covariates=present, sex_mapping=mapping
+        )
+
+        def refuse_table() -> None:  # the first bad row of the table, and how many more
+            prepare(table, regions=self.regions_, covariates=present, sex_mapping=mapping)
+            raise AssertionError("a row problem that prepare() does not find")  # pragma: no cover
+
+        if reader.field_problems and not set_aside:
+            refuse_table()
+        design = self._design(reader.fields)
+        n, nreg = len(table), len(regions)
+        # outputs, filled chunk by chunk; region-major, so each output column is contiguous
+        harmonized = np.empty((nreg, n))
+        sd = np.empty((n, nreg)) if return_sd else None
         new = {
             "nh_status": np.full(n, "harmonized", dtype=object),
             "nh_confidence": np.zeros(n),
@@ -668,39 +756,65 @@ class NeuroHarmonizer(BaseEstimator):
         }
         fs_other = self._other_freesurfer_version(table)
         persons = None if person_column is None else table[person_column].astype(str).to_numpy()
+        field_bad = np.zeros(n, dtype=bool)
+        field_bad[list(reader.field_problems)] = True
+        refused: dict[int, str] = {}
         for rows, groups in self._row_chunks(table, site_column):
-            part = table.iloc[rows]  # a slice is a view; whole sites (joint path) a copy
-            try:
-                prep = prepare(
-                    part, regions=self.regions_, covariates=present, sex_mapping=mapping,
-                    checked=True,
-                )  # fmt: skip
-            except DataError:
-                # the first bad row of the whole table, numbered as in the user's table
-                prepare(table, regions=self.regions_, covariates=present, sex_mapping=mapping)
-                raise
+            block, problems = reader.block(rows)
+            at = np.arange(n)[rows]
+            for p in np.flatnonzero(field_bad[at]):  # after the volume/IQM problems, as prepare
+                problems.setdefault(int(p), []).extend(reader.field_problems[int(at[p])])
+            if problems and not set_aside:
+                refuse_table()
+            if problems:
+                for p, items in problems.items():
+                    refused[int(at[p])] = "; ".join(items)
+                ok = np.ones(len(at), dtype=bool)
+                ok[list(problems)] = False
+                rows, at, block = at[ok], at[ok], block[ok]
+                if groups is not None:  # a refused scan does not count in its site's estimate
+                    gidx = groups[0][ok]
+                    groups = (gidx, np.bincount(gidx, minlength=len(groups[1])))
+                if not len(at):
+                    continue
+            raw = block[:, :nreg]
             res = self._harmonize_rows(
-                prep, regions, groups, None if persons is None else persons[rows], fs_other[rows],
-                want_sd=return_sd,
+                raw, reader.unusable(raw), block[:, nreg : nreg + len(self.iqms_)],
+                design[rows], reader.fields.age[rows],
+                None if reader.fields.etiv is None else reader.fields.etiv[rows],
+                regions, cols, groups, None if persons is None else persons[rows],
+                fs_other[rows], want_sd=return_sd,
             )  # fmt: skip
-            harmonized[rows] = res.pop("harmonized")
+            harmonized[:, rows] = res.pop("harmonized").T
             if sd is not None:
                 sd[rows] = res["sd"]
             res.pop("sd")
             for name, values in res.items():
                 new[name][rows] = values
-        out = _output_frame(table, cols, harmonized, new)
-        if sd is not None:
-            return out, pd.DataFrame(sd, columns=cols, index=out.index)
-        return out
+        keep = None
+        if refused:
+            keep = np.ones(n, dtype=bool)
+            keep[list(refused)] = False
+            harmonized = harmonized[:, keep]
+            sd = None if sd is None else sd[keep]
+            new = {name: values[keep] for name, values in new.items()}
+        out = _output_frame(table, cols, harmonized, new, keep)
+        sd_frame = None if sd is None else pd.DataFrame(sd, columns=cols, index=out.index)
+        kept = np.arange(n) if keep is None else np.flatnonzero(keep)
+        return ValidRows(out, sd_frame, kept, dict(sorted(refused.items())))
 
     def _row_chunks(self, table: pd.DataFrame, site_column: str | None):
         """Yield (rows, groups): row positions of the table and, on the joint path, the
-        (site index per row, scans per site) of those rows; chunks hold whole sites."""
+        (site index per row, scans per site) of those rows; chunks hold whole sites.
+
+        Chunks are at most ``CHUNK_ROWS`` rows, fewer for a small table, so that the chunk
+        working memory stays a small share of the output's (issue 15: memory linear in scans).
+        """
         n = len(table)
+        size = min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, -(-n // CHUNKS_PER_TABLE)))
         if site_column is None:  # every scan on its own
-            for start in range(0, n, CHUNK_ROWS):
-                yield slice(start, min(start + CHUNK_ROWS, n)), None
+            for start in range(0, n, size):
+                yield slice(start, min(start + size, n)), None
             return
         _, gidx, counts = np.unique(
             self._site_values(table, site_column), return_inverse=True, return_counts=True
@@ -710,7 +824,7 @@ class NeuroHarmonizer(BaseEstimator):
         ends = np.cumsum(counts)
         start = 0
         while start < n:
-            k = int(np.searchsorted(ends, start + CHUNK_ROWS, side="right"))
+            k = int(np.searchsorted(ends, start + size, side="right"))
             # as many whole sites as fit in a chunk, or one site larger than a chunk
             stop = int(ends[k - 1]) if k and ends[k - 1] > start else int(ends[k])
             rows = order[start:stop]
@@ -728,44 +842,45 @@ class NeuroHarmonizer(BaseEstimator):
 
     def _harmonize_rows(
         self,
-        prep: PreparedTable,
+        raw: np.ndarray,
+        unusable: np.ndarray,
+        iqms: np.ndarray,
+        design: np.ndarray,
+        age: np.ndarray,
+        etiv: np.ndarray | None,
         regions: Sequence[str],
+        columns: Sequence[str],
         groups: tuple[np.ndarray, np.ndarray] | None,
         persons: np.ndarray | None,
         fs_version_other: np.ndarray,
         want_sd: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Harmonized volumes, posterior SDs and flag columns of the rows of ``prep``.
+        """Harmonized volumes, posterior SDs and flag columns of some valid rows.
 
-        ``groups``: None (each scan alone) or (site index per row, scans per site), with every
-        site's rows in ``prep``.
+        ``raw``/``unusable``: volumes of ``regions`` (user names ``columns``) and where each
+        is unusable; ``iqms``: the model's IQMs (``iqms_`` order, NaN where missing; changed in
+        place); ``design``: the covariate design of the rows. ``groups``: None (each scan
+        alone) or (site index per row, scans per site), with every site's rows here.
         """
-        ridx = [self.regions_.index(r) for r in regions]
-        design = self._design(prep)
-        c = self.combat_
-        mean = c.alpha[ridx] + design @ c.beta[:, ridx]
-        sigma = c.sigma[ridx]
-        raw = prep.volumes[regions].to_numpy()
+        ridx, alpha, beta, sigma, T1, S, norm_sd = self._region_terms(regions)
+        mean = alpha + design @ beta
         # a missing, zero or negative volume (a structure not segmented) tells nothing about
         # the scanner: flagged, ignored by the other regions, and written as it came
-        unusable = prep.unusable[regions].to_numpy()
         any_unusable = unusable.any()
         z = raw - mean  # in-place steps below: the same arithmetic, fewer temporaries
         z /= sigma
-        mu_all, conf, used, ood, iqms_missing = self._iqm_prior(prep)
+        mu_all, conf, used, ood, iqms_missing = self._iqm_prior(iqms)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
         mu = mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]
         mu *= conf[:, None]  # in place: mu_all is not used again
         if any_unusable:
             z[unusable] = mu[unusable]  # neutral: no deviation (and no NaN) to spread
-        T1 = self.between_cov_[np.ix_(ridx, ridx)]
-        S = self.within_cov_[np.ix_(ridx, ridx)]
         # a region far from the training norm (person and site variation together) is flagged
         # and ignored by every other region's offset estimate
-        dev = z - mu
-        np.abs(dev, out=dev)
-        dev /= np.sqrt(np.diag(T1 + S))
+        d = z - mu  # the deviation from the prior: kept for the gain below
+        dev = np.abs(d)
+        dev /= norm_sd
         far_region = dev > REGION_Z_LIMIT
         del dev
         if any_unusable:
@@ -779,13 +894,17 @@ class NeuroHarmonizer(BaseEstimator):
             patterns = np.vstack([patterns, found])
             inverse[any_far] = np.asarray(inv).ravel() + 1
         limit = min(self.profile_limit_, PROFILE_ALPHA)
-        broken = far_region.mean(axis=1) > MAX_FLAGGED_SHARE
+        # (a count over the row size is the row mean exactly, without a float pass)
+        broken = np.count_nonzero(far_region, axis=1) / len(regions) > MAX_FLAGGED_SHARE
         for k, pattern in enumerate(patterns):
             rows = (inverse == k) & ~broken
             keep = np.flatnonzero(~pattern)
             if rows.any() and len(keep):
                 sub = [regions[j] for j in keep]
-                zk = z[rows] if len(keep) == len(regions) else z[np.ix_(rows, keep)]
+                if len(keep) < len(regions):
+                    zk = z[np.ix_(rows, keep)]
+                else:
+                    zk = z if rows.all() else z[rows]
                 broken[rows] = self._profile_pvalue(zk, sub) < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
@@ -802,9 +921,10 @@ class NeuroHarmonizer(BaseEstimator):
                 continue
             W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
             if rows.all():  # the common case: every row, no masked copies
-                gamma[:] = mu + (z - mu) @ W.T
+                np.matmul(d, W.T, out=gamma)
+                gamma += mu
             else:
-                gamma[rows] = mu[rows] + (z[rows] - mu[rows]) @ W.T
+                gamma[rows] = mu[rows] + d[rows] @ W.T
             if want_sd:
                 var[rows] = v
         a0, b0 = self.scale_prior_
@@ -827,7 +947,8 @@ class NeuroHarmonizer(BaseEstimator):
                 if scale is None:
                     scale = np.ones_like(z)
                 scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
-        harmonized = z - gamma  # mean + sigma * (z - gamma) / scale, in place
+        del d
+        harmonized = np.subtract(z, gamma, out=gamma)  # mean + sigma * (z - gamma) / scale
         harmonized *= sigma
         if scale is not None:
             harmonized /= scale
@@ -836,9 +957,12 @@ class NeuroHarmonizer(BaseEstimator):
         # mm³ is left raw and flagged, as is an unusable one; a profile broken as a whole
         # (failed segmentation, other software) is left raw entirely
         with np.errstate(invalid="ignore"):
-            left_raw = unusable | (harmonized <= 0)
+            left_raw = harmonized <= 0
+        if any_unusable:
+            left_raw |= unusable
         left_raw[broken] = True
-        if left_raw.any():
+        any_raw = left_raw.any()
+        if any_raw:
             harmonized[left_raw] = raw[left_raw]
             far_region |= left_raw & ~broken[:, None]
         sd = None
@@ -850,28 +974,58 @@ class NeuroHarmonizer(BaseEstimator):
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
         fs_other = fs_version_other & single
-        # out-of-range flags, vectorized over scans: one boolean column per feature
+        # out-of-range flags, vectorized over scans: one boolean column per feature (built
+        # only for the flagged scans)
         names = [*self.iqms_, "age", "eTIV", "regional_profile", "freesurfer_version"]
         etiv_out = np.zeros(len(z), dtype=bool)
-        if self.etiv_range_ is not None and prep.etiv is not None:
-            etiv_out = (prep.etiv < self.etiv_range_[0]) | (prep.etiv > self.etiv_range_[1])
-        age_out = (prep.age < self.age_range_[0]) | (prep.age > self.age_range_[1])
-        flagged = np.column_stack([ood, age_out, etiv_out, broken, fs_other])
-        status = np.full(len(z), "harmonized", dtype=object)
-        status[broken] = "unharmonized"
-        cols = [prep.region_columns[r] for r in regions]
+        if self.etiv_range_ is not None and etiv is not None:
+            etiv_out = (etiv < self.etiv_range_[0]) | (etiv > self.etiv_range_[1])
+        age_out = (age < self.age_range_[0]) | (age > self.age_range_[1])
+        out_of_range = ood.any(axis=1) | age_out | etiv_out | broken | fs_other
+        features = np.full(len(z), "", dtype=object)
+        hit = np.flatnonzero(out_of_range)
+        if len(hit):
+            flagged = np.column_stack([ood[hit], age_out[hit], etiv_out[hit], broken[hit],
+                                       fs_other[hit]])  # fmt: skip
+            features[hit] = _join_names(flagged, names)
+        status: np.ndarray | str = "harmonized"
+        if broken.any():
+            status = np.where(broken, "unharmonized", "harmonized").astype(object)
         return {
             "harmonized": harmonized,
             "sd": sd,
             "nh_status": status,
             "nh_confidence": np.where(broken, 0.0, np.round(conf, 4)),
-            "nh_out_of_range": flagged.any(axis=1),
-            "nh_out_of_range_features": _join_names(flagged, names),
+            "nh_out_of_range": out_of_range,
+            "nh_out_of_range_features": features,
             "nh_features_used": used,
-            "nh_n_regions": len(regions) - left_raw.sum(axis=1),
-            "nh_regions_flagged": _join_names(far_region, cols),
+            "nh_n_regions": len(regions) - np.count_nonzero(left_raw, axis=1)
+            if any_raw
+            else len(regions),
+            "nh_regions_flagged": _join_names(far_region, columns),
             "nh_iqms_missing": iqms_missing,
         }
+
+    def _region_terms(self, regions: Sequence[str]):
+        """Per region set: model indices, ComBat alpha/beta/sigma, the covariances ``T`` and
+        ``S``, and the SD a region's deviation is measured in (computed once, then cached)."""
+
+        def make():
+            ridx = [self.regions_.index(r) for r in regions]
+            c = self.combat_
+            T1 = self.between_cov_[np.ix_(ridx, ridx)]
+            S = self.within_cov_[np.ix_(ridx, ridx)]
+            return (
+                ridx,
+                c.alpha[ridx],
+                c.beta[:, ridx],
+                c.sigma[ridx],
+                T1,
+                S,
+                np.sqrt(np.diag(T1 + S)),
+            )
+
+        return self._cached(("terms", tuple(regions)), make)
 
     def scanner_uncertainty(self, n_scans: int) -> pd.DataFrame:
         """Posterior SD of a scanner's correction per region once ``n_scans`` of it are seen.
@@ -954,24 +1108,33 @@ class NeuroHarmonizer(BaseEstimator):
 
 
 def _output_frame(
-    table: pd.DataFrame, cols: Sequence[str], harmonized: np.ndarray, new: dict[str, np.ndarray]
+    table: pd.DataFrame,
+    cols: Sequence[str],
+    harmonized: np.ndarray,
+    new: dict[str, np.ndarray],
+    keep: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The user's table with ``cols`` set to ``harmonized`` and the ``nh_*`` columns appended.
+    """The user's table (rows ``keep``) with ``cols`` set to ``harmonized`` (region-major: one
+    row per column of ``cols``) and the ``nh_*`` columns appended, old ones replaced.
 
-    One copy of the table, written in place (no per-column replacement or concatenation,
-    each of which would copy it again); the index is reset as by ``reset_index(drop=True)``.
+    One consolidated copy of the table, written in place: no per-column replacement or
+    concatenation, each of which would copy it again. The copy is consolidated (one block per
+    dtype), so appending the flag columns gives no pandas PerformanceWarning even when the
+    caller's frame is fragmented. The index is reset as by ``reset_index(drop=True)``.
     """
-    old = [c for c in FLAG_COLUMNS if c in table.columns]
-    out = table.drop(columns=old) if old else table.copy()
+    out = table.copy() if keep is None else table.iloc[keep].copy()
+    for name in [c for c in FLAG_COLUMNS if c in out.columns]:
+        del out[name]  # splits a block into views: no copy
     out.index = pd.RangeIndex(len(out))
     pos = out.columns.get_indexer(cols)
     is_float = (out.dtypes.iloc[pos] == np.float64).to_numpy()
     if not is_float.all():  # volumes given as integers or text become floats, as harmonized
-        out[[cols[j] for j in np.flatnonzero(~is_float)]] = harmonized[:, ~is_float]
+        for j in np.flatnonzero(~is_float):
+            out[cols[j]] = harmonized[j]
     if is_float.all():  # (a masked selection would copy the whole array)
-        out.iloc[:, pos] = harmonized
+        out.iloc[:, pos] = harmonized.T
     elif is_float.any():
-        out.iloc[:, pos[is_float]] = harmonized[:, is_float]
+        out.iloc[:, pos[is_float]] = harmonized[is_float].T
     for name, values in new.items():
         out[name] = values
     return out

@@ -5,7 +5,7 @@ Every problem is reported with the column, the row (and participant when known) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,10 @@ def row_label(table: pd.DataFrame, pos: int) -> str:
     return f"row {pos + 1}" + (f" ({', '.join(ids)})" if ids else "")
 
 
+#: Labels a row of the frame being parsed (a chunk of rows is labelled as in the whole table).
+Labeller = Callable[[int], str]
+
+
 @dataclass(frozen=True)
 class PreparedTable:
     """Numeric views of a validated table, keyed by canonical names."""
@@ -49,9 +53,10 @@ class PreparedTable:
 
 
 def _cell_problems(
-    table: pd.DataFrame, col: str, *, allow_missing: bool = False
+    table: pd.DataFrame, col: str, *, allow_missing: bool = False, label: Labeller | None = None
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Parse one column as numbers; return the values and {row: problem} for every bad cell."""
+    label = label or (lambda pos: row_label(table, pos))
     column = table[col]
     problems: dict[int, str] = {}
     if pd.api.types.is_numeric_dtype(column):
@@ -70,29 +75,27 @@ def _cell_problems(
             return arr, problems
     for pos in bad_text:
         problems[int(pos)] = (
-            f"column {col!r}, {row_label(table, pos)}: {table[col].iloc[pos]!r} is not a "
+            f"column {col!r}, {label(pos)}: {table[col].iloc[pos]!r} is not a "
             "number; fix or remove that cell"
         )
     for pos in np.flatnonzero(np.isinf(arr)):
         problems.setdefault(
-            int(pos), f"column {col!r}, {row_label(table, pos)}: infinite value; fix that cell"
+            int(pos), f"column {col!r}, {label(pos)}: infinite value; fix that cell"
         )
     if not allow_missing:
         for pos in np.flatnonzero(np.isnan(arr)):
             problems.setdefault(
                 int(pos),
-                f"column {col!r}, {row_label(table, pos)}: missing value (empty, n/a or NaN); "
+                f"column {col!r}, {label(pos)}: missing value (empty, n/a or NaN); "
                 "every scan needs it",
             )
     return arr, problems
 
 
-def _range_problems(
-    table: pd.DataFrame, col: str, arr: np.ndarray, bad: np.ndarray, what: str
-) -> dict[int, str]:
+def _range_problems(col: str, arr: np.ndarray, bad: np.ndarray, what: str, label: Labeller):
     with np.errstate(invalid="ignore"):
         rows = np.flatnonzero(bad & np.isfinite(arr))
-    return {int(p): f"column {col!r}, {row_label(table, p)}: {arr[p]:g} {what}" for p in rows}
+    return {int(p): f"column {col!r}, {label(p)}: {arr[p]:g} {what}" for p in rows}
 
 
 def region_columns(columns: Sequence[str]) -> dict[str, str]:
@@ -147,48 +150,67 @@ def _check_columns(table: pd.DataFrame, rmap: dict, require_regions: bool, covar
         )
 
 
+def _add(problems: dict[int, list[str]], found: dict[int, str]) -> None:
+    for pos, text in found.items():
+        problems.setdefault(pos, []).append(text)
+
+
 def _parse_rows(table: pd.DataFrame, rmap: dict, sex_mapping):
     """Parse every per-row field; return the parsed values and {row: [problems]}."""
+    vols, unusable, iqms, problems = _parse_measures(table, rmap, list(iqm_columns(table.columns)))
+    age, sex, etiv, found = _parse_scan_fields(table, sex_mapping)
+    for pos, items in found.items():
+        problems.setdefault(pos, []).extend(items)
+    return vols, unusable, iqms, age, sex, etiv, problems
+
+
+def _parse_measures(
+    table: pd.DataFrame, rmap: dict, iqm_names: Sequence[str], label: Labeller | None = None
+):
+    """Volumes (with where each is unusable) and IQMs, column by column; {row: [problems]}."""
     problems: dict[int, list[str]] = {}
-
-    def add(found: dict[int, str]) -> None:
-        for pos, text in found.items():
-            problems.setdefault(pos, []).append(text)
-
     # an empty, zero or negative volume (a structure FreeSurfer did not segment) is not the
     # scan's problem: the model flags that region and harmonizes the others (unusable)
     vols, unusable = {}, {}
     for canon, col in rmap.items():
-        arr, found = _cell_problems(table, col, allow_missing=True)
-        add(found)
+        arr, found = _cell_problems(table, col, allow_missing=True, label=label)
+        _add(problems, found)
         zero_ok = any(z in canon for z in ZERO_ALLOWED)
         with np.errstate(invalid="ignore"):
             unusable[canon] = np.isnan(arr) | (arr < 0 if zero_ok else arr <= 0)
         vols[canon] = arr
     iqms = {}
-    for name, col in iqm_columns(list(table.columns)).items():
-        iqms[name], found = _cell_problems(table, col, allow_missing=True)
-        add(found)
-    age, found = _cell_problems(table, "age")
-    add(found)
+    imap = iqm_columns(list(table.columns))
+    for name in iqm_names:
+        iqms[name], found = _cell_problems(table, imap[name], allow_missing=True, label=label)
+        _add(problems, found)
+    return vols, unusable, iqms, problems
+
+
+def _parse_scan_fields(table: pd.DataFrame, sex_mapping, label: Labeller | None = None):
+    """Age, sex and eTIV of every row (one value per scan); {row: [problems]}."""
+    label = label or (lambda pos: row_label(table, pos))
+    problems: dict[int, list[str]] = {}
+    age, found = _cell_problems(table, "age", label=label)
+    _add(problems, found)
     with np.errstate(invalid="ignore"):
-        add(_range_problems(table, "age", age, (age <= 0) | (age > 120), "is not an age in years"))
+        bad_age = (age <= 0) | (age > 120)
+    _add(problems, _range_problems("age", age, bad_age, "is not an age in years", label))
     sex, found = F.sex_problems(table["sex"].reset_index(drop=True), sex_mapping)
-    add(
-        {
-            pos: text.replace(f"row {pos + 1}", row_label(table, pos), 1)
-            for pos, text in found.items()
-        }
+    _add(
+        problems,
+        {pos: text.replace(f"row {pos + 1}", label(pos), 1) for pos, text in found.items()},
     )
     sex = sex.fillna("").rename("sex")
     etiv_col = next((c for c in table.columns if F.canonical_region(str(c)) == F.ETIV), None)
     etiv = None
     if etiv_col is not None:
-        etiv, found = _cell_problems(table, etiv_col)
-        add(found)
+        etiv, found = _cell_problems(table, etiv_col, label=label)
+        _add(problems, found)
         with np.errstate(invalid="ignore"):
-            add(_range_problems(table, etiv_col, etiv, etiv <= 0, "is not a positive eTIV"))
-    return vols, unusable, iqms, age, sex, etiv, problems
+            found = _range_problems(etiv_col, etiv, etiv <= 0, "is not a positive eTIV", label)
+        _add(problems, found)
+    return age, sex, etiv, problems
 
 
 def unusable_volume_problem(table: pd.DataFrame, prep: PreparedTable) -> str | None:
@@ -283,3 +305,94 @@ def check_table(
     rmap = _restrict(region_columns(list(table.columns)), regions)
     _check_columns(table, rmap, require_regions, covariates)
     return rmap
+
+
+@dataclass(frozen=True)
+class ScanFields:
+    """The per-scan fields a covariate design is built from (one value per row)."""
+
+    age: np.ndarray
+    sex: pd.Series  # 'M' / 'F' ('' where unreadable)
+    etiv: np.ndarray | None
+    covariates: pd.DataFrame  # user covariates, raw values
+
+
+def _plain_numeric(column: pd.Series) -> bool:
+    """A NumPy int, unsigned, float or bool column: its cells are numbers without parsing."""
+    return isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub"
+
+
+class RowReader:
+    """A checked table's volumes and IQMs read a chunk of rows at a time, as one float block.
+
+    Why: at 100k scans, reading and parsing the region and IQM columns one pandas column at a
+    time per chunk cost as much as the harmonization itself. Here the per-scan fields (age,
+    sex, eTIV, covariates) are parsed once for the whole table, and a chunk's volumes and IQMs
+    are gathered from the columns' NumPy arrays. Text columns, and a chunk with a non-finite
+    number, go through the per-cell parse of :func:`prepare`, so every problem reads as there
+    (rows numbered as in the whole table).
+
+    Block columns: ``regions`` (canonical names, in this order), then ``iqms`` (MRIQC names, in
+    this order; NaN where the table lacks one), then the table's other IQM columns (validated
+    like :func:`prepare` validates them, unused).
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        rmap: Mapping[str, str],
+        regions: Sequence[str],
+        iqms: Sequence[str],
+        *,
+        covariates: Sequence[str] = (),
+        sex_mapping: Mapping[str, str] | None = None,
+    ) -> None:
+        self.table = table
+        self._rmap = dict(rmap)  # canonical → user column, in table order (problem order)
+        self._imap = iqm_columns(list(table.columns))
+        age, sex, etiv, self.field_problems = _parse_scan_fields(table, sex_mapping)
+        self.fields = ScanFields(age, sex, etiv, table[list(covariates)].reset_index(drop=True))
+        others = [c for c in self._imap if c not in set(iqms)]
+        names = [rmap[r] for r in regions] + [self._imap.get(c) for c in [*iqms, *others]]
+        #: per block column: the column's NumPy array, None (absent: NaN), or the text Series
+        self._sources: list[np.ndarray | pd.Series | None] = []
+        for name in names:
+            column = None if name is None else table[name]
+            if column is not None and _plain_numeric(column):
+                column = column.to_numpy()
+            self._sources.append(column)
+        self.zero_ok = np.array([any(z in r for z in ZERO_ALLOWED) for r in regions], dtype=bool)
+        self._n_regions = len(regions)
+
+    def block(self, rows: slice | np.ndarray) -> tuple[np.ndarray, dict[int, list[str]]]:
+        """Volumes and IQMs of ``rows`` as floats, and {position in ``rows``: [problems]}
+        (per-scan field problems excluded: see ``field_problems``, keyed by table row)."""
+        at = np.arange(len(self.table))[rows]
+        out = np.empty((len(at), len(self._sources)))
+        suspect = False
+        for j, src in enumerate(self._sources):
+            if src is None:
+                out[:, j] = np.nan
+            elif isinstance(src, np.ndarray):
+                out[:, j] = src[rows]
+            else:  # text: parsed as prepare does; its problems are named below
+                frame = src.iloc[rows].to_frame()
+                out[:, j], found = _cell_problems(frame, src.name, allow_missing=True)
+                suspect = suspect or bool(found)
+        total = out.sum()
+        if not suspect and (np.isfinite(total) or not np.isinf(out).any()):
+            return out, {}  # missing (NaN) volumes and IQMs are no row's problem
+
+        def label(pos: int) -> str:
+            return row_label(self.table, int(at[pos]))
+
+        part = self.table.iloc[rows]
+        *_, problems = _parse_measures(part, self._rmap, list(self._imap), label)
+        return out, problems
+
+    def unusable(self, volumes: np.ndarray) -> np.ndarray:
+        """Where a volume is missing, negative, or 0 mm³ in a structure that cannot be 0."""
+        bad = np.isnan(volumes)
+        bad |= volumes < 0
+        bad |= (volumes == 0) & ~self.zero_ok
+        return bad
