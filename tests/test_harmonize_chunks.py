@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,3 +98,58 @@ def test_output_does_not_share_memory_with_the_input(fitted):
         assert not np.shares_memory(out[col].to_numpy(), table[col].to_numpy())
     again = model.transform(out)  # an output harmonized again: its flag columns replaced
     assert list(again.columns) == list(out.columns)
+
+
+@pytest.mark.parametrize("kw", [{}, {"site_column": "site", "person_column": "person"}])
+def test_chunk_threads_do_not_change_a_bit(fitted, monkeypatch, kw):
+    model, table = fitted
+    messy = _messy(table)
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 13)
+    runs = []
+    for threads in (1, 2):
+        monkeypatch.setattr(model_module, "APPLY_THREADS", threads)
+        runs.append(model.transform(messy, return_sd=True, **kw))
+    (one, one_sd), (two, two_sd) = runs
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    pd.testing.assert_frame_equal(one_sd, two_sd, check_exact=True)
+
+
+def test_text_columns_give_the_numbers_of_numeric_ones(fitted, monkeypatch):
+    """Numeric columns are read as one block, text and integer ones cell by cell: the same
+    bits once the cells are numbers (pandas parses the text, as before)."""
+    model, table = fitted
+    messy = _messy(table)
+    as_text, parsed = messy.copy(), messy.copy()
+    for col in (REGIONS[0], REGIONS[5], "cjv", "snr_total", "age", F.ETIV):
+        as_text[col] = [("n/a" if pd.isna(v) else repr(float(v))) for v in messy[col]]
+        parsed[col] = pd.to_numeric(as_text[col], errors="coerce")
+    as_ints = messy.copy()
+    as_ints[REGIONS[3]] = messy[REGIONS[3]].round().astype(int)
+    rounded = messy.assign(**{REGIONS[3]: messy[REGIONS[3]].round()})
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 17)
+    for variant, reference in ((as_text, parsed), (as_ints, rounded)):
+        got, want = model.transform(variant), model.transform(reference)
+        # harmonized regions and flags (the other columns pass through as given)
+        numeric = [*REGIONS, "nh_confidence", "nh_out_of_range", "nh_n_regions"]
+        np.testing.assert_array_equal(got[numeric].to_numpy(float), want[numeric].to_numpy(float))
+        flags = ["nh_status", "nh_features_used", "nh_regions_flagged", "nh_iqms_missing"]
+        flags += ["nh_out_of_range_features"]
+        pd.testing.assert_frame_equal(got[flags], want[flags])
+
+
+def test_a_fragmented_frame_gives_no_performance_warning(fitted):
+    model, table = fitted
+    once = model.transform(table)  # an output harmonized again: its nh_* columns replaced
+    with warnings.catch_warnings():  # one block per column, as a frame built column by column
+        warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+        frag = once[["participant_id"]].copy()
+        for col in once.columns[1:]:
+            frag[col] = once[col].to_numpy()
+        for i in range(100):
+            frag[f"extra{i}"] = float(i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        out = model.transform(frag)
+    assert list(out.columns) == [c for c in frag.columns if c not in F.FLAG_COLUMNS] + list(
+        F.FLAG_COLUMNS
+    )

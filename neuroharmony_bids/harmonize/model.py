@@ -18,9 +18,13 @@ to learn a per-subject map from IQMs to corrections. This model works where the 
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -32,7 +36,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
@@ -72,8 +76,19 @@ FLAG_COLUMNS = F.FLAG_COLUMNS
 CHUNK_ROWS = 4096
 CHUNKS_PER_TABLE = 16
 MIN_CHUNK_ROWS = 128
+#: Threads harmonizing chunks at once (results do not depend on it: see ``_transform``).
+APPLY_THREADS = min(2, os.cpu_count() or 1)
 #: Gains kept per model (one per region set and flagged-region pattern, 80 kB each).
 GAIN_CACHE_SIZE = 128
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS libraries, found once (a lookup costs ~1 ms; a limit then ~10 µs)."""
+    return ThreadpoolController()
 
 
 def iqm_transform(x: np.ndarray) -> np.ndarray:
@@ -666,12 +681,13 @@ class NeuroHarmonizer(BaseEstimator):
     def _cached(self, key: tuple, make):
         """Matrices derived from the fitted covariances, kept per key (``fit`` clears them);
         at most ``GAIN_CACHE_SIZE``, the oldest dropped first."""
-        cache = self.__dict__.setdefault("_gain_cache", {})
-        if key not in cache:
-            while len(cache) >= GAIN_CACHE_SIZE:
-                cache.pop(next(iter(cache)))
-            cache[key] = make()
-        return cache[key]
+        with _CACHE_LOCK:  # chunk threads share the cache
+            cache = self.__dict__.setdefault("_gain_cache", {})
+            if key not in cache:
+                while len(cache) >= GAIN_CACHE_SIZE:
+                    cache.pop(next(iter(cache)))
+                cache[key] = make()
+            return cache[key]
 
     def transform(
         self,
@@ -759,7 +775,9 @@ class NeuroHarmonizer(BaseEstimator):
         field_bad = np.zeros(n, dtype=bool)
         field_bad[list(reader.field_problems)] = True
         refused: dict[int, str] = {}
-        for rows, groups in self._row_chunks(table, site_column):
+
+        def run(rows: slice | np.ndarray, groups) -> None:
+            """Harmonize one chunk into the outputs (chunks write disjoint rows)."""
             block, problems = reader.block(rows)
             at = np.arange(n)[rows]
             for p in np.flatnonzero(field_bad[at]):  # after the volume/IQM problems, as prepare
@@ -776,7 +794,7 @@ class NeuroHarmonizer(BaseEstimator):
                     gidx = groups[0][ok]
                     groups = (gidx, np.bincount(gidx, minlength=len(groups[1])))
                 if not len(at):
-                    continue
+                    return
             raw = block[:, :nreg]
             res = self._harmonize_rows(
                 raw, reader.unusable(raw), block[:, nreg : nreg + len(self.iqms_)],
@@ -791,6 +809,20 @@ class NeuroHarmonizer(BaseEstimator):
             res.pop("sd")
             for name, values in res.items():
                 new[name][rows] = values
+
+        chunks = list(self._row_chunks(table, site_column))
+        # BLAS on one thread: the same bits whatever the machine and the number of chunk
+        # threads (OpenBLAS splits a product differently by thread count), and no
+        # oversubscription; chunks run on up to APPLY_THREADS threads (NumPy releases the GIL)
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            workers = min(APPLY_THREADS, len(chunks))
+            if workers <= 1:
+                for rows, groups in chunks:
+                    run(rows, groups)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    for job in [pool.submit(run, rows, groups) for rows, groups in chunks]:
+                        job.result()  # the first chunk's error, as in a sequential run
         keep = None
         if refused:
             keep = np.ones(n, dtype=bool)
