@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from neuroharmony_bids.harmonize.model import NeuroHarmonizer
+from neuroharmony_bids.harmonize.model import NeuroHarmonizer, ValidRows
 
 
 def harmonize_table(
@@ -34,11 +34,31 @@ def harmonize_table(
     )
 
 
+def harmonize_valid_rows(
+    table: pd.DataFrame,
+    model: NeuroHarmonizer,
+    *,
+    site_column: str | None = None,
+    person_column: str | None = None,
+    return_sd: bool = False,
+    sex_mapping: Mapping[str, str] | None = None,
+) -> ValidRows:
+    """:func:`harmonize_table` for a batch caller: the valid rows harmonized, the others set
+    aside with their reasons, from one validation pass (see
+    :meth:`NeuroHarmonizer.transform_valid`). On the joint path (``site_column``) a refused
+    row is left out of its site's estimate."""
+    return model.transform_valid(
+        table, site_column=site_column, sex_mapping=sex_mapping, return_sd=return_sd,
+        person_column=person_column,
+    )  # fmt: skip
+
+
 def invalid_rows(
     table: pd.DataFrame, model: NeuroHarmonizer, sex_mapping: Mapping[str, str] | None = None
 ) -> dict[int, str]:
     """Rows :func:`harmonize_table` would refuse, all at once: {0-based row: reason}.
 
-    Lets a batch caller set bad scans aside and harmonize the rest in one call.
+    A check without harmonizing; a caller that harmonizes the rest anyway uses
+    :func:`harmonize_valid_rows` (one pass instead of two).
     """
     return model.invalid_rows(table, sex_mapping=sex_mapping)

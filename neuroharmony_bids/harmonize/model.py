@@ -1163,6 +1163,7 @@ def _output_frame(
     if not is_float.all():  # volumes given as integers or text become floats, as harmonized
         for j in np.flatnonzero(~is_float):
             out[cols[j]] = harmonized[j]
+        out = out.copy()  # each replaced column split a block: consolidate again
     if is_float.all():  # (a masked selection would copy the whole array)
         out.iloc[:, pos] = harmonized.T
     elif is_float.any():

@@ -333,25 +333,24 @@ def harmonize_jointly(raw: pd.DataFrame, model: Any, log: logging.Logger) -> pd.
     the model's training data. Scans without a site label, or that the model refuses, are left
     out (they are listed in group_failed.tsv by the participant level).
     """
-    from neuroharmony_bids.harmonize.apply import invalid_rows
+    from neuroharmony_bids.harmonize.apply import harmonize_valid_rows
 
     if "site" not in raw or raw["site"].isna().all():
         log.info("joint harmonization skipped: no site labels (use --site-column)")
         return None
     table = raw[raw["site"].notna()].reset_index(drop=True)
-    bad = invalid_rows(table, model)
-    if bad:
-        for pos, reason in sorted(bad.items()):  # e.g. a FastSurfer scan: no Desikan cortex
-            log.warning("%s left out of the joint table: %s", table["bids_name"].iloc[pos], reason)
-        table = table.drop(index=list(bad)).reset_index(drop=True)
-    if table.empty:
-        return None
     # several T1w of one person (runs, acquisitions, sessions) are one vote, not n people,
-    # when a site's effect is estimated; every scan is then harmonized with that estimate
-    joint, sd = model.transform(
-        table, site_column="site", person_column="participant_id", return_sd=True
+    # when a site's effect is estimated; every scan is then harmonized with that estimate.
+    # Rows are validated in the same pass; a refused one counts in no site's estimate.
+    done = harmonize_valid_rows(
+        table, model, site_column="site", person_column="participant_id", return_sd=True
     )
-    joint = pd.concat([joint, sd.add_suffix(D.SD_SUFFIX)], axis=1)
+    for pos, reason in done.refused.items():  # e.g. a FastSurfer scan: no Desikan cortex
+        log.warning("%s left out of the joint table: %s", table["bids_name"].iloc[pos], reason)
+    if done.harmonized.empty:
+        return None
+    joint = pd.concat([done.harmonized, done.sd.add_suffix(D.SD_SUFFIX)], axis=1)
+    table = table.iloc[done.rows]
     counts = table["site"].value_counts()
     people = table.groupby("site")["participant_id"].nunique()
     log.info(

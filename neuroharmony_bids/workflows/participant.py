@@ -40,7 +40,7 @@ from neuroharmony_bids.bids.layout import (
     scans_per_subject,
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
-from neuroharmony_bids.harmonize.apply import invalid_rows
+from neuroharmony_bids.harmonize.apply import harmonize_valid_rows
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.harmonize.io import load_model_with_info
 from neuroharmony_bids.harmonize.model import FS_VERSION_COLUMN
@@ -222,16 +222,6 @@ def build_table(inputs: Sequence[ScanInputs], covariates: pd.DataFrame) -> pd.Da
     )
 
 
-def precheck_rows(table: pd.DataFrame, model: Any) -> dict[str, str]:
-    """Rows the core would refuse, found in one vectorized pass (bids_name → reason).
-
-    The core validates a whole table and stops at the first bad row; one call costs ~0.3 s
-    whatever its size, so the core's own one-pass check sets bad scans aside first.
-    """
-    names = table["bids_name"].astype(str).to_numpy()
-    return {names[pos]: reason for pos, reason in invalid_rows(table, model).items()}
-
-
 def region_sets(table: pd.DataFrame) -> list[tuple[np.ndarray, list[str]]]:
     """Rows grouped by the regions they have: [(row positions, region columns they lack)].
 
@@ -251,17 +241,20 @@ def region_sets(table: pd.DataFrame) -> list[tuple[np.ndarray, list[str]]]:
     return groups
 
 
-def harmonize_with_sd(table: pd.DataFrame, model: Any) -> pd.DataFrame:
-    """The core's single-scan harmonization, each harmonized region's posterior SD (mm³) added
-    as a ``<region>_sd`` column (:func:`neuroharmony_bids.bids.derivatives.sd_column`)."""
-    harmonized, sd = model.transform(table, return_sd=True)
-    return pd.concat([harmonized, sd.add_suffix(D.SD_SUFFIX)], axis=1)
+def harmonize_with_sd(table: pd.DataFrame, model: Any) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The core's single-scan harmonization of the valid rows, each harmonized region's
+    posterior SD (mm³) added as a ``<region>_sd`` column
+    (:func:`neuroharmony_bids.bids.derivatives.sd_column`), and the rows it refused
+    ({position: reason}), from one validation pass."""
+    done = harmonize_valid_rows(table, model, return_sd=True)
+    return pd.concat([done.harmonized, done.sd.add_suffix(D.SD_SUFFIX)], axis=1), done.refused
 
 
 def harmonize_rows(
     table: pd.DataFrame, model: Any, harmonize_table: Callable = harmonize_with_sd
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Harmonize all rows, one call per region set (:func:`region_sets`)."""
+    """Harmonize all rows, one call per region set (:func:`region_sets`); the scans refused,
+    by bids_name with the reason."""
     pieces, failed = [], {}
     for rows, lacking in region_sets(table):
         part = table.iloc[rows].drop(columns=lacking).reset_index(drop=True)
@@ -281,30 +274,18 @@ def _stack(pieces: list[pd.DataFrame], table: pd.DataFrame) -> pd.DataFrame:
 def _harmonize_batch(
     table: pd.DataFrame, model: Any, harmonize_table: Callable
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Harmonize rows of one region set at once; if the batch is refused, bisect to isolate
-    the bad rows.
+    """Harmonize the rows of one region set at once; bad rows are set aside with their
+    reasons in the same pass (rows are validated once).
 
-    Rows are validated once (:func:`precheck_rows`); the bisection is only a safety net.
-    Without a site column every scan is harmonized on its own, so splitting the batch does not
-    change any result; k bad rows cost O(k log n) calls instead of n.
+    A problem of the batch as a whole (e.g. no region column the model knows) fails each of
+    its scans with that message.
     """
-    failed = precheck_rows(table, model)
-    if failed:
-        table = table[~table["bids_name"].isin(list(failed))].reset_index(drop=True)
-        if table.empty:
-            return table, failed
-
-    def attempt(part: pd.DataFrame) -> list[pd.DataFrame]:
-        try:
-            return [harmonize_table(part.reset_index(drop=True), model)]
-        except NeuroharmonyError as exc:
-            if len(part) == 1:
-                failed[str(part["bids_name"].iloc[0])] = str(exc)
-                return []
-        mid = len(part) // 2
-        return attempt(part.iloc[:mid]) + attempt(part.iloc[mid:])
-
-    return _stack(attempt(table), table), failed
+    names = table["bids_name"].astype(str).to_numpy()
+    try:
+        done, refused = harmonize_table(table, model)
+    except NeuroharmonyError as exc:
+        return table.iloc[0:0].copy(), dict.fromkeys(names, str(exc))
+    return done, {names[pos]: reason for pos, reason in refused.items()}
 
 
 # --------------------------------------------------------------------------- the driver's steps
@@ -652,7 +633,6 @@ __all__ = [
     "parse_scan",
     "pending_scans",
     "plan_scans",
-    "precheck_rows",
     "prepare_output",
     "region_sets",
     "run_participant",
