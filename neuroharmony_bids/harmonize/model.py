@@ -936,7 +936,7 @@ class NeuroHarmonizer(BaseEstimator):
                 if len(keep) < len(regions):
                     zk = z[np.ix_(rows, keep)]
                 else:
-                    zk = z if rows.all() else z[rows]
+                    zk = z if rows.all() else np.take(z, np.flatnonzero(rows), axis=0)
                 broken[rows] = self._profile_pvalue(zk, sub) < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
@@ -955,8 +955,11 @@ class NeuroHarmonizer(BaseEstimator):
             if rows.all():  # the common case: every row, no masked copies
                 np.matmul(d, W.T, out=gamma)
                 gamma += mu
-            else:
-                gamma[rows] = mu[rows] + d[rows] @ W.T
+            else:  # (row indices: a boolean-masked copy costs several times more)
+                idx = np.flatnonzero(rows)
+                part = np.take(d, idx, axis=0) @ W.T
+                part += np.take(mu, idx, axis=0)
+                gamma[idx] = part
             if want_sd:
                 var[rows] = v
         a0, b0 = self.scale_prior_
