@@ -70,10 +70,12 @@ MAX_MISSING_IQM_SHARE = 0.25
 PROFILE_UPDATES = ("cross_region", "own_region")
 FLAG_COLUMNS = F.FLAG_COLUMNS
 #: Rows harmonized at a time, at most. Single-scan rows are independent, so a chunk's
-#: temporaries (a few rows × regions float arrays, about 3 MiB) stay bounded whatever the table
-#: size. A table of fewer than ``CHUNKS_PER_TABLE * CHUNK_ROWS`` rows goes in that many chunks
-#: (of at least ``MIN_CHUNK_ROWS``), so the working memory stays small beside its output.
-CHUNK_ROWS = 4096
+#: temporaries (rows × regions float arrays, 0.8 MiB each at 1,024 rows) stay cache-sized
+#: whatever the table size: 1,024 rows cost a quarter less CPU than 4,096 at 100k scans. A
+#: table of fewer than ``CHUNKS_PER_TABLE * CHUNK_ROWS`` rows goes in that many chunks (of at
+#: least ``MIN_CHUNK_ROWS``), so the working memory stays small beside its output. The chunk
+#: size changes results only through BLAS blocking (about 1e-14 relative).
+CHUNK_ROWS = 1024
 CHUNKS_PER_TABLE = 16
 MIN_CHUNK_ROWS = 128
 #: Threads harmonizing chunks at once (results do not depend on it: see ``_transform``).
