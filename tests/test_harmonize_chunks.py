@@ -155,3 +155,14 @@ def test_a_fragmented_frame_gives_no_performance_warning(fitted):
     assert list(out.columns) == [c for c in frag.columns if c not in F.FLAG_COLUMNS] + list(
         F.FLAG_COLUMNS
     )
+
+
+def test_unique_rows_is_numpys_unique_by_rows():
+    rng = np.random.default_rng(4)
+    for shape, p in (((300, 101), 0.01), ((50, 9), 0.5), ((1, 3), 0.5), ((40, 16), 0.2)):
+        flags = rng.random(shape) < p
+        flags[: len(flags) // 3] = flags[0]  # repeated rows
+        want, want_inv = np.unique(flags, axis=0, return_inverse=True)
+        got, got_inv = model_module._unique_rows(flags)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_inv, np.asarray(want_inv).ravel())
