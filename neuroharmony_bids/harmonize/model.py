@@ -711,8 +711,9 @@ class NeuroHarmonizer(BaseEstimator):
         was left unharmonized). A bad row refuses the whole table, naming the first one; to
         set bad rows aside instead, see :meth:`transform_valid`.
 
-        Rows go through in chunks (whole sites on the joint path) written straight into the
-        output's columns: temporaries stay bounded and memory is the output alone.
+        Rows go through in chunks (whole sites on the joint path), on up to ``APPLY_THREADS``
+        threads, written into preallocated outputs: temporaries stay bounded and memory is
+        about the output alone (see docs/internals.md).
         """
         done = self._transform(table, site_column, sex_mapping, return_sd, person_column, False)
         return (done.harmonized, done.sd) if return_sd else done.harmonized
