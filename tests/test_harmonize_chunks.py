@@ -34,6 +34,8 @@ def _messy(table: pd.DataFrame) -> pd.DataFrame:
     t.loc[rows % 11 == 2, "snr_total"] = np.nan  # one IQM missing: core prior
     t.loc[rows % 13 == 3, "cjv"] = -1.0  # MRIQC's "not computed"
     t.loc[rows % 17 == 4, F.CORE_IQMS[:8]] = np.nan  # too many missing: profile only
+    t.loc[rows % 31 == 7, REGIONS[4]] = np.nan  # unusable regions: flagged, written raw
+    t.loc[rows % 37 == 8, REGIONS[6]] = 0.0
     t["dx"] = t["dx"].where(rows % 7 != 0)  # unknown covariates: training proportion/mean
     t.loc[rows % 5 == 0, "score"] = np.nan
     t.loc[rows % 19 == 6, "age"] = 95.0  # out of the training range: flagged
@@ -70,13 +72,9 @@ def test_chunked_transform_equals_one_chunk(fitted, monkeypatch, regions, kw):
         assert list(part.columns) == list(whole.columns)
         assert (part.dtypes == whole.dtypes).all()
         assert part.index.equals(pd.RangeIndex(len(messy)))
-        numeric = whole.select_dtypes("number").columns
-        np.testing.assert_allclose(
-            part[numeric].to_numpy(float), whole[numeric].to_numpy(float), rtol=1e-12, atol=0
-        )
-        text = [c for c in whole.columns if c not in numeric]
-        pd.testing.assert_frame_equal(part[text], whole[text])
-        np.testing.assert_allclose(part_sd.to_numpy(), whole_sd.to_numpy(), rtol=1e-12)
+        # the same bits: a site's rows meet in one chunk, in table order, whatever the chunks
+        pd.testing.assert_frame_equal(part, whole, check_exact=True)
+        pd.testing.assert_frame_equal(part_sd, whole_sd, check_exact=True)
 
 
 def test_a_bad_row_in_a_later_chunk_is_numbered_as_in_the_table(fitted, monkeypatch):
@@ -166,3 +164,69 @@ def test_unique_rows_is_numpys_unique_by_rows():
         got, got_inv = model_module._unique_rows(flags)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_inv, np.asarray(want_inv).ravel())
+
+
+def _alone(model, table: pd.DataFrame, rows: np.ndarray, return_sd: bool):
+    """Rows of ``table`` each transformed alone, put together (index: their table rows)."""
+    done = [model.transform(table.iloc[[i]], return_sd=return_sd) for i in rows]
+    out = pd.concat([d[0] if return_sd else d for d in done]).set_axis(rows)
+    return (out, np.vstack([d[1].to_numpy() for d in done])) if return_sd else out
+
+
+def _assert_batch_invariant(model, table, monkeypatch, chunks=(5, 64, 333)):
+    """Single-scan rows give the same bits alone, in the whole table, in another order and in
+    chunks of any size on any number of threads (exact equality, not allclose)."""
+    whole, whole_sd = model.transform(table, return_sd=True)
+    pd.testing.assert_frame_equal(model.transform(table), whole, check_exact=True)
+    assert (whole["nh_status"] == "unharmonized").any()  # the kinds of rows are there
+    assert (whole["nh_regions_flagged"] != "").any()
+    assert (whole["nh_iqms_missing"] != "").any()
+    every = np.arange(len(table))
+    alone, alone_sd = _alone(model, table, every, return_sd=True)
+    pd.testing.assert_frame_equal(alone, whole, check_exact=True)
+    np.testing.assert_array_equal(alone_sd, whole_sd.to_numpy())
+    some = every[::3]  # without SDs (the volumes take the same path): a third of the rows
+    alone = _alone(model, table, some, return_sd=False)
+    pd.testing.assert_frame_equal(alone, whole.iloc[some], check_exact=True)
+    order = np.random.default_rng(7).permutation(len(table))
+    for chunk, threads in zip(chunks, (1, 2, 2), strict=True):
+        monkeypatch.setattr(model_module, "CHUNK_ROWS", chunk)
+        monkeypatch.setattr(model_module, "APPLY_THREADS", threads)
+        shuffled, shuffled_sd = model.transform(table.iloc[order], return_sd=True)
+        back = np.argsort(order)
+        pd.testing.assert_frame_equal(
+            shuffled.iloc[back].reset_index(drop=True), whole, check_exact=True
+        )
+        np.testing.assert_array_equal(shuffled_sd.to_numpy()[back], whole_sd.to_numpy())
+    # the table inside a larger one (three copies: 3x the rows, other chunk boundaries)
+    monkeypatch.setattr(model_module, "CHUNK_ROWS", 1024)
+    copies = [table.assign(participant_id=f"copy{k}-" + table["participant_id"].astype(str))
+              if "participant_id" in table.columns else table for k in range(3)]  # fmt: skip
+    big = model.transform(pd.concat(copies, ignore_index=True))
+    np.testing.assert_array_equal(
+        big.iloc[len(table) : 2 * len(table)].select_dtypes("number").to_numpy(),
+        whole.select_dtypes("number").to_numpy(),
+    )
+
+
+@pytest.mark.slow
+def test_a_scans_bits_do_not_depend_on_its_batch(fitted, monkeypatch):
+    """Flagged, broken and unusable regions, missing and -1 IQMs, unknown covariates."""
+    model, table = fitted
+    messy = _messy(table).drop(columns="site")
+    _assert_batch_invariant(model, messy, monkeypatch)
+
+
+@pytest.mark.slow
+def test_an_abide_scans_bits_do_not_depend_on_its_batch(abide_table, monkeypatch):
+    """Every ABIDE row (the shipped model), some with missing IQMs and unusable regions."""
+    from neuroharmony_bids.harmonize.io import load_model
+
+    table = abide_table.rename(columns={"AGE_AT_SCAN": "age"})
+    rows = np.arange(len(table))
+    table.loc[rows % 10 == 3, "cjv"] = np.nan
+    table.loc[rows % 29 == 5, list(F.CORE_IQMS[:9])] = np.nan  # profile only
+    table.loc[rows % 23 == 4, "snr_total"] = -1.0
+    region = next(c for c in table.columns if "Thalamus" in c)
+    table.loc[rows % 41 == 6, region] = 0.0
+    _assert_batch_invariant(load_model(), table, monkeypatch)

@@ -41,6 +41,7 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
 from neuroharmony_bids.harmonize.combat import check_design, fit_combat
+from neuroharmony_bids.harmonize.rowwise import row_matmul, row_quadratic, row_reduce
 from neuroharmony_bids.harmonize.table import (
     PreparedTable,
     RowReader,
@@ -73,8 +74,9 @@ FLAG_COLUMNS = F.FLAG_COLUMNS
 #: temporaries (rows × regions float arrays, 0.8 MiB each at 1,024 rows) stay cache-sized
 #: whatever the table size: 1,024 rows cost a quarter less CPU than 4,096 at 100k scans. A
 #: table of fewer than ``CHUNKS_PER_TABLE * CHUNK_ROWS`` rows goes in that many chunks (of at
-#: least ``MIN_CHUNK_ROWS``), so the working memory stays small beside its output. The chunk
-#: size changes results only through BLAS blocking (about 1e-14 relative).
+#: least ``MIN_CHUNK_ROWS``), so the working memory stays small beside its output. The chunks
+#: change no bit: a single scan's numbers are the same alone or in any batch (every product
+#: runs in fixed-size row tiles: see ``harmonize.rowwise``).
 CHUNK_ROWS = 1024
 CHUNKS_PER_TABLE = 16
 MIN_CHUNK_ROWS = 128
@@ -532,13 +534,13 @@ class NeuroHarmonizer(BaseEstimator):
         P = self._cached(("profile", tuple(regions)), make)
         # chdtrc is what chi2.sf calls, without its argument checks (~0.1 ms a call: a chunk
         # makes one call per flagged-region pattern)
-        return chdtrc(len(regions), np.einsum("ij,ij->i", z @ P, z))
+        return chdtrc(len(regions), row_quadratic(z, P))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
         if self.robust_iqms:  # max |x| = max(max x, -min x), exactly, without a temporary
             return np.maximum(xs.max(axis=1), -xs.min(axis=1))
-        return np.sqrt(np.mean(xs**2, axis=1))
+        return row_reduce(lambda t: np.sqrt(np.mean(t**2, axis=1)), xs)
 
     def _iqm_zrange(self, cols: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Training range of the IQMs ``cols`` in the prior's robust-z units."""
@@ -620,7 +622,7 @@ class NeuroHarmonizer(BaseEstimator):
             prior = self.prior_[set_name]
             dist = self._iqm_distance(Xs)  # before clipping (in place)
             held = np.clip(Xs, lo, hi, out=Xs) if self.robust_iqms else Xs
-            loc = held @ prior["coef"]
+            loc = row_matmul(held, prior["coef"])
             loc += prior["intercept"]
             del held
             if every:
@@ -816,8 +818,8 @@ class NeuroHarmonizer(BaseEstimator):
                 new[name][rows] = values
 
         chunks = list(self._row_chunks(table, site_column))
-        # BLAS on one thread: the same bits whatever the machine and the number of chunk
-        # threads (OpenBLAS splits a product differently by thread count), and no
+        # BLAS on one thread: the same bits whatever the number of chunk threads and cores
+        # (OpenBLAS splits a product differently by thread count), and no
         # oversubscription; chunks run on up to APPLY_THREADS threads (NumPy releases the GIL)
         with _blas_controller().limit(limits=1, user_api="blas"):
             workers = min(APPLY_THREADS, len(chunks))
@@ -900,7 +902,8 @@ class NeuroHarmonizer(BaseEstimator):
         alone) or (site index per row, scans per site), with every site's rows here.
         """
         ridx, alpha, beta, sigma, T1, S, norm_sd = self._region_terms(regions)
-        mean = alpha + design @ beta
+        mean = row_matmul(design, beta)
+        mean += alpha
         # a missing, zero or negative volume (a structure not segmented) tells nothing about
         # the scanner: flagged, ignored by the other regions, and written as it came
         any_unusable = unusable.any()
@@ -958,11 +961,11 @@ class NeuroHarmonizer(BaseEstimator):
                 continue
             W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
             if rows.all():  # the common case: every row, no masked copies
-                np.matmul(d, W.T, out=gamma)
+                row_matmul(d, W.T, out=gamma)
                 gamma += mu
             else:  # (row indices: a boolean-masked copy costs several times more)
                 idx = np.flatnonzero(rows)
-                part = np.take(d, idx, axis=0) @ W.T
+                part = row_matmul(np.take(d, idx, axis=0), W.T)
                 part += np.take(mu, idx, axis=0)
                 gamma[idx] = part
             if want_sd:

@@ -1,0 +1,80 @@
+"""Row-wise arithmetic whose result for a row does not depend on the other rows of the batch.
+
+Why: in single-scan mode each scan is harmonized on its own, so its numbers must be the same
+bits whether it is harmonized alone, in a 5-row table or in a 100k-row table, in whatever chunk
+(a participant's output must not change with how a cluster splits the jobs). A BLAS product
+does not give that by itself: NumPy calls ``gemv`` for one row and ``gemm`` for several, and
+OpenBLAS picks its kernels (a small-matrix kernel, edge kernels for leftover rows) by the
+matrix sizes, and in a kernel a row's place can matter. Here every product goes through BLAS
+in tiles of exactly ``ROW_TILE`` rows (the last tile padded with zeros), so every row meets
+the same call with the same shapes, with the rows across the SIMD lanes (see
+:func:`row_matmul`). Elementwise NumPy arithmetic needs no care: each element is computed on
+its own. Checked for OpenBLAS (NumPy's wheels) by tests/test_harmonize_rowwise.py; another
+BLAS may pick its kernels otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+#: Rows per BLAS call. A multiple of every kernel's row blocking; large enough that the call
+#: overhead and packing of the right-hand matrix are small beside the product (a 1-row table
+#: pays for 64 rows: microseconds).
+ROW_TILE = 64
+
+
+def _tiles(n: int):
+    """(start, stop) of each ``ROW_TILE``-row tile of ``n`` rows (the last may be short)."""
+    for start in range(0, n, ROW_TILE):
+        yield start, min(start + ROW_TILE, n)
+
+
+def _padded(rows: np.ndarray) -> np.ndarray:
+    """A short tile as a full C-contiguous tile, zero rows after ``rows``."""
+    tile = np.zeros((ROW_TILE, *rows.shape[1:]), dtype=rows.dtype)
+    tile[: len(rows)] = rows
+    return tile
+
+
+def row_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` (``a``: rows × k), each row's bits independent of the other rows of ``a``.
+
+    Computed as ``(b' a')'`` tile by tile, so that the rows of ``a`` are the dimension BLAS
+    runs across SIMD lanes (OpenBLAS's column-major ``M``): every row then meets the same
+    arithmetic whatever its place in the tile. (As ``a @ b`` the rows are BLAS's ``N``,
+    blocked in kernels of different widths: a row's bits then depend on its place in the tile
+    once the product is large enough for the packed kernels.) ``out`` (rows × columns of
+    ``b``, may be a view) receives the product; returned.
+    """
+    a = np.ascontiguousarray(a)
+    bt = np.ascontiguousarray(b.T)
+    if out is None:
+        out = np.empty((len(a), len(bt)), dtype=np.result_type(a, b))
+    part = np.empty((len(bt), ROW_TILE))  # one tile of the product, transposed
+    for start, stop in _tiles(len(a)):
+        tile = a[start:stop] if stop - start == ROW_TILE else _padded(a[start:stop])
+        np.matmul(bt, tile.T, out=part)
+        out[start:stop] = part[:, : stop - start].T
+    return out
+
+
+def row_reduce(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """``fn(*arrays)``, a per-row result (one value per row), computed tile by tile on
+    ``ROW_TILE``-row C-contiguous tiles, so a reduction inside ``fn`` (a sum over a row, an
+    einsum) runs on the same shapes whatever the batch."""
+    arrays = tuple(np.ascontiguousarray(x) for x in arrays)
+    n = len(arrays[0])
+    out = np.empty(n)
+    for start, stop in _tiles(n):
+        part = [x[start:stop] for x in arrays]
+        if stop - start < ROW_TILE:
+            part = [_padded(x) for x in part]
+        out[start:stop] = fn(*part)[: stop - start]
+    return out
+
+
+def row_quadratic(z: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Per row ``z_i' P z_i``, each row's bits independent of the other rows of ``z``."""
+    return row_reduce(lambda zp, t: np.einsum("ij,ij->i", zp, t), row_matmul(z, P), z)

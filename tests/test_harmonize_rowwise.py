@@ -1,0 +1,60 @@
+"""Row-wise products: a row's bits do not depend on the other rows (harmonize.rowwise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuroharmony_bids.harmonize import rowwise
+
+
+def _positions_agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rows of ``row_matmul(a, b)`` that differ from the row computed alone."""
+    whole = rowwise.row_matmul(a, b)
+    alone = np.vstack([rowwise.row_matmul(a[[i]], b) for i in range(len(a))])
+    return np.flatnonzero((whole != alone).any(axis=1))
+
+
+# products as the harmonizer makes them (design 5-12 columns, 68 IQMs, ~100 regions) and
+# larger ones, in which BLAS uses its packed kernels
+@pytest.mark.parametrize("k", [5, 12, 68, 107, 300])
+@pytest.mark.parametrize("m", [7, 107, 300])
+def test_row_matmul_gives_each_row_the_bits_it_has_alone(k, m):
+    rng = np.random.default_rng([k, m])
+    a = rng.normal(size=(rowwise.ROW_TILE + 9, k))  # every place in a tile, and a short tile
+    b = rng.normal(size=(k, m))
+    np.testing.assert_allclose(rowwise.row_matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    assert not len(_positions_agree(a, b))
+    assert not len(_positions_agree(a, np.ascontiguousarray(b.T).T))  # a gain's W.T
+
+
+def test_row_matmul_order_batch_and_layout_change_no_bit():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(200, 117))
+    b = rng.normal(size=(117, 101))
+    whole = rowwise.row_matmul(a, b)
+    order = rng.permutation(len(a))
+    np.testing.assert_array_equal(rowwise.row_matmul(a[order], b), whole[order])
+    big = np.vstack([rng.normal(size=(37, 117)), a, rng.normal(size=(5, 117))])
+    np.testing.assert_array_equal(rowwise.row_matmul(big, b)[37:237], whole)
+    # a strided left-hand side, an output view
+    wide = np.hstack([a, a])[:, :117]
+    out = np.full((200, 205), np.nan)
+    got = rowwise.row_matmul(wide, b, out=out[:, 3:104])
+    assert np.shares_memory(got, out)
+    np.testing.assert_array_equal(out[:, 3:104], whole)
+
+
+def test_row_quadratic_and_row_reduce_are_per_row():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(300, 107))
+    m = rng.normal(size=(107, 107))
+    P = m @ m.T
+    q = rowwise.row_quadratic(z, P)
+    np.testing.assert_allclose(q, np.einsum("ij,jk,ik->i", z, P, z), rtol=1e-12)
+    rms = rowwise.row_reduce(lambda t: np.sqrt(np.mean(t**2, axis=1)), z)
+    np.testing.assert_allclose(rms, np.sqrt(np.mean(z**2, axis=1)), rtol=1e-15)
+    for i in range(0, 300, 7):
+        assert rowwise.row_quadratic(z[[i]], P)[0] == q[i]
+        assert rowwise.row_quadratic(z[i : i + 70], P)[0] == q[i]
+        assert rowwise.row_reduce(lambda t: np.sqrt(np.mean(t**2, axis=1)), z[[i]])[0] == rms[i]
