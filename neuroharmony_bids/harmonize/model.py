@@ -936,16 +936,18 @@ class NeuroHarmonizer(BaseEstimator):
         limit = min(self.profile_limit_, PROFILE_ALPHA)
         # (a count over the row size is the row mean exactly, without a float pass)
         broken = np.count_nonzero(far_region, axis=1) / len(regions) > MAX_FLAGGED_SHARE
+        # a row's numbers do not depend on the other rows (harmonize.rowwise), so the scans
+        # with nothing flagged (pattern 0, most) are computed over the whole chunk, without a
+        # gathered copy: the other rows' results are overwritten by their own pattern's
         for k, pattern in enumerate(patterns):
             rows = (inverse == k) & ~broken
             keep = np.flatnonzero(~pattern)
-            if rows.any() and len(keep):
+            if k == 0:
+                if rows.any():
+                    broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
+            elif rows.any() and len(keep):
                 sub = [regions[j] for j in keep]
-                if len(keep) < len(regions):
-                    zk = z[np.ix_(rows, keep)]
-                else:
-                    zk = z if rows.all() else np.take(z, np.flatnonzero(rows), axis=0)
-                broken[rows] = self._profile_pvalue(zk, sub) < limit
+                broken[rows] = self._profile_pvalue(z[np.ix_(rows, keep)], sub) < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
         scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
@@ -960,7 +962,7 @@ class NeuroHarmonizer(BaseEstimator):
             if not rows.any():
                 continue
             W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
-            if rows.all():  # the common case: every row, no masked copies
+            if k == 0:  # every row (others overwritten below): no gathered copies
                 row_matmul(d, W.T, out=gamma)
                 gamma += mu
             else:  # (row indices: a boolean-masked copy costs several times more)
