@@ -912,7 +912,9 @@ class NeuroHarmonizer(BaseEstimator):
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(iqms)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
-        mu = mu_all if len(ridx) == len(self.regions_) else mu_all[:, ridx]
+        # (np.take keeps rows contiguous; mu_all[:, ridx] would be column-major, and every
+        # later pass over mu, and each gather of its rows, would then stride)
+        mu = mu_all if len(ridx) == len(self.regions_) else np.take(mu_all, ridx, axis=1)
         mu *= conf[:, None]  # in place: mu_all is not used again
         if any_unusable:
             z[unusable] = mu[unusable]  # neutral: no deviation (and no NaN) to spread
