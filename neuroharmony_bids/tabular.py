@@ -28,6 +28,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from queue import Full, Queue
 from typing import IO
@@ -404,6 +405,109 @@ def _unmark(data: bytes, marks: str, sep: str) -> bytes:
     for char, mark in zip(('"', sep, "\n", "\r"), marks, strict=True):
         data = data.replace(mark.encode(), char.encode())
     return data
+
+
+#: Largest integer part written by :func:`decimal_text`'s integer route (9 digits); larger
+#: magnitudes, negatives and non-finite values take pyarrow's float text.
+_DECIMAL_MAX_INT = 10**9
+
+
+@lru_cache(maxsize=4)
+def _decimal_tables(decimals: int):
+    """uint64 lookup tables of ASCII bytes (little-endian, NUL-padded) for :func:`decimal_text`:
+    three digits with leading zeros as NUL; the same then zero-padded (for a group after the
+    number has begun); the same with the units digit kept, then zero-padded; the fraction
+    ('.' + digits without trailing zeros; nothing for 0)."""
+    import numpy as np
+
+    g = np.arange(1000, dtype=np.uint64)
+    digits = [48 + g // 100, 48 + g // 10 % 10, 48 + g % 10]
+    padded = digits[0] | digits[1] << 8 | digits[2] << 16
+    keep = [g >= 100, g >= 10, g >= 1]  # a digit is shown once the number has begun
+    bare = sum(np.where(k, d, 0).astype(np.uint64) << (8 * i) for i, (k, d) in enumerate(
+        zip(keep, digits, strict=True)))  # fmt: skip
+    units = bare | np.where(g == 0, 48, 0).astype(np.uint64) << 16
+    frac = np.zeros(10**decimals, dtype=np.uint64)
+    for f in range(1, 10**decimals):
+        frac[f] = int.from_bytes(f".{f:0{decimals}d}".rstrip("0").encode(), "little")
+    return bare, np.concatenate([bare, padded]), np.concatenate([units, padded]), frac
+
+
+def decimal_text(values, decimals: int = 3):
+    """Text of ``numpy.round(values, decimals)`` as pyarrow's CSV writer prints that float
+    (its shortest round-trip text: ``1234.5``, ``0.001``, ``-0``), null where NaN: the same
+    bytes at about half the cost, because rounded harmonized volumes are most of what the
+    table CLI formats.
+
+    Why it is exact: for ``|v| < 1e9`` and ``decimals <= 3``, ``round(v, d)`` is ``k / 10**d``
+    with ``k = rint(v * 10**d)`` (numpy's own definition) and at most 12 significant digits;
+    a decimal of at most 15 significant digits is the shortest text of the double nearest to
+    it, and pyarrow prints numbers below 1e10 without an exponent. So the text is ``k``'s
+    digits with the point put back and trailing zeros dropped, built here from lookup tables
+    in numpy. Other cells (negative, huge, infinite) get pyarrow's own text of the rounded
+    float. ``values``: a 1-D float array; returns a pyarrow large_string array.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not 0 <= decimals <= 3:
+        raise ValueError(f"decimals must be 0 to 3, not {decimals}")
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    # 16 bytes a cell: integer part in bytes 0-8 (NUL before its first digit), fraction in
+    # 9-12, NUL after; pyarrow trims the NULs, which is the variable-length concatenation
+    cells = np.empty((n, 2), dtype=np.uint64)
+    fast = np.empty(n, dtype=bool)
+    for start in range(0, n, _DECIMAL_PIECE):  # small temporaries: they stay in cache
+        part = slice(start, start + _DECIMAL_PIECE)
+        fast[part] = _decimal_cells(values[part], decimals, cells[part])
+    nan = np.isnan(values)
+    nulls = int(nan.sum())
+    valid = pa.py_buffer(np.packbits(~nan, bitorder="little")) if nulls else None
+    offsets = np.arange(0, 16 * n + 1, 16, dtype=np.int64)
+    text = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(cells), valid, nulls
+    )
+    text = pc.ascii_trim(text, "\x00")
+    slow = ~fast & ~nan
+    if slow.any():  # rare: pyarrow's text of those rounded floats
+        other = pc.cast(pa.array(np.round(values[slow], decimals)), pa.large_string())
+        text = pc.replace_with_mask(text, pa.array(slow), other)
+    return text
+
+
+#: Cells per numpy pass of :func:`decimal_text` (temporaries of 256 KiB).
+_DECIMAL_PIECE = 2**15
+
+
+def _decimal_cells(values, decimals: int, out):
+    """Fill ``out`` (n × 2 uint64) with the NUL-padded text of the cells that take the integer
+    route; return which those are."""
+    import numpy as np
+
+    bare, mid_table, last_table, frac = _decimal_tables(decimals)
+    scale = 10**decimals
+    with np.errstate(invalid="ignore", over="ignore"):
+        k = np.rint(values * scale)
+        fast = (k < _DECIMAL_MAX_INT * scale) & ~np.signbit(k)  # False for NaN
+    k[~fast] = 0
+    # exact in float64: integers below 2**53, and floor(m / 10**j) of an integer m < 1e12
+    # never rounds up to the next integer
+    ip = np.floor(k / scale)
+    fr = (k - ip * scale).astype(np.intp)
+    top = np.floor(ip / 1000)
+    last = (ip - top * 1000).astype(np.intp)
+    hi = np.floor(top / 1000)
+    mid = (top - hi * 1000).astype(np.intp)
+    # a group's leading zeros are shown once the number has begun (tables' second half)
+    mid += 1000 * (hi > 0)
+    last += 1000 * (top > 0)
+    u = np.uint64
+    lows = last_table[last]
+    out[:, 0] = bare[hi.astype(np.intp)] | mid_table[mid] << u(24) | lows << u(48)
+    out[:, 1] = lows >> u(16) | frac[fr] << u(8)
+    return fast
 
 
 def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
