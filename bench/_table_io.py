@@ -76,9 +76,11 @@ print(json.dumps(_stats(t, c)))
 
 
 # The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
-# beside pyarrow's, and what the harmonization itself costs. "format" is the block's text
-# (tabular.format_block: pyarrow's writer), "file" writing it out. BLAS single-threaded, as in
-# the CLI's streamed pipeline.
+# beside pyarrow's, and what the harmonization itself costs. "read" is pyarrow's parse of a
+# block, "pandas" the DataFrame the harmonizer takes, "assemble" the output table (columns
+# passed through from the block as read), "format" the block's text (tabular.format_block:
+# pyarrow's writer, rounded volumes by tabular.decimal_text), "file" writing it out. BLAS
+# single-threaded, as in the CLI's streamed pipeline.
 _STAGES = (
     """
 import json, sys, time
@@ -86,32 +88,41 @@ import json, sys, time
     + _STATS
     + """
 _warm(int(sys.argv[3]))
+import warnings
 from pathlib import Path
+import pandas as pd
 from neuroharmony_bids import tabular as T
-from neuroharmony_bids.cli.table import _compact
+from neuroharmony_bids.cli.table import _compact, _rounded
 from neuroharmony_bids.harmonize.apply import harmonize_table
+from neuroharmony_bids.harmonize.features import FLAG_COLUMNS
 from neuroharmony_bids.harmonize.io import load_model
 from threadpoolctl import threadpool_limits
+warnings.simplefilter("ignore", pd.errors.PerformanceWarning)  # as the CLI
 model, path = load_model(), Path(sys.argv[1])
-cpu = dict.fromkeys(("read", "harmonize", "compact", "format", "file"), 0.0)
+names = T.read_header(path, ",")
+rounded = _rounded(names, model)
+stages = ("read", "pandas", "harmonize", "assemble", "format", "file")
+cpu = dict.fromkeys(stages, 0.0)
 with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas"):  # as the CLI
     writer = T.TableWriter(fh, ",")
-    blocks = T._arrow_blocks(path, ",", T.read_header(path, ","), T.BLOCK_BYTES)
-    c = time.process_time()
-    for block in blocks:
-        c1 = time.process_time()
+    blocks = T._arrow_blocks(path, ",", names, T.BLOCK_BYTES)
+    c = [time.process_time()]
+    for table in blocks:
+        c.append(time.process_time())
+        block = table.to_pandas(split_blocks=True)
+        c.append(time.process_time())
         out = harmonize_table(block, model)
-        c2 = time.process_time()
-        out = _compact(out, model)
-        c3 = time.process_time()
+        c.append(time.process_time())
+        out = T.passed_through(table, _compact(out, model), [*rounded, *FLAG_COLUMNS])
+        c.append(time.process_time())
         writer.header(out)
-        text = T.format_block(out, ",")
-        c4 = time.process_time()
+        text = T.format_block(out, ",", rounded)
+        c.append(time.process_time())
         writer.put(*text)
-        cpu["read"] += c1 - c; cpu["harmonize"] += c2 - c1; cpu["compact"] += c3 - c2
-        cpu["format"] += c4 - c3
-        c = time.process_time()
-        cpu["file"] += c - c4
+        c.append(time.process_time())
+        for k, a, b in zip(stages, c, c[1:]):
+            cpu[k] += b - a
+        c = [c[-1]]
 print(json.dumps(cpu))
 """
 )

@@ -27,13 +27,19 @@ import re
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from queue import Full, Queue
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    #: What the writer takes: a DataFrame or a pyarrow table.
+    Block = pd.DataFrame | pa.Table
 
 from neuroharmony_bids.errors import DataError, MissingInputError, UsageError
 
@@ -239,19 +245,47 @@ def prefetched(items: Iterable, depth: int = 1) -> Iterator:
         stop.set()
 
 
-def iter_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[pd.DataFrame]:
+def iter_blocks(
+    path: str | Path, block_bytes: int | None = None, arrow: bool = False
+) -> Iterator[pd.DataFrame] | Iterator[tuple[pa.Table, pd.DataFrame]]:
     """The table in blocks of about ``block_bytes`` of CSV each; raises :class:`Unstreamable`.
 
     Each block is parsed by pyarrow (multi-threaded) with the column types of the first block,
     one block ahead of the consumer, so memory stays a few blocks whatever the table's size.
+    ``arrow``: (pyarrow table, DataFrame) pairs, so that columns a caller does not change can
+    be written from the table as read (:func:`passed_through`).
     """
     path = check_input(path)
     sep = separator(path)
     names = read_header(path, sep)
-    yield from prefetched(_arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES))
+    blocks = _arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES)
+    if arrow:
+        yield from prefetched((t, t.to_pandas(split_blocks=True)) for t in blocks)
+    else:
+        yield from prefetched(t.to_pandas(split_blocks=True, self_destruct=True) for t in blocks)
 
 
-def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator[pd.DataFrame]:
+def passed_through(table: pa.Table, frame: pd.DataFrame, changed: Iterable[str]) -> pa.Table:
+    """``frame`` as a pyarrow table, taking from ``table`` (the block as read) every column
+    of ``frame`` that is not in ``changed``: no pandas round trip for columns a caller passed
+    through. An integer column with empty cells, which pandas holds as floats, still comes
+    from ``frame``, so that its text is what the whole-table path writes."""
+    import pyarrow as pa
+
+    changed = set(changed)
+    read = set(table.column_names)
+    cols = []
+    for name in frame.columns:
+        if name in read and name not in changed:
+            col = table.column(name)
+            if not (pa.types.is_integer(col.type) and col.null_count):
+                cols.append(col)
+                continue
+        cols.append(pa.array(frame[name], from_pandas=True))
+    return pa.table(cols, names=[str(c) for c in frame.columns])
+
+
+def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator[pa.Table]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -269,7 +303,7 @@ def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator
                 continue
             fixed = {f.name: f.type for f in table.schema if not pa.types.is_null(f.type)}
             convert.column_types = {**fixed, **convert.column_types}
-            yield table.to_pandas(split_blocks=True, self_destruct=True)
+            yield table
 
 
 # --------------------------------------------------------------------------- writing
@@ -311,14 +345,15 @@ class TableWriter:
         self.fh, self.sep, self.columns = fh, sep, None
         self.neutralised = 0
 
-    def write(self, block: pd.DataFrame) -> None:
+    def write(self, block: Block, rounded: Mapping[str, int] | None = None) -> None:
         self.header(block)
-        self.put(*format_block(block, self.sep))
+        self.put(*format_block(block, self.sep, rounded))
 
-    def header(self, block: pd.DataFrame) -> None:
+    def header(self, block: Block) -> None:
         """The header line, from the first block's columns (later calls do nothing)."""
         if self.columns is None:
-            self.columns = [str(c) for c in block.columns]
+            names = block.column_names if hasattr(block, "column_names") else block.columns
+            self.columns = [str(c) for c in names]
             self.fh.write(_header_line(self.columns, self.sep))
 
     def put(self, data, neutralised: int) -> None:
@@ -327,22 +362,28 @@ class TableWriter:
         self.fh.write(data)
 
 
-def format_block(block: pd.DataFrame, sep: str):
+def format_block(block: Block, sep: str, rounded: Mapping[str, int] | None = None):
     """A block's rows as CSV/TSV bytes (no header) and its count of neutralised cells.
 
-    Pure, and pyarrow formats without the GIL: blocks can be formatted on several threads
-    and written in order (:func:`write_blocks`).
+    ``block``: a DataFrame or a pyarrow table. ``rounded``: {column: decimals} of number
+    columns written rounded (:func:`decimal_text`). Pure, and pyarrow formats without the
+    GIL: blocks can be formatted on several threads and written in order (:func:`write_blocks`).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    table = pa.Table.from_pandas(block, preserve_index=False)
+    if isinstance(block, pa.Table):
+        table = block
+    else:
+        table = pa.Table.from_pandas(block, preserve_index=False)
     for i, field in enumerate(table.schema):  # categories: their text, guarded and quoted too
         if pa.types.is_dictionary(field.type):
             table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
     table, count = _neutralise_arrow(table)
     table, marks = _quote_where_needed(table, sep)
+    if rounded:  # after the text checks: what they look at is the user's text
+        table = _round_columns(table, rounded)
     if sep == "\t":  # BIDS: missing is n/a
         cols = []
         for col in table.columns:
@@ -357,6 +398,27 @@ def format_block(block: pd.DataFrame, sep: str):
     if marks:
         data = _unmark(data.to_pybytes(), marks, sep)
     return data, count
+
+
+def _round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
+    """``table`` with the ``rounded`` number columns as their rounded text, one
+    :func:`decimal_text` call per number of decimals (fewer, larger numpy passes)."""
+    import numpy as np
+
+    by_decimals: dict[int, list[int]] = {}
+    for name, decimals in rounded.items():
+        i = table.schema.get_field_index(name)
+        if i >= 0:
+            by_decimals.setdefault(decimals, []).append(i)
+    n = table.num_rows
+    for decimals, idx in by_decimals.items():
+        values = np.empty(n * len(idx))
+        for j, i in enumerate(idx):
+            values[j * n : (j + 1) * n] = table.column(i).to_numpy()  # null → NaN
+        text = decimal_text(values, decimals)
+        for j, i in enumerate(idx):
+            table = table.set_column(i, table.field(i).name, text.slice(j * n, n))
+    return table
 
 
 #: Private-use characters standing for a quote, the delimiter, LF and CR inside a quoted field
@@ -510,9 +572,15 @@ def _decimal_cells(values, decimals: int, out):
     return fast
 
 
-def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
-    """Write blocks to ``path`` atomically; return cells neutralised. Nothing appears at
-    ``path`` unless every block was written.
+def write_blocks(
+    path: str | Path,
+    blocks: Iterable[Block],
+    sep: str | None = None,
+    rounded: Mapping[str, int] | None = None,
+) -> int:
+    """Write blocks (DataFrames or pyarrow tables) to ``path`` atomically; return cells
+    neutralised. Nothing appears at ``path`` unless every block was written. ``rounded``:
+    {column: decimals} written rounded (:func:`format_block`).
 
     The next block is made (read, harmonized) in a background thread while up to
     :data:`FORMAT_THREADS` blocks are formatted at once; blocks are written in order, so the
@@ -533,7 +601,7 @@ def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | No
         pending: deque = deque()
         for block in prefetched(blocks):
             writer.header(block)
-            pending.append(pool.submit(format_block, block, sep))
+            pending.append(pool.submit(format_block, block, sep, rounded))
             if len(pending) > FORMAT_THREADS:
                 writer.put(*pending.popleft().result())
         while pending:
