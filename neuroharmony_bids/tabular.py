@@ -30,7 +30,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
-from queue import Full, Queue
 from typing import IO, TYPE_CHECKING
 
 import pandas as pd
@@ -206,52 +205,95 @@ def _byte_blocks(fh: IO[bytes], size: int) -> Iterator[bytes]:
         yield data + fh.readline()
 
 
-def prefetched(items: Iterable, depth: int = 1) -> Iterator:
-    """``items`` produced by a background thread, at most ``depth`` ahead (bounded memory).
+class Prefetched(Iterator):
+    """``items`` produced by a background thread started at once, at most ``depth`` ahead
+    (bounded memory).
 
     pyarrow parses and writes without the GIL, so reading the next block, harmonizing this one
-    and writing the last one overlap on a multi-core machine. Exceptions reach the consumer.
+    and writing the last one overlap on a multi-core machine; starting at once lets the first
+    blocks be read while the caller still imports and loads its model. (Reading further ahead
+    then would cost memory: the reader stays ahead, so the blocks it holds add to the peak.)
+    Exceptions reach the consumer. :meth:`close` (or the end of a ``with`` block) stops it.
     """
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
 
-    def produce() -> None:
+    _DONE = object()
+
+    def __init__(self, items: Iterable, depth: int = 1) -> None:
+        self._items, self._depth = items, depth
+        self._buffer: deque = deque()
+        self._ready = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._produce, name="neuroharmony-prefetch")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _produce(self) -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put((item, None), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put((done, None))
+            for item in self._items:
+                with self._ready:
+                    while not self._stopped and len(self._buffer) >= self._depth:
+                        self._ready.wait()
+                    if self._stopped:
+                        return
+                    self._buffer.append((item, None))
+                    self._ready.notify_all()
+                del item  # the consumer's alone now
+            end = (self._DONE, None)
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer)
-            queue.put((done, exc))
+            end = (self._DONE, exc)
+        with self._ready:
+            self._buffer.append(end)
+            self._ready.notify_all()
 
-    thread = threading.Thread(target=produce, name="neuroharmony-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = queue.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
+    def __next__(self):
+        with self._ready:
+            while not self._buffer:
+                self._ready.wait()
+            item, exc = self._buffer[0]
+            if item is not self._DONE:
+                self._buffer.popleft()
+            elif exc is not None:
+                self._buffer[0] = (item, None)  # raised once; then the end
+            self._ready.notify_all()
+        if exc is not None:
+            raise exc
+        if item is self._DONE:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop producing; items not taken are dropped."""
+        with self._ready:
+            self._stopped = True
+            self._buffer.clear()
+            self._ready.notify_all()
+
+    def __enter__(self) -> Prefetched:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def prefetched(items: Iterable, depth: int = 1) -> Iterator:
+    """``items`` made by a background thread at most ``depth`` ahead (see :class:`Prefetched`);
+    the thread stops when the consumer stops, even half-way."""
+    with Prefetched(items, depth) as ahead:
+        yield from ahead
 
 
 def iter_blocks(
     path: str | Path, block_bytes: int | None = None, arrow: bool = False
-) -> Iterator[pd.DataFrame] | Iterator[tuple[pa.Table, pd.DataFrame]]:
+) -> Prefetched:
     """The table in blocks of about ``block_bytes`` of CSV each; raises :class:`Unstreamable`.
 
     Each block is parsed by pyarrow (multi-threaded) with the column types of the first block,
     one block ahead of the consumer, so memory stays a few blocks whatever the table's size.
+    Reading starts at once: close the result (or use it in a ``with`` block) if it may not be
+    read to the end.
     ``arrow``: (pyarrow table, DataFrame) pairs, so that columns a caller does not change can
     be written from the table as read (:func:`passed_through`).
     """
@@ -259,10 +301,16 @@ def iter_blocks(
     sep = separator(path)
     names = read_header(path, sep)
     blocks = _arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES)
-    if arrow:
-        yield from prefetched((t, t.to_pandas(split_blocks=True)) for t in blocks)
-    else:
-        yield from prefetched(t.to_pandas(split_blocks=True, self_destruct=True) for t in blocks)
+    return Prefetched(_with_frames(blocks, arrow))
+
+
+def _with_frames(blocks: Iterator[pa.Table], arrow: bool) -> Iterator:
+    for table in blocks:
+        if arrow:
+            yield table, table.to_pandas(split_blocks=True)
+        else:
+            yield table.to_pandas(split_blocks=True, self_destruct=True)
+        del table  # not kept alive while the next block is read
 
 
 def passed_through(table: pa.Table, frame: pd.DataFrame, changed: Iterable[str]) -> pa.Table:
@@ -298,12 +346,14 @@ def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator
                 table = pcsv.read_csv(pa.BufferReader(chunk), read, parse, convert)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise Unstreamable(str(exc)) from None
+            del chunk
             _plain(table)
             if table.num_rows == 0:
                 continue
             fixed = {f.name: f.type for f in table.schema if not pa.types.is_null(f.type)}
             convert.column_types = {**fixed, **convert.column_types}
             yield table
+            del table  # not kept alive while the next block is read
 
 
 # --------------------------------------------------------------------------- writing
@@ -411,14 +461,21 @@ def _round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
         if i >= 0:
             by_decimals.setdefault(decimals, []).append(i)
     n = table.num_rows
-    for decimals, idx in by_decimals.items():
-        values = np.empty(n * len(idx))
-        for j, i in enumerate(idx):
-            values[j * n : (j + 1) * n] = table.column(i).to_numpy()  # null → NaN
-        text = decimal_text(values, decimals)
-        for j, i in enumerate(idx):
-            table = table.set_column(i, table.field(i).name, text.slice(j * n, n))
+    per_call = max(1, _ROUND_CELLS // max(n, 1))  # a few MiB of temporaries a call
+    for decimals, every in by_decimals.items():
+        for start in range(0, len(every), per_call):
+            idx = every[start : start + per_call]
+            values = np.empty(n * len(idx))
+            for j, i in enumerate(idx):
+                values[j * n : (j + 1) * n] = table.column(i).to_numpy()  # null → NaN
+            text = decimal_text(values, decimals)
+            for j, i in enumerate(idx):
+                table = table.set_column(i, table.field(i).name, text.slice(j * n, n))
     return table
+
+
+#: Cells rounded per :func:`decimal_text` call by :func:`format_block` (~3 MiB of buffers).
+_ROUND_CELLS = 2**17
 
 
 #: Private-use characters standing for a quote, the delimiter, LF and CR inside a quoted field
@@ -602,6 +659,7 @@ def write_blocks(
         for block in prefetched(blocks):
             writer.header(block)
             pending.append(pool.submit(format_block, block, sep, rounded))
+            del block  # the format task's alone now
             if len(pending) > FORMAT_THREADS:
                 writer.put(*pending.popleft().result())
         while pending:

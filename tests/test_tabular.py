@@ -105,3 +105,36 @@ def test_decimal_text_refuses_more_than_three_decimals():
 
     with pytest.raises(ValueError, match="decimals must be 0 to 3"):
         tabular.decimal_text(np.ones(2), 4)
+
+
+def test_prefetched_keeps_order_passes_errors_and_stops_when_closed():
+    import threading
+
+    made = []
+
+    def items():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    ahead = tabular.Prefetched(items(), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    ahead._thread.join(timeout=5)
+    assert not ahead._thread.is_alive() and len(made) <= 6  # bounded: never ran far ahead
+
+    def failing():
+        yield 1
+        raise ValueError("bad block")
+
+    ahead = tabular.Prefetched(failing())
+    assert next(ahead) == 1
+    with pytest.raises(ValueError, match="bad block"):
+        next(ahead)
+    with pytest.raises(StopIteration):  # raised once, then the end (no hang)
+        next(ahead)
+    assert list(tabular.prefetched(iter(range(5)))) == [0, 1, 2, 3, 4]
+    for t in threading.enumerate():  # every producer has ended
+        if t.name == "neuroharmony-prefetch":
+            t.join(timeout=5)
+            assert not t.is_alive()

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,6 +154,7 @@ def _renumber(exc: DataError, offset: int) -> DataError:
 
 
 def _harmonized_blocks(
+    blocks: Iterable[tuple[pa.Table, pd.DataFrame]],
     path: Path,
     model,
     sex_mapping,
@@ -171,7 +172,7 @@ def _harmonized_blocks(
     from neuroharmony_bids.harmonize.table import ID_COLUMNS, check_duplicates
 
     ids, offset = [], 0
-    for table, block in T.iter_blocks(path, arrow=True):
+    for table, block in blocks:
         try:
             result = harmonize_table(
                 block, model, sex_mapping=sex_mapping, profile_weight=profile_weight
@@ -182,34 +183,51 @@ def _harmonized_blocks(
         offset += len(block)
         summary["rows"] += len(result)
         summary["ood"] += int(result["nh_out_of_range"].sum())
-        yield T.passed_through(table, _compact(result, model), [*changed, *FLAG_COLUMNS])
+        written = T.passed_through(table, _compact(result, model), [*changed, *FLAG_COLUMNS])
+        del table, block, result  # not kept alive while the writer formats this block
+        yield written
+        del written
     if offset == 0:
         raise DataError(f"{path}: the input table has no rows; it needs one row per scan")
     check_duplicates(pd.concat(ids, ignore_index=True))  # across blocks
 
 
 def _harmonize(args) -> None:
-    from threadpoolctl import threadpool_limits
-
-    from neuroharmony_bids.harmonize.apply import harmonize_table
-    from neuroharmony_bids.harmonize.io import load_model
-
     inp, out = Path(args.input), Path(args.output)
     if out.suffix.lower() not in (".csv", ".tsv"):
         raise UsageError(f"{out}: output must end in .csv or .tsv")
     T.separator(inp)
     _check_paths(inp, out)
     names = T.read_header(inp, T.separator(inp))
+    mapping = _parse_mapping(args.sex_mapping)
+    streamed = None
+    if args.site_column is None:
+        try:  # reading starts now, beside the imports and the model load
+            streamed = T.iter_blocks(inp, arrow=True)
+        except T.Unstreamable:
+            pass
+    try:
+        _harmonize_with(args, inp, out, names, mapping, streamed)
+    finally:
+        if streamed is not None:
+            streamed.close()
+
+
+def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, streamed) -> None:
+    from threadpoolctl import threadpool_limits
+
+    from neuroharmony_bids.harmonize.apply import harmonize_table
+    from neuroharmony_bids.harmonize.io import load_model
+
     model = load_model(args.model)
     rounded = _rounded(names, model)
-    mapping = _parse_mapping(args.sex_mapping)
     summary: dict = {"rows": 0, "ood": 0}
     neutralised = None
-    if args.site_column is None:
+    if streamed is not None:
         try:  # the pipeline's threads use the cores; BLAS threads would only spin beside them
             with threadpool_limits(limits=1, user_api="blas"):
                 blocks = _harmonized_blocks(
-                    inp, model, mapping, summary, args.profile_weight, tuple(rounded)
+                    streamed, inp, model, mapping, summary, args.profile_weight, tuple(rounded)
                 )
                 neutralised = T.write_blocks(out, blocks, rounded=rounded)
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
