@@ -3,9 +3,12 @@
 Each measurement runs in a fresh process (peak RSS is per process), alternating the two so
 that a busy shared machine slows both alike; the best wall time of each is kept. Every child
 first touches and frees a buffer larger than any peak measured here (4× the CSV + 512 MiB),
-then resets its peak RSS, and only then starts its clock: on a VM whose host backs guest
-memory lazily, the first touch of memory not used recently costs ~8 ms per MiB, which would
-otherwise be charged to whichever tool runs first (a normal machine pays ~50× less).
+writes and deletes a file larger than any output (2× the CSV: the page cache does not reuse
+freed anonymous memory, but does reuse a deleted file's pages), then resets its peak RSS, and
+only then starts its clock: on a VM whose host backs guest memory lazily, the first touch of
+memory not used recently costs ~8 ms per MiB (a 400 MiB output file: ~3 s of CPU cold, 0.1 s
+warm), which would otherwise be charged to whichever tool runs first (a normal machine pays
+~50× less).
 Printed:
 
 - wall-time ratio CLI / (pyarrow read + write), target ≤ 1.3;
@@ -32,10 +35,19 @@ REPO = Path(__file__).resolve().parent.parent
 # Peak RSS is VmHWM of this process image: ru_maxrss would include the benchmark parent's
 # memory (Linux keeps the high-water mark of the forked copy across exec).
 _STATS = """
-def _warm(nbytes):
+def _warm(nbytes, folder, file_bytes):
     buf = bytearray(nbytes)  # zero-filled: every page touched
     buf[::4096] = b"\\x01" * len(range(0, nbytes, 4096))
     del buf
+    # page-cache pages are not taken from freed anonymous memory: a file written and deleted
+    # leaves warm pages that the tool's output file then reuses
+    import os
+    scratch = os.path.join(folder, ".warm-%d" % os.getpid())
+    block = bytes(2**24)
+    with open(scratch, "wb") as fh:
+        for _ in range(file_bytes // len(block) + 1):
+            fh.write(block)
+    os.unlink(scratch)
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # VmHWM from here on: the warm-up buffer is not the tool's peak
 
@@ -46,11 +58,11 @@ def _stats(t0, c0):
 
 _ARROW = (
     """
-import json, sys, time
+import json, os, sys, time
 """
     + _STATS
     + """
-_warm(int(sys.argv[3]))
+_warm(int(sys.argv[3]), os.path.dirname(sys.argv[2]), int(sys.argv[4]))
 t, c = time.perf_counter(), time.process_time()
 import pyarrow.csv as pc
 table = pc.read_csv(sys.argv[1])
@@ -62,11 +74,11 @@ print(json.dumps({**_stats(t, c), "read": read, "nbytes": table.nbytes}))
 
 _CLI = (
     """
-import json, sys, time
+import json, os, sys, time
 """
     + _STATS
     + """
-_warm(int(sys.argv[3]))
+_warm(int(sys.argv[3]), os.path.dirname(sys.argv[2]), int(sys.argv[4]))
 t, c = time.perf_counter(), time.process_time()
 from neuroharmony_bids.cli.table import main
 main(["harmonize", sys.argv[1], sys.argv[2]])
@@ -83,11 +95,11 @@ print(json.dumps(_stats(t, c)))
 # single-threaded, as in the CLI's streamed pipeline.
 _STAGES = (
     """
-import json, sys, time
+import json, os, sys, time
 """
     + _STATS
     + """
-_warm(int(sys.argv[3]))
+_warm(int(sys.argv[3]), os.path.dirname(sys.argv[2]), int(sys.argv[4]))
 import warnings
 from pathlib import Path
 import pandas as pd
@@ -157,14 +169,14 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="nh-table-io-") as tmp:
         src = Path(tmp) / "scans.csv"
         pcsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), src)
-        warm = str(4 * src.stat().st_size + 2**29)
+        warm = (str(4 * src.stat().st_size + 2**29), str(2 * src.stat().st_size))
         arrow, cli, old = [], [], []
         for i in range(repeat):  # alternate, so that a busy machine slows all alike
-            arrow.append(_child(_ARROW, str(src), str(Path(tmp) / "arrow.csv"), warm))
-            cli.append(_child(_CLI, str(src), str(Path(tmp) / f"cli{i}.csv"), warm))
+            arrow.append(_child(_ARROW, str(src), str(Path(tmp) / "arrow.csv"), *warm))
+            cli.append(_child(_CLI, str(src), str(Path(tmp) / f"cli{i}.csv"), *warm))
             if base:
-                old.append(_child(_CLI, str(src), str(Path(tmp) / "base.csv"), warm, repo=base))
-        stages = _child(_STAGES, str(src), str(Path(tmp) / "stages.csv"), warm)
+                old.append(_child(_CLI, str(src), str(Path(tmp) / "base.csv"), *warm, repo=base))
+        stages = _child(_STAGES, str(src), str(Path(tmp) / "stages.csv"), *warm)
         a, c = _best(arrow), _best(cli)
         nbytes = a["nbytes"]
         first = (Path(tmp) / "cli0.csv").read_bytes()
@@ -175,7 +187,8 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
         rows = [
             ("table", f"{len(table):,} rows × {table.shape[1]} columns, "
                       f"{src.stat().st_size / 2**20:.0f} MiB CSV, {nbytes / 2**20:.0f} MiB in memory"),
-            ("memory warm-up", f"every child touched and freed {int(warm) / 2**20:,.0f} MiB "
+            ("memory warm-up", f"every child touched and freed {int(warm[0]) / 2**20:,.0f} MiB "
+                               f"and wrote and deleted a {int(warm[1]) / 2**20:,.0f} MiB file "
                                "before its clock and peak RSS started (this VM's first touch)"),
             ("pyarrow read + write", f"{a['wall']:.2f} s wall, {a['cpu']:.2f} s CPU (read "
                                      f"{a['read']:.2f} s), peak RSS {a['rss'] / 2**20:.0f} MiB"),
