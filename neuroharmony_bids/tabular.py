@@ -460,18 +460,21 @@ def _round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
         i = table.schema.get_field_index(name)
         if i >= 0:
             by_decimals.setdefault(decimals, []).append(i)
+    import pyarrow as pa
+
     n = table.num_rows
+    cols = table.columns
     per_call = max(1, _ROUND_CELLS // max(n, 1))  # a few MiB of temporaries a call
     for decimals, every in by_decimals.items():
         for start in range(0, len(every), per_call):
             idx = every[start : start + per_call]
             values = np.empty(n * len(idx))
             for j, i in enumerate(idx):
-                values[j * n : (j + 1) * n] = table.column(i).to_numpy()  # null → NaN
+                values[j * n : (j + 1) * n] = cols[i].to_numpy()  # null → NaN
             text = decimal_text(values, decimals)
             for j, i in enumerate(idx):
-                table = table.set_column(i, table.field(i).name, text.slice(j * n, n))
-    return table
+                cols[i] = text.slice(j * n, n)
+    return pa.table(cols, names=table.column_names)
 
 
 #: Cells rounded per :func:`decimal_text` call by :func:`format_block` (~3 MiB of buffers).
