@@ -214,6 +214,8 @@ def _harmonize(args) -> None:
 
 
 def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, streamed) -> None:
+    """Load the model, then stream ``streamed`` blocks (or, for ``--site-column`` or a table
+    pyarrow cannot type in blocks, the whole table) through the harmonizer to ``out``."""
     from threadpoolctl import threadpool_limits
 
     from neuroharmony_bids.harmonize.apply import harmonize_table
