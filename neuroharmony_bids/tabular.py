@@ -558,8 +558,8 @@ def _decimal_tables(decimals: int):
 def decimal_text(values, decimals: int = 3):
     """Text of ``numpy.round(values, decimals)`` as pyarrow's CSV writer prints that float
     (its shortest round-trip text: ``1234.5``, ``0.001``, ``-0``), null where NaN: the same
-    bytes at about half the cost, because rounded harmonized volumes are most of what the
-    table CLI formats.
+    bytes at about 60 % of the cost (``bench/speed.py`` prints both), because rounded
+    harmonized volumes are most of what the table CLI formats.
 
     Why it is exact: for ``|v| < 1e9`` and ``decimals <= 3``, ``round(v, d)`` is ``k / 10**d``
     with ``k = rint(v * 10**d)`` (numpy's own definition) and at most 12 significant digits;
