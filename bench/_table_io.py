@@ -91,9 +91,9 @@ print(json.dumps(_stats(t, c)))
 # The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
 # beside pyarrow's, and what the harmonization itself costs. "read" is pyarrow's parse of a
 # block, "pandas" the DataFrame the harmonizer takes, "assemble" the output table (columns
-# passed through from the block as read), "format" the block's text (tabular.format_block:
-# pyarrow's writer, rounded volumes by tabular.decimal_text), "file" writing it out. BLAS
-# single-threaded, as in the CLI's streamed pipeline.
+# passed through from the block as read, rounded volumes' text by tabular.decimal_text),
+# "format" the block's text (tabular.format_block: pyarrow's writer), "file" writing it out.
+# BLAS single-threaded, as in the CLI's streamed pipeline.
 _STAGES = (
     """
 import json, os, sys, time
@@ -127,6 +127,7 @@ with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas")
         out = harmonize_table(block, model)
         c.append(time.process_time())
         out = T.passed_through(table, _compact(out, model), [*rounded, *FLAG_COLUMNS])
+        out = T.round_columns(out, rounded)
         c.append(time.process_time())
         writer.header(out)
         text = T.format_block(out, ",", rounded)

@@ -430,10 +430,17 @@ def format_block(block: Block, sep: str, rounded: Mapping[str, int] | None = Non
     for i, field in enumerate(table.schema):  # categories: their text, guarded and quoted too
         if pa.types.is_dictionary(field.type):
             table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
-    table, count = _neutralise_arrow(table)
-    table, marks = _quote_where_needed(table, sep)
-    if rounded:  # after the text checks: what they look at is the user's text
-        table = _round_columns(table, rounded)
+    if rounded:  # numbers (perhaps already their text): no formula or quoting checks
+        names = table.column_names
+        checked, count = _neutralise_arrow(table.select([n for n in names if n not in rounded]))
+        checked, marks = _quote_where_needed(checked, sep)
+        cols = dict(zip(checked.column_names, checked.columns, strict=True))
+        table = round_columns(
+            pa.table([cols.get(n, table.column(n)) for n in names], names=names), rounded
+        )
+    else:
+        table, count = _neutralise_arrow(table)
+        table, marks = _quote_where_needed(table, sep)
     if sep == "\t":  # BIDS: missing is n/a
         cols = []
         for col in table.columns:
@@ -450,20 +457,27 @@ def format_block(block: Block, sep: str, rounded: Mapping[str, int] | None = Non
     return data, count
 
 
-def _round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
-    """``table`` with the ``rounded`` number columns as their rounded text, one
-    :func:`decimal_text` call per number of decimals (fewer, larger numpy passes)."""
+def round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
+    """``table`` with the ``rounded`` number columns as their rounded text (columns already
+    text are left as they are), one :func:`decimal_text` call per number of decimals and a few
+    MiB of cells (fewer, larger numpy passes).
+
+    :func:`format_block` does this itself; a caller whose thread holds the GIL anyway (the
+    table CLI's harmonizing thread) may do it first, so that numpy's many short GIL releases
+    do not happen in the format threads, where each re-acquisition waits for that thread.
+    """
     import numpy as np
+    import pyarrow as pa
 
     by_decimals: dict[int, list[int]] = {}
     for name, decimals in rounded.items():
         i = table.schema.get_field_index(name)
-        if i >= 0:
+        if i >= 0 and not pa.types.is_large_string(table.field(i).type):
             by_decimals.setdefault(decimals, []).append(i)
-    import pyarrow as pa
-
     n = table.num_rows
     cols = table.columns
+    if not by_decimals:
+        return table
     per_call = max(1, _ROUND_CELLS // max(n, 1))  # a few MiB of temporaries a call
     for decimals, every in by_decimals.items():
         for start in range(0, len(every), per_call):
@@ -477,7 +491,7 @@ def _round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
     return pa.table(cols, names=table.column_names)
 
 
-#: Cells rounded per :func:`decimal_text` call by :func:`format_block` (~3 MiB of buffers).
+#: Cells rounded per :func:`decimal_text` call by :func:`round_columns` (~3 MiB of buffers).
 _ROUND_CELLS = 2**17
 
 

@@ -160,18 +160,19 @@ def _harmonized_blocks(
     sex_mapping,
     summary: dict,
     profile_weight: float | None = None,
-    changed: tuple[str, ...] = (),
+    rounded: dict[str, int] | None = None,
 ) -> Iterator[pa.Table]:
     """Scan-by-scan harmonization streamed block by block (rows are independent).
 
     Columns the harmonizer passes through are written from the block as read; the
-    harmonized volumes (``changed``) and the ``nh_*`` columns from its result.
+    harmonized volumes (``rounded``, as their rounded text, made on this thread: see
+    :func:`tabular.round_columns`) and the ``nh_*`` columns from its result.
     """
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.features import FLAG_COLUMNS
     from neuroharmony_bids.harmonize.table import ID_COLUMNS, check_duplicates
 
-    ids, offset = [], 0
+    ids, offset, rounded = [], 0, rounded or {}
     for table, block in blocks:
         try:
             result = harmonize_table(
@@ -183,7 +184,8 @@ def _harmonized_blocks(
         offset += len(block)
         summary["rows"] += len(result)
         summary["ood"] += int(result["nh_out_of_range"].sum())
-        written = T.passed_through(table, _compact(result, model), [*changed, *FLAG_COLUMNS])
+        written = T.passed_through(table, _compact(result, model), [*rounded, *FLAG_COLUMNS])
+        written = T.round_columns(written, rounded)
         del table, block, result  # not kept alive while the writer formats this block
         yield written
         del written
@@ -229,7 +231,7 @@ def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, strea
         try:  # the pipeline's threads use the cores; BLAS threads would only spin beside them
             with threadpool_limits(limits=1, user_api="blas"):
                 blocks = _harmonized_blocks(
-                    streamed, inp, model, mapping, summary, args.profile_weight, tuple(rounded)
+                    streamed, inp, model, mapping, summary, args.profile_weight, rounded
                 )
                 neutralised = T.write_blocks(out, blocks, rounded=rounded)
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
