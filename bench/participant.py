@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"harmonized tables written:    {n_out}; failed scans reported: {n_failed} "
         "(ABIDE rows with a 0 mm^3 region are harmonized with that region flagged; code "
-        "before 3c0161c refused them, exit 1)"
+        "from older rounds refused them, exit 1)"
     )
     for name, line in validation.items():
         print(f"  {name}: {line}")
