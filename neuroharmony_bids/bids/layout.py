@@ -483,19 +483,25 @@ def find_scans(
 def scanner_metadata_by_image(layout: Any) -> dict[str, dict[str, Any]]:
     """The :data:`SCANNER_FIELDS` of every indexed image (path relative to the root), from
     pybids' metadata index in one query: what ``layout.get_metadata`` gives per file (the
-    inheritance principle applied by pybids), without 5,000 queries."""
+    inheritance principle applied by pybids), without 5,000 queries.
+
+    Rows are read as plain columns and typed by pybids' own loader (``Tag._init_on_load``):
+    building 25,000 ORM objects instead cost 0.9 s of CPU at 5,000 scans, this 0.1 s."""
+    from types import SimpleNamespace
+
     from bids.layout.models import Tag
 
     root = Path(layout.root)
     out: dict[str, dict[str, Any]] = {}
-    tags = (
-        layout.session.query(Tag)
+    rows = (
+        layout.session.query(Tag.file_path, Tag.entity_name, Tag._value, Tag._dtype)
         .filter(Tag.is_metadata.is_(True), Tag.entity_name.in_(SCANNER_FIELDS))
         .all()
     )
-    for tag in tags:
-        rel = _relative(Path(tag.file_path), root)
-        out.setdefault(rel, {})[tag.entity_name] = tag.value
+    for path, name, text, dtype in rows:
+        tag = SimpleNamespace(_value=text, _dtype=dtype)
+        Tag._init_on_load(tag)  # pybids' text → value (str, int, float, bool, JSON)
+        out.setdefault(_relative(Path(path), root), {})[name] = tag.value
     return {
         rel: {k: meta[k] for k in SCANNER_FIELDS if meta.get(k) is not None}
         for rel, meta in out.items()
