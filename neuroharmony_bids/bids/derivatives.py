@@ -492,7 +492,7 @@ def format_tsvs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         frame = pd.DataFrame.from_records(
             [tuple(rows[i].values()) for i in where], columns=list(columns)
         )
-        for name in frame.columns[frame.dtypes == object]:  # BIDS has no empty cells
+        for name in frame.select_dtypes(include="object").columns:  # BIDS: no empty cells
             frame[name] = frame[name].mask(frame[name].eq(""), None)
         lines = None
         try:
@@ -520,8 +520,25 @@ _DICT_CACHE: dict[tuple[str, ...], str] = {}
 
 def _json_items(extra: Mapping[str, Any]) -> str:
     """The top-level items of ``json.dumps(extra, indent=2)`` without the braces: each item's
-    text does not depend on the others, so a block shared by two sidecars is encoded once."""
-    return json.dumps(_json_value(dict(extra)), indent=2)[2:-2] if extra else ""
+    text does not depend on the others, so a block shared by two sidecars is encoded once.
+
+    NaN is ``null`` and numpy numbers are plain numbers (:func:`_json_value`); json's encoder
+    does that itself for the usual sidecar (no NaN), so the walk over every value is only
+    taken when it meets one."""
+    if not extra:
+        return ""
+    try:
+        text = json.dumps(extra, indent=2, allow_nan=False, default=_json_number)
+    except ValueError:  # a NaN somewhere: null, as _json_value writes it
+        text = json.dumps(_json_value(dict(extra)), indent=2)
+    return text[2:-2]
+
+
+def _json_number(value: Any) -> Any:
+    """json's hook for what it cannot encode: numpy numbers (the rest stays an error)."""
+    if isinstance(value, (np.integer, np.floating)):
+        return _json_value(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _sidecar_text(columns: Sequence[str], *items: str) -> str:
@@ -544,10 +561,10 @@ def scan_rows(
     values."""
     ids = id_columns(scan)
     regions = [r for r in REGION_ORDER if r in raw]
-    harm_cols = {sd_column(r) for r in regions}
     raw_row = {**ids, **{r: raw[r] for r in regions}}
     harm_row = {**ids, **{r: harmonized.get(r, np.nan) for r in regions}}
-    harm_row.update({c: harmonized[c] for c in sd_columns(list(harmonized)) if c in harm_cols})
+    sds = (sd_column(r) for r in regions)  # in REGION_ORDER, as sd_columns() orders them
+    harm_row.update({c: harmonized[c] for c in sds if c in harmonized})
     harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
     return raw_row, harm_row
 
