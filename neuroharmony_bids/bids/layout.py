@@ -5,7 +5,8 @@ the layout is built with ``validate=False``. Entities are parsed by pybids
 (``parse_file_entities``) from each file's path *relative to the dataset root*: pybids 0.22
 reads them from the absolute path (pybids issue #1270), so a dataset stored under a folder
 named like a datatype (``/data/func/ds``, ``/scratch/anat/study``) would otherwise have no
-``anat`` image at all.
+``anat`` image at all. Sidecar metadata comes from pybids' metadata index (the BIDS
+inheritance principle as pybids applies it, ``layout.get_metadata``), read in one query.
 
 Every T1w image is one scan, identified by all its entities (sub, ses, acq, ce, rec, run, ...).
 A file whose name is not a BIDS name (a label with ``-``, ``.`` or ``+``, entities out of
