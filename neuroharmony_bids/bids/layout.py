@@ -278,7 +278,7 @@ def _t1w_indexer() -> type:
                 raise first
             from bids.layout.models import BIDSFile, Tag
 
-            root = Path(self._layout._root.path)
+            root = Path(self._layout.root)
             bad = [str(root / rel) for rel in self.unreadable]
             self.session.query(Tag).filter(Tag.file_path.in_(bad)).delete()
             self.session.query(BIDSFile).filter(BIDSFile.path.in_(bad)).delete()
@@ -295,7 +295,7 @@ def _t1w_indexer() -> type:
             return self.session.query(BIDSFile).options(selectinload(BIDSFile.tags)).all()
 
         def _find_unreadable(self) -> dict[str, str]:
-            root = Path(self._layout._root.path)
+            root = Path(self._layout.root)
             out = {}
             for path in self._layout.get(suffix="T1w", extension=".json", return_type="filename"):
                 problem = _sidecar_problem(Path(path))
