@@ -27,12 +27,18 @@ import re
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
-from queue import Full, Queue
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    #: What the writer takes: a DataFrame or a pyarrow table.
+    Block = pd.DataFrame | pa.Table
 
 from neuroharmony_bids.errors import DataError, MissingInputError, UsageError
 
@@ -199,58 +205,135 @@ def _byte_blocks(fh: IO[bytes], size: int) -> Iterator[bytes]:
         yield data + fh.readline()
 
 
-def prefetched(items: Iterable, depth: int = 1) -> Iterator:
-    """``items`` produced by a background thread, at most ``depth`` ahead (bounded memory).
+class Prefetched(Iterator):
+    """``items`` produced by a background thread started at once, at most ``depth`` ahead
+    (bounded memory).
 
     pyarrow parses and writes without the GIL, so reading the next block, harmonizing this one
-    and writing the last one overlap on a multi-core machine. Exceptions reach the consumer.
+    and writing the last one overlap on a multi-core machine; starting at once lets the first
+    blocks be read while the caller still imports and loads its model. (Reading further ahead
+    then would cost memory: the reader stays ahead, so the blocks it holds add to the peak.)
+    Exceptions reach the consumer. :meth:`close` (or the end of a ``with`` block) stops it.
     """
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
 
-    def produce() -> None:
+    _DONE = object()
+
+    def __init__(self, items: Iterable, depth: int = 1) -> None:
+        self._items, self._depth = items, depth
+        self._buffer: deque = deque()
+        self._ready = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._produce, name="neuroharmony-prefetch")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _produce(self) -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put((item, None), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put((done, None))
+            for item in self._items:
+                with self._ready:
+                    while not self._stopped and len(self._buffer) >= self._depth:
+                        self._ready.wait()
+                    if self._stopped:
+                        return
+                    self._buffer.append((item, None))
+                    self._ready.notify_all()
+                del item  # the consumer's alone now
+            end = (self._DONE, None)
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer)
-            queue.put((done, exc))
+            end = (self._DONE, exc)
+        with self._ready:
+            self._buffer.append(end)
+            self._ready.notify_all()
 
-    thread = threading.Thread(target=produce, name="neuroharmony-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = queue.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
+    def __next__(self):
+        with self._ready:
+            while not self._buffer:
+                self._ready.wait()
+            item, exc = self._buffer[0]
+            if item is not self._DONE:
+                self._buffer.popleft()
+            elif exc is not None:
+                self._buffer[0] = (item, None)  # raised once; then the end
+            self._ready.notify_all()
+        if exc is not None:
+            raise exc
+        if item is self._DONE:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop producing; items not taken are dropped."""
+        with self._ready:
+            self._stopped = True
+            self._buffer.clear()
+            self._ready.notify_all()
+
+    def __enter__(self) -> Prefetched:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
-def iter_blocks(path: str | Path, block_bytes: int | None = None) -> Iterator[pd.DataFrame]:
+def prefetched(items: Iterable, depth: int = 1) -> Iterator:
+    """``items`` made by a background thread at most ``depth`` ahead (see :class:`Prefetched`);
+    the thread stops when the consumer stops, even half-way."""
+    with Prefetched(items, depth) as ahead:
+        yield from ahead
+
+
+def iter_blocks(
+    path: str | Path, block_bytes: int | None = None, arrow: bool = False
+) -> Prefetched:
     """The table in blocks of about ``block_bytes`` of CSV each; raises :class:`Unstreamable`.
 
     Each block is parsed by pyarrow (multi-threaded) with the column types of the first block,
     one block ahead of the consumer, so memory stays a few blocks whatever the table's size.
+    Reading starts at once: close the result (or use it in a ``with`` block) if it may not be
+    read to the end.
+    ``arrow``: (pyarrow table, DataFrame) pairs, so that columns a caller does not change can
+    be written from the table as read (:func:`passed_through`).
     """
     path = check_input(path)
     sep = separator(path)
     names = read_header(path, sep)
-    yield from prefetched(_arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES))
+    blocks = _arrow_blocks(path, sep, names, block_bytes or BLOCK_BYTES)
+    return Prefetched(_with_frames(blocks, arrow))
 
 
-def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator[pd.DataFrame]:
+def _with_frames(blocks: Iterator[pa.Table], arrow: bool) -> Iterator:
+    for table in blocks:
+        if arrow:
+            yield table, table.to_pandas(split_blocks=True)
+        else:
+            yield table.to_pandas(split_blocks=True, self_destruct=True)
+        del table  # not kept alive while the next block is read
+
+
+def passed_through(table: pa.Table, frame: pd.DataFrame, changed: Iterable[str]) -> pa.Table:
+    """``frame`` as a pyarrow table, taking from ``table`` (the block as read) every column
+    of ``frame`` that is not in ``changed``: no pandas round trip for columns a caller passed
+    through. An integer column with empty cells, which pandas holds as floats, still comes
+    from ``frame``, so that its text is what the whole-table path writes."""
+    import pyarrow as pa
+
+    changed = set(changed)
+    read = set(table.column_names)
+    cols = []
+    for name in frame.columns:
+        if name in read and name not in changed:
+            col = table.column(name)
+            if not (pa.types.is_integer(col.type) and col.null_count):
+                cols.append(col)
+                continue
+        cols.append(pa.array(frame[name], from_pandas=True))
+    return pa.table(cols, names=[str(c) for c in frame.columns])
+
+
+def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator[pa.Table]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -263,12 +346,14 @@ def _arrow_blocks(path: Path, sep: str, names: list[str], size: int) -> Iterator
                 table = pcsv.read_csv(pa.BufferReader(chunk), read, parse, convert)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise Unstreamable(str(exc)) from None
+            del chunk
             _plain(table)
             if table.num_rows == 0:
                 continue
             fixed = {f.name: f.type for f in table.schema if not pa.types.is_null(f.type)}
             convert.column_types = {**fixed, **convert.column_types}
-            yield table.to_pandas(split_blocks=True, self_destruct=True)
+            yield table
+            del table  # not kept alive while the next block is read
 
 
 # --------------------------------------------------------------------------- writing
@@ -310,14 +395,15 @@ class TableWriter:
         self.fh, self.sep, self.columns = fh, sep, None
         self.neutralised = 0
 
-    def write(self, block: pd.DataFrame) -> None:
+    def write(self, block: Block, rounded: Mapping[str, int] | None = None) -> None:
         self.header(block)
-        self.put(*format_block(block, self.sep))
+        self.put(*format_block(block, self.sep, rounded))
 
-    def header(self, block: pd.DataFrame) -> None:
+    def header(self, block: Block) -> None:
         """The header line, from the first block's columns (later calls do nothing)."""
         if self.columns is None:
-            self.columns = [str(c) for c in block.columns]
+            names = block.column_names if hasattr(block, "column_names") else block.columns
+            self.columns = [str(c) for c in names]
             self.fh.write(_header_line(self.columns, self.sep))
 
     def put(self, data, neutralised: int) -> None:
@@ -326,22 +412,35 @@ class TableWriter:
         self.fh.write(data)
 
 
-def format_block(block: pd.DataFrame, sep: str):
+def format_block(block: Block, sep: str, rounded: Mapping[str, int] | None = None):
     """A block's rows as CSV/TSV bytes (no header) and its count of neutralised cells.
 
-    Pure, and pyarrow formats without the GIL: blocks can be formatted on several threads
-    and written in order (:func:`write_blocks`).
+    ``block``: a DataFrame or a pyarrow table. ``rounded``: {column: decimals} of number
+    columns written rounded (:func:`decimal_text`). Pure, and pyarrow formats without the
+    GIL: blocks can be formatted on several threads and written in order (:func:`write_blocks`).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    table = pa.Table.from_pandas(block, preserve_index=False)
+    if isinstance(block, pa.Table):
+        table = block
+    else:
+        table = pa.Table.from_pandas(block, preserve_index=False)
     for i, field in enumerate(table.schema):  # categories: their text, guarded and quoted too
         if pa.types.is_dictionary(field.type):
             table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
-    table, count = _neutralise_arrow(table)
-    table, marks = _quote_where_needed(table, sep)
+    if rounded:  # numbers (perhaps already their text): no formula or quoting checks
+        names = table.column_names
+        checked, count = _neutralise_arrow(table.select([n for n in names if n not in rounded]))
+        checked, marks = _quote_where_needed(checked, sep)
+        cols = dict(zip(checked.column_names, checked.columns, strict=True))
+        table = round_columns(
+            pa.table([cols.get(n, table.column(n)) for n in names], names=names), rounded
+        )
+    else:
+        table, count = _neutralise_arrow(table)
+        table, marks = _quote_where_needed(table, sep)
     if sep == "\t":  # BIDS: missing is n/a
         cols = []
         for col in table.columns:
@@ -356,6 +455,44 @@ def format_block(block: pd.DataFrame, sep: str):
     if marks:
         data = _unmark(data.to_pybytes(), marks, sep)
     return data, count
+
+
+def round_columns(table: pa.Table, rounded: Mapping[str, int]) -> pa.Table:
+    """``table`` with the ``rounded`` number columns as their rounded text (columns already
+    text are left as they are), one :func:`decimal_text` call per number of decimals and a few
+    MiB of cells (fewer, larger numpy passes).
+
+    :func:`format_block` does this itself; a caller whose thread holds the GIL anyway (the
+    table CLI's harmonizing thread) may do it first, so that numpy's many short GIL releases
+    do not happen in the format threads, where each re-acquisition waits for that thread.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    by_decimals: dict[int, list[int]] = {}
+    for name, decimals in rounded.items():
+        i = table.schema.get_field_index(name)
+        if i >= 0 and not pa.types.is_large_string(table.field(i).type):
+            by_decimals.setdefault(decimals, []).append(i)
+    n = table.num_rows
+    cols = table.columns
+    if not by_decimals:
+        return table
+    per_call = max(1, _ROUND_CELLS // max(n, 1))  # a few MiB of temporaries a call
+    for decimals, every in by_decimals.items():
+        for start in range(0, len(every), per_call):
+            idx = every[start : start + per_call]
+            values = np.empty(n * len(idx))
+            for j, i in enumerate(idx):
+                values[j * n : (j + 1) * n] = cols[i].to_numpy()  # null → NaN
+            text = decimal_text(values, decimals)
+            for j, i in enumerate(idx):
+                cols[i] = text.slice(j * n, n)
+    return pa.table(cols, names=table.column_names)
+
+
+#: Cells rounded per :func:`decimal_text` call by :func:`round_columns` (~3 MiB of buffers).
+_ROUND_CELLS = 2**17
 
 
 #: Private-use characters standing for a quote, the delimiter, LF and CR inside a quoted field
@@ -406,9 +543,118 @@ def _unmark(data: bytes, marks: str, sep: str) -> bytes:
     return data
 
 
-def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | None = None) -> int:
-    """Write blocks to ``path`` atomically; return cells neutralised. Nothing appears at
-    ``path`` unless every block was written.
+#: Largest integer part written by :func:`decimal_text`'s integer route (9 digits); larger
+#: magnitudes, negatives and non-finite values take pyarrow's float text.
+_DECIMAL_MAX_INT = 10**9
+
+
+@lru_cache(maxsize=4)
+def _decimal_tables(decimals: int):
+    """uint64 lookup tables of ASCII bytes (little-endian, NUL-padded) for :func:`decimal_text`:
+    three digits with leading zeros as NUL; the same then zero-padded (for a group after the
+    number has begun); the same with the units digit kept, then zero-padded; the fraction
+    ('.' + digits without trailing zeros; nothing for 0)."""
+    import numpy as np
+
+    g = np.arange(1000, dtype=np.uint64)
+    digits = [48 + g // 100, 48 + g // 10 % 10, 48 + g % 10]
+    padded = digits[0] | digits[1] << 8 | digits[2] << 16
+    keep = [g >= 100, g >= 10, g >= 1]  # a digit is shown once the number has begun
+    bare = sum(np.where(k, d, 0).astype(np.uint64) << (8 * i) for i, (k, d) in enumerate(
+        zip(keep, digits, strict=True)))  # fmt: skip
+    units = bare | np.where(g == 0, 48, 0).astype(np.uint64) << 16
+    frac = np.zeros(10**decimals, dtype=np.uint64)
+    for f in range(1, 10**decimals):
+        frac[f] = int.from_bytes(f".{f:0{decimals}d}".rstrip("0").encode(), "little")
+    return bare, np.concatenate([bare, padded]), np.concatenate([units, padded]), frac
+
+
+def decimal_text(values, decimals: int = 3):
+    """Text of ``numpy.round(values, decimals)`` as pyarrow's CSV writer prints that float
+    (its shortest round-trip text: ``1234.5``, ``0.001``, ``-0``), null where NaN: the same
+    bytes at about 60 % of the cost (``bench/speed.py`` prints both), because rounded
+    harmonized volumes are most of what the table CLI formats.
+
+    Why it is exact: for ``|v| < 1e9`` and ``decimals <= 3``, ``round(v, d)`` is ``k / 10**d``
+    with ``k = rint(v * 10**d)`` (numpy's own definition) and at most 12 significant digits;
+    a decimal of at most 15 significant digits is the shortest text of the double nearest to
+    it, and pyarrow prints numbers below 1e10 without an exponent. So the text is ``k``'s
+    digits with the point put back and trailing zeros dropped, built here from lookup tables
+    in numpy. Other cells (negative, huge, infinite) get pyarrow's own text of the rounded
+    float. ``values``: a 1-D float array; returns a pyarrow large_string array.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not 0 <= decimals <= 3:
+        raise ValueError(f"decimals must be 0 to 3, not {decimals}")
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    # 16 bytes a cell: integer part in bytes 0-8 (NUL before its first digit), fraction in
+    # 9-12, NUL after; pyarrow trims the NULs, which is the variable-length concatenation
+    cells = np.empty((n, 2), dtype=np.uint64)
+    fast = np.empty(n, dtype=bool)
+    for start in range(0, n, _DECIMAL_PIECE):  # small temporaries: they stay in cache
+        part = slice(start, start + _DECIMAL_PIECE)
+        fast[part] = _decimal_cells(values[part], decimals, cells[part])
+    nan = np.isnan(values)
+    nulls = int(nan.sum())
+    valid = pa.py_buffer(np.packbits(~nan, bitorder="little")) if nulls else None
+    offsets = np.arange(0, 16 * n + 1, 16, dtype=np.int64)
+    text = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(cells), valid, nulls
+    )
+    text = pc.ascii_trim(text, "\x00")
+    slow = ~fast & ~nan
+    if slow.any():  # rare: pyarrow's text of those rounded floats
+        other = pc.cast(pa.array(np.round(values[slow], decimals)), pa.large_string())
+        text = pc.replace_with_mask(text, pa.array(slow), other)
+    return text
+
+
+#: Cells per numpy pass of :func:`decimal_text` (temporaries of 256 KiB).
+_DECIMAL_PIECE = 2**15
+
+
+def _decimal_cells(values, decimals: int, out):
+    """Fill ``out`` (n × 2 uint64) with the NUL-padded text of the cells that take the integer
+    route; return which those are."""
+    import numpy as np
+
+    bare, mid_table, last_table, frac = _decimal_tables(decimals)
+    scale = 10**decimals
+    with np.errstate(invalid="ignore", over="ignore"):
+        k = np.rint(values * scale)
+        fast = (k < _DECIMAL_MAX_INT * scale) & ~np.signbit(k)  # False for NaN
+    k[~fast] = 0
+    # exact in float64: integers below 2**53, and floor(m / 10**j) of an integer m < 1e12
+    # never rounds up to the next integer
+    ip = np.floor(k / scale)
+    fr = (k - ip * scale).astype(np.intp)
+    top = np.floor(ip / 1000)
+    last = (ip - top * 1000).astype(np.intp)
+    hi = np.floor(top / 1000)
+    mid = (top - hi * 1000).astype(np.intp)
+    # a group's leading zeros are shown once the number has begun (tables' second half)
+    mid += 1000 * (hi > 0)
+    last += 1000 * (top > 0)
+    u = np.uint64
+    lows = last_table[last]
+    out[:, 0] = bare[hi.astype(np.intp)] | mid_table[mid] << u(24) | lows << u(48)
+    out[:, 1] = lows >> u(16) | frac[fr] << u(8)
+    return fast
+
+
+def write_blocks(
+    path: str | Path,
+    blocks: Iterable[Block],
+    sep: str | None = None,
+    rounded: Mapping[str, int] | None = None,
+) -> int:
+    """Write blocks (DataFrames or pyarrow tables) to ``path`` atomically; return cells
+    neutralised. Nothing appears at ``path`` unless every block was written. ``rounded``:
+    {column: decimals} written rounded (:func:`format_block`).
 
     The next block is made (read, harmonized) in a background thread while up to
     :data:`FORMAT_THREADS` blocks are formatted at once; blocks are written in order, so the
@@ -429,7 +675,8 @@ def write_blocks(path: str | Path, blocks: Iterable[pd.DataFrame], sep: str | No
         pending: deque = deque()
         for block in prefetched(blocks):
             writer.header(block)
-            pending.append(pool.submit(format_block, block, sep))
+            pending.append(pool.submit(format_block, block, sep, rounded))
+            del block  # the format task's alone now
             if len(pending) > FORMAT_THREADS:
                 writer.put(*pending.popleft().result())
         while pending:

@@ -246,8 +246,49 @@ def test_sidecar_inheritance_matches_pybids(sessions_ds, tmp_path):
     )
     files = layout.get(suffix="T1w", extension=".nii.gz")
     assert len(files) == 6
+    scans = {s.relpath(root): s for s in B.find_scans(root)}
     for f in files:
         assert B.sidecar_metadata(root, f.path) == f.get_metadata(), f.filename
+        want = B.scanner_metadata(f.get_metadata())
+        assert dict(scans[Path(f.path).relative_to(root).as_posix()].metadata) == want
+    assert all("must not apply" not in str(s.metadata) for s in scans.values())
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "why"),
+    [
+        ("T1w.json", "{not json", "unreadable JSON sidecar"),
+        ("sub-1/sub-1_T1w.json", '["a list"]', "not a mapping"),
+        ("sub-1/ses-b/anat/sub-1_ses-b_T1w.json", '{"a": ' + "[" * 5000 + "]" * 5000 + "}",
+         "nested too deeply"),
+    ],
+)  # fmt: skip
+def test_unreadable_sidecar_fails_the_scans_that_inherit_it(
+    sessions_ds, tmp_path, where, text, why
+):
+    """pybids stops its whole index on a sidecar it cannot read: that sidecar is left out, the
+    scans that inherit it fail with its name, the others keep pybids' metadata."""
+    root = tmp_path / "bad"
+    shutil.copytree(sessions_ds, root)
+    (root / where).write_text(text)
+    scans = B.find_scans(root)
+    failed = {s.relpath(root) for s in scans if s.problem}
+    inherits = {
+        "T1w.json": {s.relpath(root) for s in scans},
+        "sub-1/sub-1_T1w.json": {s.relpath(root) for s in scans if s.subject == "1"},
+        "sub-1/ses-b/anat/sub-1_ses-b_T1w.json": {"sub-1/ses-b/anat/sub-1_ses-b_T1w.nii.gz"},
+    }[where]
+    assert failed == inherits
+    for scan in scans:
+        if scan.problem:
+            assert why in scan.problem and str(root / where) in scan.problem
+        else:
+            assert scan.metadata, scan.prefix
+    # never cached: the next run names the sidecar again
+    cache = tmp_path / "work" / "pybids"
+    again = BL.find_scans(root, layout=BL.cached_layout(root, cache))
+    assert {s.relpath(root) for s in again if s.problem} == inherits
+    assert not [p for p in cache.iterdir() if (p / "complete").exists()]
 
 
 def test_sex_codes_need_a_mapping(sessions_ds, tmp_path):

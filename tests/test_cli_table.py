@@ -312,6 +312,8 @@ def test_streamed_and_whole_table_paths_write_the_same_bytes(
     t.loc[5, F.CORE_IQMS[0]] = float("nan")  # a missing IQM
     t.loc[[7, 60], F.CORE_IQMS[1]] *= 50  # out of the training range: flagged
     t.loc[61, REGIONS[0]] *= 4  # a region far from its expected value
+    t.loc[62, REGIONS[1]] = float("nan")  # an empty volume: flagged, written empty / n/a
+    t.loc[63, REGIONS[2]] = -5.0  # a negative one: flagged, written as it came
     t.loc[70, "notes"] = 'said "no", then left\ttab'  # delimiter, quote, tab: a later block
     t.loc[71, "notes"] = "two\r\nlines"
     t.loc[72, "notes"] = "=1+1"
@@ -337,4 +339,6 @@ def test_streamed_and_whole_table_paths_write_the_same_bytes(
     assert got["notes"][70] == 'said "no", then left\ttab' and got["notes"][72] == "'=1+1"
     assert got["notes"][71] == "two\r\nlines" and got["empty"].isna().all()
     assert got["nh_out_of_range"][[7, 60]].tolist() == [1, 1]
+    assert pd.isna(got[REGIONS[1]][62]) and got[REGIONS[2]][63] == -5.0
+    assert REGIONS[1] in got["nh_regions_flagged"][62]
     assert len(got) == len(t) and list(got.columns[: t.shape[1]]) == list(t.columns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing as mp
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuroharmony_bids.atomic import TMP_PREFIX, write_table
+from neuroharmony_bids.atomic import TMP_PREFIX
 from neuroharmony_bids.bids import Scan
 from neuroharmony_bids.bids import derivatives as D
 from neuroharmony_bids.bids import failures as F
@@ -105,7 +106,12 @@ def test_sixteen_concurrent_writers_never_corrupt(tmp_path):
     assert (out / ".bidsignore").read_text() == D.BIDSIGNORE
 
 
-def test_one_row_tsv_matches_write_table(tmp_path):
+def test_one_row_tsvs_are_the_group_writers_text(tmp_path):
+    """Per-scan TSVs and group TSVs spell values alike: a per-scan file is the header and that
+    row of ``tabular.write_blocks`` (the group tables' writer) over all the rows, whether the
+    scans were formatted together or one by one."""
+    from neuroharmony_bids.tabular import write_blocks
+
     row = {
         "participant_id": "sub-01",
         "session_id": "ses-a",
@@ -118,10 +124,33 @@ def test_one_row_tsv_matches_write_table(tmp_path):
         "nh_out_of_range_features": "cjv;age",
         "nh_n_regions": 101,
         "missing": np.nan,
+        "flag": True,
     }
-    fast = D.format_tsv(row)
-    write_table(tmp_path / "ref.tsv", pd.DataFrame([row]))
-    assert fast == (tmp_path / "ref.tsv").read_text()
+    rows = [
+        row,
+        {**row, "Left-Hippocampus": 1e-5, "nh_n_regions": np.nan, "flag": False},
+        {**row, "Left-Hippocampus": 1.5e20, "nh_out_of_range_features": np.nan, "flag": 1.5},
+        {**row, "nh_out_of_range_features": 'a "quoted"\tcell', "missing": 0.1 + 0.2},
+    ]
+    batch = D.format_tsvs(rows)
+    assert batch == [D.format_tsv(r) for r in rows]
+    write_blocks(tmp_path / "group.tsv", [pd.DataFrame(rows[:2])])
+    group = (tmp_path / "group.tsv").read_text().splitlines(keepends=True)
+    assert batch[:2] == [group[0] + line for line in group[1:]]
+    assert batch[0].splitlines()[1].split("\t")[2:5] == [
+        "4123.456789012345",
+        "6442",
+        "1464199.032007",
+    ]
+    assert batch[0].endswith("\tn/a\ttrue\n") and batch[1].split("\t")[-1] == "false\n"
+    assert batch[1].splitlines()[1].split("\t")[2] == "0.00001"
+    # values read back exactly (round trip), the quoted cell too
+    back = pd.read_csv(
+        io.StringIO(batch[3]), sep="\t", na_values="n/a", keep_default_na=False,
+        float_precision="round_trip",
+    )  # fmt: skip
+    assert back.loc[0, "missing"] == 0.1 + 0.2
+    assert back.loc[0, "nh_out_of_range_features"] == 'a "quoted"\tcell'
     # BIDS has no empty cells: an empty flag list is written n/a
     assert D.format_tsv({"nh_out_of_range_features": ""}).splitlines()[1] == "n/a"
 

@@ -270,3 +270,34 @@ def test_model_card_keeps_hostile_names_literal(tmp_path):
     for row in table_html.split("<tr>")[2:]:
         assert row.count("<td>") == 2, row
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, not run
+
+
+def test_participant_report_is_deterministic(tmp_path, monkeypatch):
+    """Same inputs, same bytes, whatever the clock says; a date only from SOURCE_DATE_EPOCH."""
+    import datetime as real_dt
+
+    import neuroharmony_bids.reports.html as html_mod
+
+    raw, harmonized, model, info, _ = report_inputs()
+
+    def write(name: str) -> bytes:
+        path = tmp_path / name
+        write_participant_report(path, raw.iloc[0], harmonized.iloc[0], model, model_info=info)
+        return path.read_bytes()
+
+    class Clock(real_dt.datetime):
+        shift = 0
+
+        @classmethod
+        def now(cls, tz=None):
+            cls.shift += 3
+            return real_dt.datetime(2030, 1, 1, tzinfo=tz) + real_dt.timedelta(days=cls.shift)
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.setattr(html_mod._dt, "datetime", Clock)
+    first, second = write("a.html"), write("b.html")
+    assert first == second
+    assert not re.search(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC", first)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    stamped = write("c.html")
+    assert b"on 2023-11-14 22:13 UTC." in stamped and stamped == write("d.html")

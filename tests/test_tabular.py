@@ -66,3 +66,75 @@ def test_a_failing_block_leaves_no_output(tmp_path):
     with pytest.raises(ValueError, match="late block"):
         tabular.write_blocks(out, blocks())
     assert list(tmp_path.iterdir()) == []
+
+
+def _written(column) -> list[str]:
+    """The CSV text pyarrow's writer gives each cell of ``column``."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    buf = pa.BufferOutputStream()
+    pcsv.write_csv(
+        pa.table({"x": column}), buf, pcsv.WriteOptions(include_header=False, quoting_style="none")
+    )
+    return buf.getvalue().to_pybytes().decode().split("\n")[:-1]
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2, 3])
+def test_decimal_text_is_pyarrows_text_of_the_rounded_float(decimals):
+    """Same bytes as writing ``numpy.round(v, decimals)`` as a float, over every magnitude,
+    ties, the integer-route limits, negatives, -0, NaN and infinities."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(decimals)
+    random = 10.0 ** rng.uniform(-5, 13, 20_000) * rng.choice([1, 1, 1, -1], 20_000)
+    ties = (np.arange(-2000, 2000) + 0.5) / 10**decimals  # halfway cells: rint's even rule
+    limits = np.array([1e9 - 10.0**-decimals, 1e9 - 0.5 * 10.0**-decimals, 1e9, 1e10, 1e15])
+    special = [0.0, -0.0, np.nan, np.inf, -np.inf, 5e-324, 0.0004999, 0.0005, 1234.0, 0.1 + 0.2]
+    values = np.concatenate([random, ties, limits, -limits, special, np.round(random, 1)])
+    expected = _written(pa.array(np.round(values, decimals), from_pandas=True))
+    got = tabular.decimal_text(values, decimals)
+    assert got.null_count == int(np.isnan(values).sum())
+    assert _written(got) == expected
+    assert "1234" in _written(tabular.decimal_text(np.array([1234.0001]), decimals))
+
+
+def test_decimal_text_refuses_more_than_three_decimals():
+    import numpy as np
+
+    with pytest.raises(ValueError, match="decimals must be 0 to 3"):
+        tabular.decimal_text(np.ones(2), 4)
+
+
+def test_prefetched_keeps_order_passes_errors_and_stops_when_closed():
+    import threading
+
+    made = []
+
+    def items():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    ahead = tabular.Prefetched(items(), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    ahead._thread.join(timeout=5)
+    assert not ahead._thread.is_alive() and len(made) <= 6  # bounded: never ran far ahead
+
+    def failing():
+        yield 1
+        raise ValueError("bad block")
+
+    ahead = tabular.Prefetched(failing())
+    assert next(ahead) == 1
+    with pytest.raises(ValueError, match="bad block"):
+        next(ahead)
+    with pytest.raises(StopIteration):  # raised once, then the end (no hang)
+        next(ahead)
+    assert list(tabular.prefetched(iter(range(5)))) == [0, 1, 2, 3, 4]
+    for t in threading.enumerate():  # every producer has ended
+        if t.name == "neuroharmony-prefetch":
+            t.join(timeout=5)
+            assert not t.is_alive()

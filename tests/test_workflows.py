@@ -162,6 +162,33 @@ def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
     after = snapshot(out)
     assert after == before
     assert any((out / p).stat().st_mtime_ns != stats[p] for p in before)
+    # the per-scan HTML reports too: same inputs, same bytes (no run time in them)
+    reports = {p: p.read_bytes() for p in sorted(out.glob("sub-*/**/*_report.html"))}
+    assert len(reports) == len(main_run["rows"])
+    assert run([*argv[:-1], "--overwrite"]) == 0
+    assert {p: p.read_bytes() for p in reports} == reports
+
+
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
+@pytest.mark.bids_validator
+def test_group_reads_per_scan_tables_of_the_previous_number_format(main_run, tmp_path):
+    """A resumed run may meet per-scan TSVs written before the format change (``%.10g``
+    floats, ``True``/``False``): the group level reads them alongside the new ones."""
+    from neuroharmony_bids.atomic import write_table
+
+    out = tmp_path / "out"
+    shutil.copytree(main_run["out"], out)
+    read = dict(sep="\t", na_values="n/a", keep_default_na=False)
+    old = sorted(out.glob("sub-*/anat/*_morph.tsv"))[::2]
+    before = {p: p.read_bytes() for p in old}
+    for path in old:  # atomic.write_table is the previous per-scan writer's reference
+        write_table(path, pd.read_csv(path, **read))
+    assert sum(p.read_bytes() != before[p] for p in old) >= len(old) // 2  # 10 digits now
+    assert run([str(main_run["bids"]), str(out), "group", "--skip-bids-validation"]) == 0
+    for name in ("raw", "harmonized"):
+        new = pd.read_csv(main_run["out"] / f"group_desc-{name}_morph.tsv", **read)
+        mixed = pd.read_csv(out / f"group_desc-{name}_morph.tsv", **read)
+        pd.testing.assert_frame_equal(mixed, new, rtol=1e-9)
 
 
 @pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
@@ -175,11 +202,16 @@ def test_group_tables(main_run):
     for col in ("age", "sex", "site", "Manufacturer", "cjv", "Left-Hippocampus", ETIV):
         assert col in raw.columns, col
     assert "nh_status" in harm.columns and "cjv" not in harm.columns
-    # group rows equal the per-scan tables
-    for _, g in harm.iterrows():
-        pid = g["participant_id"]
-        one = pd.read_csv(out / pid / "anat" / f"{pid}_desc-harmonized_morph.tsv", sep="\t")
-        assert g["Left-Hippocampus"] == pytest.approx(one.loc[0, "Left-Hippocampus"])
+    # group rows equal the per-scan tables, spelled alike (one number format)
+    for desc in ("raw", "harmonized"):
+        lines = (out / f"group_desc-{desc}_morph.tsv").read_text().splitlines()
+        head = lines[0].split("\t")
+        for line in lines[1:]:
+            cells = dict(zip(head, line.split("\t"), strict=True))
+            pid = cells["participant_id"]
+            one = (out / pid / "anat" / f"{pid}_desc-{desc}_morph.tsv").read_text().splitlines()
+            mine = dict(zip(one[0].split("\t"), one[1].split("\t"), strict=True))
+            assert len(mine) > 100 and {k: cells[k] for k in mine} == mine, pid
     ages = dict(zip("sub-" + rows["SUB_ID"].astype(str), rows["AGE_AT_SCAN"], strict=True))
     assert all(
         ages[p] == pytest.approx(a) for p, a in zip(raw["participant_id"], raw["age"], strict=True)

@@ -474,30 +474,45 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def format_cell(value: Any) -> str:
-    """One TSV cell as :func:`neuroharmony_bids.atomic.write_table` writes it (``%.10g``
-    floats, ``n/a`` for missing or empty), without building a DataFrame per scan."""
-    if type(value) is float:  # most cells: skip the isinstance chain below
-        return "n/a" if value != value else f"{value:.10g}"
-    if value is None:
-        return "n/a"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "n/a" if np.isnan(value) else f"{float(value):.10g}"
-    text = str(value)
-    if not text:
-        return "n/a"
-    if any(ch in text for ch in '\t\n\r"'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
+def format_tsvs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One-row TSVs (header + row) of many rows, written by the group tables' writer
+    (:func:`neuroharmony_bids.tabular.format_block`: shortest round-trip floats, ``true`` /
+    ``false``, ``n/a`` for missing or empty text, quoting only where needed), so that a per-scan table and
+    the group table holding its row spell every value alike. One pyarrow call per distinct
+    header, not one per scan; the writer formats each row on its own, so a row's text does not
+    depend on the others."""
+    from neuroharmony_bids.tabular import format_block
+
+    out: list[str] = [""] * len(rows)
+    by_header: dict[tuple[str, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        by_header.setdefault(tuple(row), []).append(i)
+    for columns, where in by_header.items():
+        header = "\t".join(columns) + "\n"
+        frame = pd.DataFrame.from_records(
+            [tuple(rows[i].values()) for i in where], columns=list(columns)
+        )
+        for name in frame.select_dtypes(include="object").columns:  # BIDS: no empty cells
+            frame[name] = frame[name].mask(frame[name].eq(""), None)
+        lines = None
+        try:
+            text = bytes(format_block(frame, "\t")[0]).decode("utf-8")
+            lines = text.split("\n")[:-1]
+        except (TypeError, ValueError):  # a column mixing types (pyarrow's errors are these)
+            pass
+        if lines is None or len(lines) != len(where):  # a quoted line break, or mixed types
+            lines = [
+                bytes(format_block(frame.iloc[[k]], "\t")[0]).decode("utf-8")[:-1]
+                for k in range(len(where))
+            ]
+        for i, line in zip(where, lines, strict=True):
+            out[i] = header + line + "\n"
+    return out
 
 
 def format_tsv(row: Mapping[str, Any]) -> str:
-    """A one-row TSV (header + row), deterministic."""
-    return "\t".join(row) + "\n" + "\t".join(format_cell(v) for v in row.values()) + "\n"
+    """A one-row TSV (header + row), deterministic (see :func:`format_tsvs`)."""
+    return format_tsvs([row])[0]
 
 
 _DICT_CACHE: dict[tuple[str, ...], str] = {}
@@ -505,8 +520,25 @@ _DICT_CACHE: dict[tuple[str, ...], str] = {}
 
 def _json_items(extra: Mapping[str, Any]) -> str:
     """The top-level items of ``json.dumps(extra, indent=2)`` without the braces: each item's
-    text does not depend on the others, so a block shared by two sidecars is encoded once."""
-    return json.dumps(_json_value(dict(extra)), indent=2)[2:-2] if extra else ""
+    text does not depend on the others, so a block shared by two sidecars is encoded once.
+
+    NaN is ``null`` and numpy numbers are plain numbers (:func:`_json_value`); json's encoder
+    does that itself for the usual sidecar (no NaN), so the walk over every value is only
+    taken when it meets one."""
+    if not extra:
+        return ""
+    try:
+        text = json.dumps(extra, indent=2, allow_nan=False, default=_json_number)
+    except ValueError:  # a NaN somewhere: null, as _json_value writes it
+        text = json.dumps(_json_value(dict(extra)), indent=2)
+    return text[2:-2]
+
+
+def _json_number(value: Any) -> Any:
+    """json's hook for what it cannot encode: numpy numbers (the rest stays an error)."""
+    if isinstance(value, (np.integer, np.floating)):
+        return _json_value(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _sidecar_text(columns: Sequence[str], *items: str) -> str:
@@ -519,12 +551,31 @@ def _sidecar_text(columns: Sequence[str], *items: str) -> str:
     return "{\n" + ",\n".join(b for b in (body, *items) if b) + "\n}\n"
 
 
+def scan_rows(
+    scan: Scan, raw: Mapping[str, float], harmonized: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one-row raw and harmonized tables of a scan: identifiers, regions in
+    :data:`REGION_ORDER`, then (harmonized) their posterior SDs and the ``nh_*`` flags.
+
+    ``raw``/``harmonized`` map canonical region names (and, for harmonized, ``nh_*``) to
+    values."""
+    ids = id_columns(scan)
+    regions = [r for r in REGION_ORDER if r in raw]
+    raw_row = {**ids, **{r: raw[r] for r in regions}}
+    harm_row = {**ids, **{r: harmonized.get(r, np.nan) for r in regions}}
+    sds = (sd_column(r) for r in regions)  # in REGION_ORDER, as sd_columns() orders them
+    harm_row.update({c: harmonized[c] for c in sds if c in harmonized})
+    harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
+    return raw_row, harm_row
+
+
 def write_scan_outputs(
     output_dir: str | os.PathLike,
     scan: Scan,
     raw: Mapping[str, float],
     harmonized: Mapping[str, Any],
     provenance: Mapping[str, Any],
+    tsv: tuple[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write the four per-scan files atomically; the harmonized TSV is written last.
 
@@ -532,18 +583,18 @@ def write_scan_outputs(
     each file whole or not at all; after an OS crash a file may be empty, and
     :func:`missing_outputs` then counts it as missing, so a re-run recomputes the scan.
 
-    ``raw``/``harmonized`` map canonical region names (and, for harmonized, ``nh_*``) to
-    values. ``provenance`` holds what the JSON sidecars carry besides the dictionary: source
-    files, scanner metadata, covariates, IQMs, FreeSurfer/MRIQC versions and the model.
+    ``tsv``: the two tables' text, :func:`format_tsvs` of :func:`scan_rows`, when the caller
+    formatted many scans at once. ``provenance`` holds what the JSON sidecars carry besides
+    the dictionary: source files, scanner metadata, covariates, IQMs, FreeSurfer/MRIQC
+    versions and the model.
     """
     paths = scan_outputs(output_dir, scan)
-    ids = id_columns(scan)
-    regions = [r for r in REGION_ORDER if r in raw]
-    harm_cols = {sd_column(r) for r in regions}
-    raw_row = {**ids, **{r: raw[r] for r in regions}}
-    harm_row = {**ids, **{r: harmonized.get(r, np.nan) for r in regions}}
-    harm_row.update({c: harmonized[c] for c in sd_columns(list(harmonized)) if c in harm_cols})
-    harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
+    if tsv is None:
+        raw_text, harm_tsv = format_tsvs(scan_rows(scan, raw, harmonized))
+    else:
+        raw_text, harm_tsv = tsv
+    raw_columns = raw_text.split("\n", 1)[0].split("\t")
+    harm_columns = harm_tsv.split("\n", 1)[0].split("\t")
     common = {
         "Sources": list(provenance.get("Sources", [])),
         **{
@@ -575,11 +626,11 @@ def write_scan_outputs(
         },
     }
     shared = _json_items(common)  # the raw sidecar's extras, then the harmonized one's
-    write_output(paths["raw_json"], _sidecar_text(list(raw_row), shared), durable=False)
-    write_output(paths["raw_tsv"], format_tsv(raw_row), durable=False)
-    harm_text = _sidecar_text(list(harm_row), shared, _json_items(harm_json))
+    write_output(paths["raw_json"], _sidecar_text(raw_columns, shared), durable=False)
+    write_output(paths["raw_tsv"], raw_text, durable=False)
+    harm_text = _sidecar_text(harm_columns, shared, _json_items(harm_json))
     write_output(paths["harmonized_json"], harm_text, durable=False)
-    write_output(paths["harmonized_tsv"], format_tsv(harm_row), durable=False)
+    write_output(paths["harmonized_tsv"], harm_tsv, durable=False)
     return paths
 
 
@@ -601,8 +652,8 @@ __all__ = [
     "column_dictionary",
     "entity_column",
     "dataset_description",
-    "format_cell",
     "format_tsv",
+    "format_tsvs",
     "id_columns",
     "is_done",
     "missing_outputs",
@@ -614,6 +665,7 @@ __all__ = [
     "report_path",
     "scan_dir",
     "scan_outputs",
+    "scan_rows",
     "sd_column",
     "sd_columns",
     "write_dataset_files",

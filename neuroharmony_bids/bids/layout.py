@@ -5,7 +5,8 @@ the layout is built with ``validate=False``. Entities are parsed by pybids
 (``parse_file_entities``) from each file's path *relative to the dataset root*: pybids 0.22
 reads them from the absolute path (pybids issue #1270), so a dataset stored under a folder
 named like a datatype (``/data/func/ds``, ``/scratch/anat/study``) would otherwise have no
-``anat`` image at all.
+``anat`` image at all. Sidecar metadata comes from pybids' metadata index (the BIDS
+inheritance principle as pybids applies it, ``layout.get_metadata``), read in one query.
 
 Every T1w image is one scan, identified by all its entities (sub, ses, acq, ce, rec, run, ...).
 A file whose name is not a BIDS name (a label with ``-``, ``.`` or ``+``, entities out of
@@ -24,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -137,18 +137,11 @@ def _relative(path: Path, root: Path) -> str:
 
 @lru_cache(maxsize=65536)
 def entities_of(relpath: str) -> dict[str, Any]:
-    """pybids' entities of a path relative to the dataset root (never of the absolute path).
+    """pybids' entities (``bids.layout.parse_file_entities``) of a path relative to the dataset
+    root, never of the absolute path (pybids #1270), with pybids' BIDS entities loaded once."""
+    from bids.layout import parse_file_entities
 
-    What ``bids.layout.parse_file_entities`` returns, through the same ``Entity.match_file``
-    calls, without building a database-backed BIDSFile per path (0.8 ms each).
-    """
-    target = SimpleNamespace(path="/" + relpath.lstrip("/"))
-    out = {}
-    for entity in _bids_entities():
-        value = entity.match_file(target)
-        if value is not None:
-            out[entity.name] = value
-    return out
+    return parse_file_entities("/" + relpath.lstrip("/"), entities=_bids_entities())
 
 
 def scan_from_relpath(bids_dir: str | os.PathLike, relpath: str) -> Scan:
@@ -222,14 +215,15 @@ def load_layout(
     participant_label: Sequence[str] = (),
 ):
     """A pybids layout of the raw dataset's T1w images and sidecars (:func:`t1w_ignore`;
-    derivatives not indexed, no validation, no network).
+    derivatives not indexed, no validation, no network), with pybids' sidecar metadata of the
+    T1w images (the BIDS inheritance principle, applied by pybids: ``layout.get_metadata``).
 
-    Sidecar metadata is not indexed (that triples pybids' indexing time on large datasets and
-    one malformed sidecar would stop it); :func:`sidecar_metadata` reads the few sidecars of
-    the selected scans instead. ``participant_label`` leaves the other subjects out.
+    A sidecar that cannot be read is left out and named in ``layout.unreadable_sidecars``
+    (``{relative path: why}``) instead of stopping the index: :func:`find_scans` fails the
+    scans that inherit from it, and no other. ``participant_label`` leaves the other subjects
+    out.
     """
     from bids import BIDSLayout
-    from bids.layout import BIDSLayoutIndexer
 
     bids_dir = Path(bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
@@ -240,18 +234,95 @@ def load_layout(
     kwargs: dict[str, Any] = {}
     if database_dir is not None:
         kwargs["database_path"] = str(database_dir)
+    indexer = _t1w_indexer()(t1w_ignore(participant_label))
     try:
-        return BIDSLayout(
-            str(bids_dir),
-            validate=False,
-            derivatives=False,
-            indexer=BIDSLayoutIndexer(
-                validate=False, index_metadata=False, ignore=t1w_ignore(participant_label)
-            ),
-            **kwargs,
+        layout = BIDSLayout(
+            str(bids_dir), validate=False, derivatives=False, indexer=indexer, **kwargs
         )
     except Exception as exc:  # pybids raises many types for unreadable datasets
         raise InvalidBIDSError(f"pybids cannot index {bids_dir}: {exc}") from exc
+    layout.unreadable_sidecars = dict(indexer.unreadable)
+    return layout
+
+
+@lru_cache(maxsize=1)
+def _t1w_indexer() -> type:
+    """The indexer class (defined on first use: pybids is imported only when indexing)."""
+    from bids.layout import BIDSLayoutIndexer
+
+    class T1wIndexer(BIDSLayoutIndexer):
+        """pybids' own indexer, indexing the metadata of T1w files only, with two changes around
+        pybids' metadata step (its inheritance rules are untouched):
+
+        - every file's entity tags are loaded in one query first: pybids otherwise loads them file
+          by file (at 5,000 scans, 5 of its 10 s of metadata indexing);
+        - a sidecar it cannot read (bad JSON, nested too deeply, not a JSON object) stops pybids'
+          whole index; such sidecars are removed from the index and recorded in ``unreadable``,
+          and the metadata is indexed from the others.
+        """
+
+        def __init__(self, ignore: list[Any]) -> None:
+            super().__init__(validate=False, ignore=ignore, index_metadata=True, suffix="T1w")
+            self.unreadable: dict[str, str] = {}
+
+        def _index_metadata(self) -> None:
+            primed = self._load_tags()
+            try:
+                super()._index_metadata()
+                return
+            except (OSError, ValueError, TypeError, RecursionError) as exc:
+                self.session.rollback()
+                first = exc
+            self.unreadable = self._find_unreadable()
+            if not self.unreadable:
+                raise first
+            from bids.layout.models import BIDSFile, Tag
+
+            root = Path(self._layout.root)
+            bad = [str(root / rel) for rel in self.unreadable]
+            self.session.query(Tag).filter(Tag.file_path.in_(bad)).delete()
+            self.session.query(BIDSFile).filter(BIDSFile.path.in_(bad)).delete()
+            self.session.commit()
+            primed = self._load_tags()
+            super()._index_metadata()
+            del primed
+
+        def _load_tags(self) -> list[Any]:
+            """Every indexed file with its tags, kept alive while pybids indexes metadata."""
+            from bids.layout.models import BIDSFile
+            from sqlalchemy.orm import selectinload
+
+            return self.session.query(BIDSFile).options(selectinload(BIDSFile.tags)).all()
+
+        def _find_unreadable(self) -> dict[str, str]:
+            root = Path(self._layout.root)
+            out = {}
+            for path in self._layout.get(suffix="T1w", extension=".json", return_type="filename"):
+                problem = _sidecar_problem(Path(path))
+                if problem:
+                    out[_relative(Path(path), root)] = problem
+            return out
+
+    return T1wIndexer
+
+
+def _sidecar_problem(path: Path) -> str | None:
+    """Why pybids cannot read a JSON sidecar, or None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        return (
+            f"{path}: JSON sidecar nested too deeply to read; a T1w sidecar is a flat "
+            f"mapping of acquisition parameters. Fix or remove it"
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{path}: unreadable JSON sidecar ({exc}); fix or remove it"
+    if not isinstance(data, dict):
+        return (
+            f"{path}: JSON sidecar is a {type(data).__name__}, not a mapping of acquisition "
+            f'parameters ({{"Manufacturer": ...}}); fix or remove it'
+        )
+    return None
 
 
 def cached_layout(bids_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> Any:
@@ -270,7 +341,7 @@ def cached_layout(bids_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> 
 
     root = Path(bids_dir).resolve()
     ident = [str(root), dataset_fingerprint(root), bids.__version__]
-    ident += [p.pattern for p in t1w_ignore()]
+    ident += [p.pattern for p in t1w_ignore()] + [_INDEX_KIND]
     key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
     cache = Path(cache_dir)
     folder = cache / key
@@ -283,7 +354,9 @@ def cached_layout(bids_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> 
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        load_layout(root, database_dir=tmp)
+        built = load_layout(root, database_dir=tmp)
+        if built.unreadable_sidecars:  # not kept: the next run names them again
+            return load_layout(root)
         (tmp / _COMPLETE).write_text(str(root) + "\n", encoding="utf-8")
         try:
             os.replace(tmp, folder)
@@ -301,6 +374,8 @@ def cached_layout(bids_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> 
 
 #: Written last into a pybids database folder of :func:`cached_layout`.
 _COMPLETE = "complete"
+#: What a cached index holds (part of its key: an index of another kind is never reused).
+_INDEX_KIND = "T1w files and their sidecar metadata (pybids inheritance)"
 
 
 def scanner_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -389,79 +464,69 @@ def find_scans(
             + (f"; sessions in the dataset: {have}" if sessions else "")
             + ". Check the labels, or the dataset layout"
         )
-    sidecars = _SidecarIndex(layout, bids_dir)
+    metadata = scanner_metadata_by_image(layout)
+    unreadable = getattr(layout, "unreadable_sidecars", {})
     scans = []
     for scan in selected:
         if scan.problem is None:
-            try:
-                meta = scanner_metadata(sidecars.metadata(scan))
-            except InvalidBIDSError as exc:
-                scan = Scan(scan.subject, scan.path, scan.entities, problem=str(exc))
+            rel = scan.relpath(bids_dir)
+            bad = [why for side, why in sorted(unreadable.items()) if _inherits(rel, side)]
+            if bad:
+                scan = Scan(scan.subject, scan.path, scan.entities, problem=bad[0])
             else:
+                meta = metadata.get(rel, {})
                 scan = Scan(scan.subject, scan.path, scan.entities, metadata=meta)
         scans.append(scan)
     scans.sort(key=lambda s: s.prefix)
     return scans
 
 
-class _SidecarIndex:
-    """The dataset's ``*T1w.json`` sidecars (found by pybids), by folder, read on demand."""
+def scanner_metadata_by_image(layout: Any) -> dict[str, dict[str, Any]]:
+    """The :data:`SCANNER_FIELDS` of every indexed image (path relative to the root), from
+    pybids' metadata index in one query: what ``layout.get_metadata`` gives per file (the
+    inheritance principle applied by pybids), without 5,000 queries.
 
-    def __init__(self, layout: Any, root: Path) -> None:
-        self.root = root
-        self.by_dir: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for path in layout.get(suffix="T1w", extension=".json", return_type="filename"):
-            rel = _relative(Path(path), root)
-            ents = {k: str(v) for k, v in entities_of(rel).items() if k not in _NOT_IDENTITY[1:]}
-            folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
-            self.by_dir.setdefault(folder, []).append((rel, ents))
-        for items in self.by_dir.values():  # fewer entities first: more specific files win
-            items.sort(key=lambda item: (len(item[1]), item[0]))
-        self.cache: dict[str, Any] = {}
+    Rows are read as plain columns and typed by pybids' own loader (``Tag._init_on_load``):
+    building 25,000 ORM objects instead cost 0.9 s of CPU at 5,000 scans, this 0.1 s."""
+    from types import SimpleNamespace
 
-    def metadata(self, scan: Scan) -> dict[str, Any]:
-        """The BIDS inheritance principle: sidecars whose entities are all the image's, from
-        the root down to the image's folder, merged; deeper and more specific files win."""
-        image = entities_of(scan.relpath(self.root))
-        image = {k: str(v) for k, v in image.items() if k not in _NOT_IDENTITY[1:]}
-        rel_dir = scan.relpath(self.root).rsplit("/", 1)[0]
-        parts = rel_dir.split("/")
-        merged: dict[str, Any] = {}
-        for depth in range(len(parts) + 1):
-            folder = "/".join(parts[:depth])
-            for rel, ents in self.by_dir.get(folder, ()):
-                if all(image.get(k) == v for k, v in ents.items()):
-                    data = self._read(rel)
-                    if isinstance(data, dict):
-                        merged.update(data)
-        return merged
+    from bids.layout.models import Tag
 
-    def _read(self, rel: str) -> Any:
-        if rel not in self.cache:
-            path = self.root / rel
-            try:
-                self.cache[rel] = json.loads(path.read_text(encoding="utf-8"))
-            except RecursionError:
-                self.cache[rel] = InvalidBIDSError(
-                    f"{path}: JSON sidecar nested too deeply to read; a T1w sidecar is a flat "
-                    f"mapping of acquisition parameters. Fix or remove it"
-                )
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                self.cache[rel] = InvalidBIDSError(
-                    f"{path}: unreadable JSON sidecar ({exc}); fix or remove it"
-                )
-        value = self.cache[rel]
-        if isinstance(value, InvalidBIDSError):
-            raise InvalidBIDSError(str(value))
-        return value
+    root = Path(layout.root)
+    out: dict[str, dict[str, Any]] = {}
+    rows = (
+        layout.session.query(Tag.file_path, Tag.entity_name, Tag._value, Tag._dtype)
+        .filter(Tag.is_metadata.is_(True), Tag.entity_name.in_(SCANNER_FIELDS))
+        .all()
+    )
+    for path, name, text, dtype in rows:
+        tag = SimpleNamespace(_value=text, _dtype=dtype)
+        Tag._init_on_load(tag)  # pybids' text → value (str, int, float, bool, JSON)
+        out.setdefault(_relative(Path(path), root), {})[name] = tag.value
+    return {
+        rel: {k: meta[k] for k in SCANNER_FIELDS if meta.get(k) is not None}
+        for rel, meta in out.items()
+    }
+
+
+def _inherits(image: str, sidecar: str) -> bool:
+    """Whether pybids would apply ``sidecar`` to ``image`` (both relative to the root): the
+    sidecar is in the image's folder or above it and all its entities are the image's. Used
+    only to fail the scans of a sidecar pybids could not read (it is not in the index)."""
+    folder = sidecar.rsplit("/", 1)[0] + "/" if "/" in sidecar else ""
+    if not image.startswith(folder):
+        return False
+    own = entities_of(image)
+    skip = ("suffix", "extension", "datatype")
+    return all(own.get(k) == v for k, v in entities_of(sidecar).items() if k not in skip)
 
 
 def sidecar_metadata(bids_dir: str | os.PathLike, image: str | os.PathLike) -> dict[str, Any]:
-    """One image's JSON metadata after the BIDS inheritance principle (see ``_SidecarIndex``)."""
+    """One image's JSON metadata after the BIDS inheritance principle, as pybids gives it from
+    :func:`load_layout`'s index (``layout.get_metadata``)."""
     root = Path(bids_dir).resolve()
     layout = load_layout(root)
-    scan = scan_from_relpath(root, _relative(Path(image), root))
-    return _SidecarIndex(layout, root).metadata(scan)
+    return dict(layout.get_metadata(str(root / _relative(Path(image), root))))
 
 
 def scans_per_subject(layout: Any) -> dict[str, int]:

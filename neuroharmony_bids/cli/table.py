@@ -9,16 +9,20 @@ import re
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from neuroharmony_bids import __version__
 from neuroharmony_bids import tabular as T
 from neuroharmony_bids.cli.labels import parse_sex_mapping
 from neuroharmony_bids.errors import DataError, NeuroharmonyError, UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Harmonized volumes are written rounded to this many decimals of a mm³ (far below what
 #: FreeSurfer resolves; keeps the output short and its text stable).
@@ -126,17 +130,19 @@ def _check_paths(inp: Path, out: Path, what: str = "output") -> None:
 
 
 def _compact(result: pd.DataFrame, model) -> pd.DataFrame:
-    """Round harmonized volumes; ``nh_features_used`` as the IQM set name (not the IQM list)."""
-    from neuroharmony_bids.harmonize.table import region_columns
-
-    rmap = region_columns(list(result.columns))
-    cols = [rmap[r] for r in model.regions_ if r in rmap]
-    if cols:
-        result[cols] = np.round(result[cols].to_numpy(dtype=float), HARMONIZED_DECIMALS)
+    """``nh_features_used`` as the IQM set name (not the IQM list)."""
     names = {";".join(v): k for k, v in model.iqm_sets_.items()}
     used = result["nh_features_used"]
     result["nh_features_used"] = used.map(names).where(used.isin(list(names)), used)
     return result
+
+
+def _rounded(columns: list[str], model) -> dict[str, int]:
+    """The harmonized volume columns, written rounded to :data:`HARMONIZED_DECIMALS`."""
+    from neuroharmony_bids.harmonize.table import region_columns
+
+    rmap = region_columns(columns)
+    return {rmap[r]: HARMONIZED_DECIMALS for r in model.regions_ if r in rmap}
 
 
 def _renumber(exc: DataError, offset: int) -> DataError:
@@ -148,14 +154,26 @@ def _renumber(exc: DataError, offset: int) -> DataError:
 
 
 def _harmonized_blocks(
-    path: Path, model, sex_mapping, summary: dict, profile_weight: float | None = None
-) -> Iterator[pd.DataFrame]:
-    """Scan-by-scan harmonization streamed block by block (rows are independent)."""
+    blocks: Iterable[tuple[pa.Table, pd.DataFrame]],
+    path: Path,
+    model,
+    sex_mapping,
+    summary: dict,
+    profile_weight: float | None = None,
+    rounded: dict[str, int] | None = None,
+) -> Iterator[pa.Table]:
+    """Scan-by-scan harmonization streamed block by block (rows are independent).
+
+    Columns the harmonizer passes through are written from the block as read; the
+    harmonized volumes (``rounded``, as their rounded text, made on this thread: see
+    :func:`tabular.round_columns`) and the ``nh_*`` columns from its result.
+    """
     from neuroharmony_bids.harmonize.apply import harmonize_table
+    from neuroharmony_bids.harmonize.features import FLAG_COLUMNS
     from neuroharmony_bids.harmonize.table import ID_COLUMNS, check_duplicates
 
-    ids, offset = [], 0
-    for block in T.iter_blocks(path):
+    ids, offset, rounded = [], 0, rounded or {}
+    for table, block in blocks:
         try:
             result = harmonize_table(
                 block, model, sex_mapping=sex_mapping, profile_weight=profile_weight
@@ -166,34 +184,56 @@ def _harmonized_blocks(
         offset += len(block)
         summary["rows"] += len(result)
         summary["ood"] += int(result["nh_out_of_range"].sum())
-        yield _compact(result, model)
+        written = T.passed_through(table, _compact(result, model), [*rounded, *FLAG_COLUMNS])
+        written = T.round_columns(written, rounded)
+        del table, block, result  # not kept alive while the writer formats this block
+        yield written
+        del written
     if offset == 0:
         raise DataError(f"{path}: the input table has no rows; it needs one row per scan")
     check_duplicates(pd.concat(ids, ignore_index=True))  # across blocks
 
 
 def _harmonize(args) -> None:
-    from threadpoolctl import threadpool_limits
-
-    from neuroharmony_bids.harmonize.apply import harmonize_table
-    from neuroharmony_bids.harmonize.io import load_model
-
     inp, out = Path(args.input), Path(args.output)
     if out.suffix.lower() not in (".csv", ".tsv"):
         raise UsageError(f"{out}: output must end in .csv or .tsv")
     T.separator(inp)
     _check_paths(inp, out)
-    T.read_header(inp, T.separator(inp))
-    model = load_model(args.model)
+    names = T.read_header(inp, T.separator(inp))
     mapping = _parse_mapping(args.sex_mapping)
-    summary = {"rows": 0, "ood": 0}
-    neutralised = None
+    streamed = None
     if args.site_column is None:
+        try:  # reading starts now, beside the imports and the model load
+            streamed = T.iter_blocks(inp, arrow=True)
+        except T.Unstreamable:
+            pass
+    try:
+        _harmonize_with(args, inp, out, names, mapping, streamed)
+    finally:
+        if streamed is not None:
+            streamed.close()
+
+
+def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, streamed) -> None:
+    """Load the model, then stream ``streamed`` blocks (or, for ``--site-column`` or a table
+    pyarrow cannot type in blocks, the whole table) through the harmonizer to ``out``."""
+    from threadpoolctl import threadpool_limits
+
+    from neuroharmony_bids.harmonize.apply import harmonize_table
+    from neuroharmony_bids.harmonize.io import load_model
+
+    model = load_model(args.model)
+    rounded = _rounded(names, model)
+    summary: dict = {"rows": 0, "ood": 0}
+    neutralised = None
+    if streamed is not None:
         try:  # the pipeline's threads use the cores; BLAS threads would only spin beside them
             with threadpool_limits(limits=1, user_api="blas"):
-                neutralised = T.write_blocks(
-                    out, _harmonized_blocks(inp, model, mapping, summary, args.profile_weight)
+                blocks = _harmonized_blocks(
+                    streamed, inp, model, mapping, summary, args.profile_weight, rounded
                 )
+                neutralised = T.write_blocks(out, blocks, rounded=rounded)
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
             summary = {"rows": 0, "ood": 0}
     if neutralised is None:
@@ -206,7 +246,7 @@ def _harmonize(args) -> None:
             profile_weight=args.profile_weight,
         )
         summary = {"rows": len(result), "ood": int(result["nh_out_of_range"].sum())}
-        neutralised = T.write_blocks(out, [_compact(result, model)])
+        neutralised = T.write_blocks(out, [_compact(result, model)], rounded=rounded)
     note = (
         f"; {neutralised} text cell(s) starting with = + - @ were prefixed with ' so that "
         "spreadsheets show them as text"
@@ -305,7 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     prefix = f"neuroharmony {args.command}: error:"
     try:
-        code = {"harmonize": _harmonize, "train": _train, "info": _info}[args.command](args)
+        with warnings.catch_warnings():  # pandas' note on its own internals, not on the data
+            warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+            code = {"harmonize": _harmonize, "train": _train, "info": _info}[args.command](args)
     except NeuroharmonyError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

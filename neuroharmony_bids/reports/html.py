@@ -86,14 +86,13 @@ def key_values(pairs: Mapping[str, Any]) -> str:
 
 
 def generated_stamp() -> str:
-    """UTC time of generation; honours SOURCE_DATE_EPOCH so reruns can be byte-identical."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = (
-        _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
-        if epoch and epoch.isdigit()
-        else _dt.datetime.now(tz=_dt.timezone.utc)
-    )
-    return when.strftime("%Y-%m-%d %H:%M UTC")
+    """`` on <date>`` from ``SOURCE_DATE_EPOCH`` when it is set, else nothing: a report is an
+    output, so the same inputs give the same bytes; the run's time is in ``logs/``."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not epoch.isdigit():
+        return ""
+    when = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+    return when.strftime(" on %Y-%m-%d %H:%M UTC")
 
 
 def render(title: str, subtitle: str, sections: Sequence[Section]) -> str:

@@ -178,6 +178,7 @@ def _stack_rows(rows: Sequence[tuple[int, str, str]], keep: frozenset[str]) -> p
         frame = pd.read_csv(
             io.StringIO(text), sep="\t", header=None, names=names, usecols=wanted,
             na_values=["n/a"], keep_default_na=False, quoting=csv.QUOTE_NONE,
+            float_precision="round_trip",  # the doubles written, so the same shortest text
         )  # fmt: skip
         for name in frame.columns:  # floats whatever the text looked like ("6442"), and a
             kind = frame[name].dtype.kind  # stray text cell leaves the others numbers
