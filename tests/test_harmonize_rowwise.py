@@ -8,24 +8,26 @@ import pytest
 from neuroharmony_bids.harmonize import rowwise
 
 
-def _positions_agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _positions_agree(a: np.ndarray, b: np.ndarray, tile: int) -> np.ndarray:
     """Rows of ``row_matmul(a, b)`` that differ from the row computed alone."""
-    whole = rowwise.row_matmul(a, b)
-    alone = np.vstack([rowwise.row_matmul(a[[i]], b) for i in range(len(a))])
+    whole = rowwise.row_matmul(a, b, tile=tile)
+    alone = np.vstack([rowwise.row_matmul(a[[i]], b, tile=tile) for i in range(len(a))])
     return np.flatnonzero((whole != alone).any(axis=1))
 
 
 # products as the harmonizer makes them (design 5-12 columns, 68 IQMs, ~100 regions) and
 # larger ones, in which BLAS uses its packed kernels
+@pytest.mark.parametrize("tile", [rowwise.ROW_TILE, rowwise.SMALL_TILE])
 @pytest.mark.parametrize("k", [5, 12, 68, 107, 300])
 @pytest.mark.parametrize("m", [7, 107, 300])
-def test_row_matmul_gives_each_row_the_bits_it_has_alone(k, m):
+def test_row_matmul_gives_each_row_the_bits_it_has_alone(k, m, tile):
     rng = np.random.default_rng([k, m])
-    a = rng.normal(size=(rowwise.ROW_TILE + 9, k))  # every place in a tile, and a short tile
+    a = rng.normal(size=(tile + 9, k))  # every place in a tile, and a short tile
     b = rng.normal(size=(k, m))
-    np.testing.assert_allclose(rowwise.row_matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
-    assert not len(_positions_agree(a, b))
-    assert not len(_positions_agree(a, np.ascontiguousarray(b.T).T))  # a gain's W.T
+    got = rowwise.row_matmul(a, b, tile=tile)
+    np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12)
+    assert not len(_positions_agree(a, b, tile))
+    assert not len(_positions_agree(a, np.ascontiguousarray(b.T).T, tile))  # a gain's W.T
 
 
 def test_row_matmul_order_batch_and_layout_change_no_bit():

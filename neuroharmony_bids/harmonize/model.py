@@ -41,7 +41,13 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 from neuroharmony_bids.errors import DataError
 from neuroharmony_bids.harmonize import features as F
 from neuroharmony_bids.harmonize.combat import check_design, fit_combat
-from neuroharmony_bids.harmonize.rowwise import row_matmul, row_quadratic, row_reduce
+from neuroharmony_bids.harmonize.rowwise import (
+    ROW_TILE,
+    SMALL_TILE,
+    row_matmul,
+    row_quadratic,
+    row_reduce,
+)
 from neuroharmony_bids.harmonize.table import (
     PreparedTable,
     RowReader,
@@ -519,7 +525,9 @@ class NeuroHarmonizer(BaseEstimator):
         return {"coef": coef, "intercept": icpt, "dist_grid": grid, "confidence": conf}, cv
 
     # ------------------------------------------------------------------ apply
-    def _profile_pvalue(self, z: np.ndarray, regions: Sequence[str]) -> np.ndarray:
+    def _profile_pvalue(
+        self, z: np.ndarray, regions: Sequence[str], tile: int = ROW_TILE
+    ) -> np.ndarray:
         """Chi-square p-value of a scan's regional profile under the training distribution.
 
         The inverse covariance is kept per region set: one matrix product per chunk of scans.
@@ -534,7 +542,7 @@ class NeuroHarmonizer(BaseEstimator):
         P = self._cached(("profile", tuple(regions)), make)
         # chdtrc is what chi2.sf calls, without its argument checks (~0.1 ms a call: a chunk
         # makes one call per flagged-region pattern)
-        return chdtrc(len(regions), row_quadratic(z, P))
+        return chdtrc(len(regions), row_quadratic(z, P, tile=tile))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
@@ -949,7 +957,8 @@ class NeuroHarmonizer(BaseEstimator):
                     broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
             elif rows.any() and len(keep):
                 sub = [regions[j] for j in keep]
-                broken[rows] = self._profile_pvalue(z[np.ix_(rows, keep)], sub) < limit
+                zk = z[np.ix_(rows, keep)]
+                broken[rows] = self._profile_pvalue(zk, sub, tile=SMALL_TILE) < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
         scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
@@ -969,7 +978,7 @@ class NeuroHarmonizer(BaseEstimator):
                 gamma += mu
             else:  # (row indices: a boolean-masked copy costs several times more)
                 idx = np.flatnonzero(rows)
-                part = row_matmul(np.take(d, idx, axis=0), W.T)
+                part = row_matmul(np.take(d, idx, axis=0), W.T, tile=SMALL_TILE)
                 part += np.take(mu, idx, axis=0)
                 gamma[idx] = part
             if want_sd:

@@ -23,22 +23,28 @@ import numpy as np
 #: overhead and packing of the right-hand matrix are small beside the product (a 1-row table
 #: pays for 64 rows: microseconds).
 ROW_TILE = 64
+#: Rows per call for the few scans with a region flagged (a handful per flag pattern: a
+#: 64-row tile would be mostly padding). Such a scan always goes this way, so its bits too
+#: are the same in any batch.
+SMALL_TILE = 16
 
 
-def _tiles(n: int):
-    """(start, stop) of each ``ROW_TILE``-row tile of ``n`` rows (the last may be short)."""
-    for start in range(0, n, ROW_TILE):
-        yield start, min(start + ROW_TILE, n)
+def _tiles(n: int, size: int):
+    """(start, stop) of each ``size``-row tile of ``n`` rows (the last may be short)."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
 
 
-def _padded(rows: np.ndarray) -> np.ndarray:
-    """A short tile as a full C-contiguous tile, zero rows after ``rows``."""
-    tile = np.zeros((ROW_TILE, *rows.shape[1:]), dtype=rows.dtype)
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+    """A short tile as a full C-contiguous tile of ``size`` rows, zero rows after ``rows``."""
+    tile = np.zeros((size, *rows.shape[1:]), dtype=rows.dtype)
     tile[: len(rows)] = rows
     return tile
 
 
-def row_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def row_matmul(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, tile: int = ROW_TILE
+) -> np.ndarray:
     """``a @ b`` (``a``: rows × k), each row's bits independent of the other rows of ``a``.
 
     Computed as ``(b' a')'`` tile by tile, so that the rows of ``a`` are the dimension BLAS
@@ -46,35 +52,39 @@ def row_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> n
     arithmetic whatever its place in the tile. (As ``a @ b`` the rows are BLAS's ``N``,
     blocked in kernels of different widths: a row's bits then depend on its place in the tile
     once the product is large enough for the packed kernels.) ``out`` (rows × columns of
-    ``b``, may be a view) receives the product; returned.
+    ``b``, may be a view) receives the product; returned. A row's bits depend on ``tile``:
+    a caller passes the same ``tile`` for the same kind of row (see ``SMALL_TILE``).
     """
     a = np.ascontiguousarray(a)
     bt = np.ascontiguousarray(b.T)
     if out is None:
         out = np.empty((len(a), len(bt)), dtype=np.result_type(a, b))
-    part = np.empty((len(bt), ROW_TILE))  # one tile of the product, transposed
-    for start, stop in _tiles(len(a)):
-        tile = a[start:stop] if stop - start == ROW_TILE else _padded(a[start:stop])
-        np.matmul(bt, tile.T, out=part)
+    part = np.empty((len(bt), tile))  # one tile of the product, transposed
+    for start, stop in _tiles(len(a), tile):
+        rows = a[start:stop] if stop - start == tile else _padded(a[start:stop], tile)
+        np.matmul(bt, rows.T, out=part)
         out[start:stop] = part[:, : stop - start].T
     return out
 
 
-def row_reduce(fn: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+def row_reduce(
+    fn: Callable[..., np.ndarray], *arrays: np.ndarray, tile: int = ROW_TILE
+) -> np.ndarray:
     """``fn(*arrays)``, a per-row result (one value per row), computed tile by tile on
     ``ROW_TILE``-row C-contiguous tiles, so a reduction inside ``fn`` (a sum over a row, an
     einsum) runs on the same shapes whatever the batch."""
     arrays = tuple(np.ascontiguousarray(x) for x in arrays)
     n = len(arrays[0])
     out = np.empty(n)
-    for start, stop in _tiles(n):
+    for start, stop in _tiles(n, tile):
         part = [x[start:stop] for x in arrays]
-        if stop - start < ROW_TILE:
-            part = [_padded(x) for x in part]
+        if stop - start < tile:
+            part = [_padded(x, tile) for x in part]
         out[start:stop] = fn(*part)[: stop - start]
     return out
 
 
-def row_quadratic(z: np.ndarray, P: np.ndarray) -> np.ndarray:
+def row_quadratic(z: np.ndarray, P: np.ndarray, tile: int = ROW_TILE) -> np.ndarray:
     """Per row ``z_i' P z_i``, each row's bits independent of the other rows of ``z``."""
-    return row_reduce(lambda zp, t: np.einsum("ij,ij->i", zp, t), row_matmul(z, P), z)
+    zp = row_matmul(z, P, tile=tile)
+    return row_reduce(lambda a, t: np.einsum("ij,ij->i", a, t), zp, z, tile=tile)
