@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 from neuroharmony_bids.errors import DataError, MissingInputError, UsageError
 
+#: Harmonized volumes and their posterior SDs are written rounded to this many decimals of a
+#: mm³ (``numpy.round``), by the table CLI and the BIDS App alike: far below what FreeSurfer
+#: resolves, and it keeps a scan's text the same whatever the last bits of the arithmetic.
+HARMONIZED_DECIMALS = 3
+
 #: More columns than any real table (FreeSurfer's largest atlases with every measure and all
 #: MRIQC IQMs stay under 3,000).
 MAX_COLUMNS = 20_000

@@ -41,6 +41,7 @@ from neuroharmony_bids.harmonize.features import (
     FLAG_COLUMNS,
     canonical_region,
 )
+from neuroharmony_bids.tabular import HARMONIZED_DECIMALS
 
 PIPELINE_NAME = "neuroharmony-bids"
 CODE_URL = "https://github.com/neuroharmony-bids/neuroharmony-bids"
@@ -558,15 +559,21 @@ def scan_rows(
     :data:`REGION_ORDER`, then (harmonized) their posterior SDs and the ``nh_*`` flags.
 
     ``raw``/``harmonized`` map canonical region names (and, for harmonized, ``nh_*``) to
-    values."""
+    values. Harmonized volumes and SDs are rounded to ``HARMONIZED_DECIMALS`` (as the table
+    CLI writes them); raw volumes are written as FreeSurfer gave them."""
     ids = id_columns(scan)
     regions = [r for r in REGION_ORDER if r in raw]
     raw_row = {**ids, **{r: raw[r] for r in regions}}
-    harm_row = {**ids, **{r: harmonized.get(r, np.nan) for r in regions}}
+    harm_row = {**ids, **{r: _rounded(harmonized.get(r, np.nan)) for r in regions}}
     sds = (sd_column(r) for r in regions)  # in REGION_ORDER, as sd_columns() orders them
-    harm_row.update({c: harmonized[c] for c in sds if c in harmonized})
+    harm_row.update({c: _rounded(harmonized[c]) for c in sds if c in harmonized})
     harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
     return raw_row, harm_row
+
+
+def _rounded(value: Any) -> Any:
+    """A harmonized volume or SD as written: ``numpy.round`` to ``HARMONIZED_DECIMALS``."""
+    return value if value is None else float(np.round(float(value), HARMONIZED_DECIMALS))
 
 
 def write_scan_outputs(

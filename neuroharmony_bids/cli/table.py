@@ -24,10 +24,6 @@ from neuroharmony_bids.errors import DataError, NeuroharmonyError, UsageError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-#: Harmonized volumes are written rounded to this many decimals of a mm³ (far below what
-#: FreeSurfer resolves; keeps the output short and its text stable).
-HARMONIZED_DECIMALS = 3
-
 
 def non_negative_float(text: str) -> float:
     """argparse type of ``--profile-weight``: a finite number >= 0."""
@@ -138,11 +134,11 @@ def _compact(result: pd.DataFrame, model) -> pd.DataFrame:
 
 
 def _rounded(columns: list[str], model) -> dict[str, int]:
-    """The harmonized volume columns, written rounded to :data:`HARMONIZED_DECIMALS`."""
+    """The harmonized volume columns, written rounded to :data:`neuroharmony_bids.tabular.HARMONIZED_DECIMALS`."""
     from neuroharmony_bids.harmonize.table import region_columns
 
     rmap = region_columns(columns)
-    return {rmap[r]: HARMONIZED_DECIMALS for r in model.regions_ if r in rmap}
+    return {rmap[r]: T.HARMONIZED_DECIMALS for r in model.regions_ if r in rmap}
 
 
 def _renumber(exc: DataError, offset: int) -> DataError:
