@@ -789,12 +789,13 @@ class NeuroHarmonizer(BaseEstimator):
         persons = None if person_column is None else table[person_column].astype(str).to_numpy()
         field_bad = np.zeros(n, dtype=bool)
         field_bad[list(reader.field_problems)] = True
+        positions = np.arange(n)  # made once: a chunk's positions are a view of it
         refused: dict[int, str] = {}
 
         def run(rows: slice | np.ndarray, groups) -> None:
             """Harmonize one chunk into the outputs (chunks write disjoint rows)."""
             block, problems = reader.block(rows)
-            at = np.arange(n)[rows]
+            at = positions[rows]
             for p in np.flatnonzero(field_bad[at]):  # after the volume/IQM problems, as prepare
                 problems.setdefault(int(p), []).extend(reader.field_problems[int(at[p])])
             if problems and not set_aside:
@@ -847,7 +848,7 @@ class NeuroHarmonizer(BaseEstimator):
             new = {name: values[keep] for name, values in new.items()}
         out = _output_frame(table, cols, harmonized, new, keep)
         sd_frame = None if sd is None else pd.DataFrame(sd, columns=cols, index=out.index)
-        kept = np.arange(n) if keep is None else np.flatnonzero(keep)
+        kept = positions if keep is None else np.flatnonzero(keep)
         return ValidRows(out, sd_frame, kept, dict(sorted(refused.items())))
 
     def _row_chunks(self, table: pd.DataFrame, site_column: str | None):
