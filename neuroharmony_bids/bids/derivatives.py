@@ -573,7 +573,7 @@ def scan_rows(
 
 def _rounded(value: Any) -> Any:
     """A harmonized volume or SD as written: ``numpy.round`` to ``HARMONIZED_DECIMALS``."""
-    return value if value is None else float(np.round(float(value), HARMONIZED_DECIMALS))
+    return float(np.round(float(value), HARMONIZED_DECIMALS))
 
 
 def write_scan_outputs(
