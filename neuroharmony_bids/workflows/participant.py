@@ -558,8 +558,8 @@ def write_outputs(
     the GIL, so they overlap with the next scan's JSON encoding; more threads only fight over
     the GIL (at 5,000 scans, 8 threads cost 20-27 s of CPU against 10-19 s for 2).
 
-    The TSVs of ``chunk`` scans at a time are formatted in one call of the group tables'
-    writer (:func:`~neuroharmony_bids.bids.derivatives.format_tsvs`), not cell by cell."""
+    The TSVs of ``chunk`` scans at a time are formatted in two calls of the group tables'
+    writer (:func:`~neuroharmony_bids.bids.derivatives.format_scan_tsvs`), not cell by cell."""
 
     def job(args: tuple[tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]], Any]):
         (scan, volumes, hrow, provenance), tsv = args
@@ -570,9 +570,7 @@ def write_outputs(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
-            rows = [r for scan, vol, hrow, _ in part for r in D.scan_rows(scan, vol, hrow)]
-            texts = D.format_tsvs(rows)
-            tsvs = list(zip(texts[0::2], texts[1::2], strict=True))
+            tsvs = D.format_scan_tsvs([D.scan_rows(scan, vol, hrow) for scan, vol, hrow, _ in part])
             for name in pool.map(job, zip(part, tsvs, strict=True)):
                 result.succeeded.append(name)
                 progress.update()
