@@ -173,6 +173,31 @@ def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
 
 
 @pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
+def test_files_written_by_forked_processes_are_the_threads_bytes(main_run, tmp_path, monkeypatch):
+    """With --nprocs 2 and many scans, forked processes write the per-scan files (here from
+    5 scans a task, so that both workers write): every file is the bytes the threads wrote,
+    nothing is left half-written, and every scan is counted once."""
+    import functools
+
+    import neuroharmony_bids.workflows.participant as P
+
+    forked = []
+    in_processes = P._write_in_processes
+    monkeypatch.setattr(P, "PROCESS_MIN_SCANS", 1)
+    monkeypatch.setattr(P, "write_outputs", functools.partial(P.write_outputs, chunk=5))
+    monkeypatch.setattr(
+        P, "_write_in_processes", lambda *a, **k: forked.append(a[-2:]) or in_processes(*a, **k)
+    )
+    out = tmp_path / "out"
+    argv = [str(main_run["bids"]), str(out), "participant", "--nprocs", "2"]
+    assert run([*argv, "--skip-bids-validation", "--no-participant-reports"]) == 0
+    assert forked == [(2, 5)]
+    assert snapshot(out) == snapshot(main_run["out"])
+    assert len(snapshot(out)) == 4 * len(main_run["rows"])
+    assert not list(out.rglob(".nhtmp-*"))
+
+
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_group_reads_per_scan_tables_of_the_previous_number_format(main_run, tmp_path):
     """A resumed run may meet per-scan TSVs written before the format change (``%.10g``
