@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,7 +426,8 @@ def collect_inputs(
     expected = core_iqms(model)
     shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
-    group_tables: dict[Path, pd.DataFrame] = {}
+    todo = [p for p in plans if not p.failure and p.scan.bids_name not in covs.errors]
+    parsed = dict(zip(map(id, todo), parse_scans(todo, expected, settings.nprocs), strict=True))
     for plan in plans:
         name = plan.scan.bids_name
         if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
@@ -437,10 +438,9 @@ def collect_inputs(
             _fail(result, settings.output_dir, plan.scan, covs.errors[name], 65, log)
             progress.update()
             continue
-        try:
-            item = parse_scan(plan, group_tables, expected)
-        except NeuroharmonyError as exc:
-            _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
+        item = parsed[id(plan)]
+        if isinstance(item, NeuroharmonyError):
+            _fail(result, settings.output_dir, plan.scan, str(item), item.exit_code, log)
             progress.update()
             continue
         if name in shared:
@@ -450,6 +450,26 @@ def collect_inputs(
             result.warnings.append(warning)
             log.warning("%s: %s", name, warning)
     return inputs, covs.table
+
+
+def parse_scans(
+    plans: Sequence[ScanPlan], expected: Sequence[str] = (), processes: int = 1
+) -> list[ScanInputs | NeuroharmonyError]:
+    """:func:`parse_scan` of every plan, in order, or the error that refuses the scan.
+
+    With ``processes`` > 1 (``--nprocs``) and at least :data:`PROCESS_MIN_SCANS` scans, the
+    files are parsed by forked processes (:func:`_forked_map`), 500 scans a task."""
+    group_tables: dict[Path, pd.DataFrame] = {}
+
+    def parse(plan: ScanPlan) -> ScanInputs | NeuroharmonyError:
+        try:
+            return parse_scan(plan, group_tables, expected)
+        except NeuroharmonyError as exc:
+            return exc
+
+    if processes > 1 and len(plans) >= PROCESS_MIN_SCANS and _can_fork():
+        return [r for part in _forked_map(parse, plans, processes, 500) for r in part]
+    return [parse(plan) for plan in plans]
 
 
 def harmonize_scans(
@@ -590,9 +610,42 @@ def write_outputs(
 #: more than it saves).
 PROCESS_MIN_SCANS = 1000
 
-#: What the forked writers of :func:`_write_in_processes` inherit: [(out, jobs, TSV texts)],
-#: set just before the fork and cleared after (nothing is pickled but the spans and names).
-_FORKED: list[tuple[Path, Sequence[WriteJob], list[tuple[str, str]]]] = []
+#: What the forked workers of :func:`_forked_map` inherit: [(function, items)], set just
+#: before the fork and cleared after (nothing is pickled but the spans and the results).
+_FORKED: list[tuple[Callable[[Any], Any], Sequence[Any]]] = []
+
+
+def _forked_map(
+    func: Callable[[Any], Any], items: Sequence[Any], processes: int, chunk: int
+) -> Iterator[list[Any]]:
+    """``[func(item) for item in items[a:b]]`` for consecutive spans of ``chunk`` items, in
+    order, computed by ``processes`` forked workers that inherit ``func`` and ``items``.
+
+    An error in a worker stops the map (the tasks not started are cancelled) and is raised
+    here, as it would be in this process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spans = [(start, min(start + chunk, len(items))) for start in range(0, len(items), chunk)]
+    _FORKED[:] = [(func, items)]
+    pool = ProcessPoolExecutor(
+        max_workers=max(1, min(processes, len(spans))),
+        mp_context=multiprocessing.get_context("fork"),
+    )
+    try:
+        yield from pool.map(_run_span, spans)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        _FORKED.clear()
+
+
+def _run_span(span: tuple[int, int]) -> list[Any]:
+    """In a forked worker: :data:`_FORKED`'s function over its items ``[start:stop]``."""
+    func, items = _FORKED[0]
+    return [func(items[i]) for i in range(*span)]
 
 
 def _can_fork() -> bool:
@@ -632,34 +685,18 @@ def _write_in_processes(
     the jobs and texts and return only the names written. Each file is still written
     atomically by the process that writes it; an error in a worker (disk full) stops the
     run as it does with threads, after the tasks already started."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     tsvs = [
         t for start in range(0, len(jobs), chunk) for t in _tsv_texts(jobs[start : start + chunk])
     ]
-    spans = [(start, min(start + chunk, len(jobs))) for start in range(0, len(jobs), chunk)]
-    _FORKED[:] = [(out, jobs, tsvs)]
-    pool = ProcessPoolExecutor(
-        max_workers=min(processes, len(spans)), mp_context=multiprocessing.get_context("fork")
-    )
-    try:
-        for names in pool.map(_write_span, spans):
-            for name in names:
-                result.succeeded.append(name)
-                progress.update()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        _FORKED.clear()
 
+    def write(pair: tuple[WriteJob, tuple[str, str]]) -> str:
+        return _write_one(out, *pair[0], pair[1])
 
-def _write_span(span: tuple[int, int]) -> list[str]:
-    """In a forked worker: write the scans ``jobs[start:stop]`` (see :data:`_FORKED`)."""
-    out, jobs, tsvs = _FORKED[0]
-    return [_write_one(out, *jobs[i], tsvs[i]) for i in range(*span)]
+    pairs = list(zip(jobs, tsvs, strict=True))
+    for names in _forked_map(write, pairs, processes, chunk):
+        for name in names:
+            result.succeeded.append(name)
+            progress.update()
 
 
 def _fail(
@@ -723,6 +760,7 @@ __all__ = [
     "load_model_and_info",
     "locate_and_run_tools",
     "parse_scan",
+    "parse_scans",
     "pending_scans",
     "plan_scans",
     "prepare_output",
