@@ -429,3 +429,25 @@ def test_sessions_and_mriqc_group_tsv(sessions_run):
     assert side["ImageQualityMetrics"]["Source"].endswith("group_T1w.tsv (sub-s0_ses-2_T1w)")
     assert side["FreeSurfer"]["Version"] == "7.3.2"
     assert validator_errors(out) == []
+
+
+def test_forked_map_keeps_order_and_falls_back_without_a_process_pool(monkeypatch):
+    """The forked map returns each span's results in order, from workers or, where no
+    process pool can be made (no /dev/shm semaphores), from this process; a worker's
+    error is raised here."""
+    import concurrent.futures
+
+    import neuroharmony_bids.workflows.participant as P
+
+    items = list(range(23))
+    expected = [[i * i for i in items[s : s + 5]] for s in range(0, 23, 5)]
+    assert list(P._forked_map(lambda i: i * i, items, 2, 5)) == expected
+    assert not P._FORKED
+    with pytest.raises(ZeroDivisionError):
+        list(P._forked_map(lambda i: 1 // (i - 7), items, 2, 5))
+
+    def no_pool(*args, **kwargs):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    assert list(P._forked_map(lambda i: i * i, items, 2, 5)) == expected

@@ -622,16 +622,22 @@ def _forked_map(
     order, computed by ``processes`` forked workers that inherit ``func`` and ``items``.
 
     An error in a worker stops the map (the tasks not started are cancelled) and is raised
-    here, as it would be in this process."""
+    here, as it would be in this process. Where no process pool can be made (a container
+    without ``/dev/shm``), the spans are computed here."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     spans = [(start, min(start + chunk, len(items))) for start in range(0, len(items), chunk)]
+    try:
+        pool = ProcessPoolExecutor(
+            max_workers=max(1, min(processes, len(spans))),
+            mp_context=multiprocessing.get_context("fork"),
+        )
+    except (OSError, ImportError, NotImplementedError):  # no working semaphores (/dev/shm)
+        for start, stop in spans:
+            yield [func(items[i]) for i in range(start, stop)]
+        return
     _FORKED[:] = [(func, items)]
-    pool = ProcessPoolExecutor(
-        max_workers=max(1, min(processes, len(spans))),
-        mp_context=multiprocessing.get_context("fork"),
-    )
     try:
         yield from pool.map(_run_span, spans)
     except BaseException:
