@@ -122,7 +122,7 @@ with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas")
     c = [time.process_time()]
     for table in blocks:
         c.append(time.process_time())
-        block = table.to_pandas(split_blocks=True)
+        block = table.to_pandas()  # as tabular._with_frames
         c.append(time.process_time())
         out = harmonize_table(block, model)
         c.append(time.process_time())

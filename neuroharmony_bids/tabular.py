@@ -310,11 +310,18 @@ def iter_blocks(
 
 
 def _with_frames(blocks: Iterator[pa.Table], arrow: bool) -> Iterator:
+    """Each block as a DataFrame (with its pyarrow table when ``arrow``).
+
+    The frame is consolidated (one 2-D array per dtype), not a block per column: a block is a
+    few MiB, and a consumer that copies it (the harmonizer's output frame does) would pay for
+    consolidating it anyway, column by column (at 100k rows, harmonizing and assembling the
+    blocks took 2.0 CPU s from consolidated frames, 2.4 s from split ones).
+    """
     for table in blocks:
         if arrow:
-            yield table, table.to_pandas(split_blocks=True)
+            yield table, table.to_pandas()
         else:
-            yield table.to_pandas(split_blocks=True, self_destruct=True)
+            yield table.to_pandas(self_destruct=True)
         del table  # not kept alive while the next block is read
 
 
