@@ -90,7 +90,8 @@ print(json.dumps(_stats(t, c)))
 
 # The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
 # beside pyarrow's, and what the harmonization itself costs. "read" is pyarrow's parse of a
-# block, "pandas" the DataFrame the harmonizer takes, "assemble" the output table (columns
+# block (columns passed through as their text, then converted to numbers), "pandas" the
+# DataFrame the harmonizer takes, "assemble" the output table (columns
 # passed through from the block as read, rounded volumes' text by tabular.decimal_text),
 # "format" the block's text (tabular.format_block: pyarrow's writer), "file" writing it out.
 # BLAS single-threaded, as in the CLI's streamed pipeline.
@@ -118,15 +119,16 @@ stages = ("read", "pandas", "harmonize", "assemble", "format", "file")
 cpu = dict.fromkeys(stages, 0.0)
 with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas"):  # as the CLI
     writer = T.TableWriter(fh, ",")
-    blocks = T._arrow_blocks(path, ",", names, T.BLOCK_BYTES)
+    changed = [*rounded, *FLAG_COLUMNS]
+    blocks = T._arrow_blocks(path, ",", names, T.BLOCK_BYTES, frozenset(names) - set(changed))
     c = [time.process_time()]
-    for table in blocks:
+    for table, numbers in blocks:
         c.append(time.process_time())
-        block = table.to_pandas()  # as tabular._with_frames
+        block = numbers.to_pandas()  # as tabular._with_frames
         c.append(time.process_time())
         out = harmonize_table(block, model)
         c.append(time.process_time())
-        out = T.passed_through(table, _compact(out, model), [*rounded, *FLAG_COLUMNS])
+        out = T.passed_through(table, _compact(out, model), changed)
         out = T.round_columns(out, rounded)
         c.append(time.process_time())
         writer.header(out)
