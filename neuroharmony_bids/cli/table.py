@@ -163,7 +163,7 @@ def _harmonized_blocks(
 
     Columns the harmonizer passes through are written from the block as read; the
     harmonized volumes (``rounded``, as their rounded text, made on this thread: see
-    :func:`tabular.round_columns`) and the ``nh_*`` columns from its result.
+    :func:`tabular.passed_through`) and the ``nh_*`` columns from its result.
     """
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.features import FLAG_COLUMNS
@@ -182,8 +182,7 @@ def _harmonized_blocks(
         offset += len(block)
         summary["rows"] += len(result)
         summary["ood"] += int(result["nh_out_of_range"].sum())
-        written = T.passed_through(table, _compact(result, model), changed)
-        written = T.round_columns(written, rounded)
+        written = T.passed_through(table, _compact(result, model), changed, rounded)
         del table, block, result  # not kept alive while the writer formats this block
         yield written
         del written
@@ -258,7 +257,7 @@ def _harmonize_with(
         )
         summary = {"rows": len(result), "ood": int(result["nh_out_of_range"].sum())}
         del table
-        written = T.passed_through(text, _compact(result, model), changed)
+        written = T.passed_through(text, _compact(result, model), changed, rounded)
         del result, text
         neutralised = T.write_blocks(out, [written], rounded=rounded)
     note = (
