@@ -447,8 +447,8 @@ def _numbers_of_text(table: pa.Table, numeric: Mapping[str, pa.DataType]):
     each number converted by pyarrow's parser as its CSV reader would (which first trims
     spaces and tabs: so is the text, where it has any).
 
-    The text is read as bytes, not checked as UTF-8 (10 % of the reading time): a cell that
-    converts to a number is ASCII.
+    The text is read as bytes, not checked as UTF-8 (about 10 % of the reading time): a cell
+    that converts to a number is ASCII.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -459,6 +459,9 @@ def _numbers_of_text(table: pa.Table, numeric: Mapping[str, pa.DataType]):
         i = table.schema.get_field_index(name)
         try:
             numbers[i] = pc.cast(text[i], ty)
+            # the same bytes seen as text (ASCII): the writer then need not check them
+            chunks = [c.view(pa.string()) for c in text[i].chunks]
+            text[i] = pa.chunked_array(chunks, type=pa.string())
         except pa.ArrowInvalid:  # spaces or tabs around a number (or not a number at all)
             try:
                 text[i] = pc.utf8_trim(pc.cast(text[i], pa.string()), " \t")
