@@ -6,7 +6,9 @@ multi-threaded reader, in blocks when the caller can stream. Writing goes throug
 CSV writer (pandas formats one float cell at a time), atomically:
 
 - numbers are written with the shortest text that reads back to the same 64-bit float
-  (``1234.5``, ``0.00001``, ``1.5e+20``): a pass-through column keeps the input's digits;
+  (``1234.5``, ``0.00001``, ``1.5e+20``), except number columns a caller passes through as
+  read (:func:`iter_blocks` / :func:`read_table_and_text` ``keep_text``), which are written
+  as the input spelled them (``1.50`` stays), spaces around a number dropped;
 - missing values are empty in CSV and ``n/a`` in TSV; text is quoted only where a field holds
   the delimiter, a quote or a line break (that field alone, wherever its block falls);
 - text cells starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
