@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ from neuroharmony_bids.errors import (
     UsageError,
 )
 from neuroharmony_bids.harmonize.features import ALL_IQMS
+from neuroharmony_bids.reports.citation import scan_versions
 from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.tabular import HARMONIZED_DECIMALS, write_blocks
 from neuroharmony_bids.workflows.participant import load_model_and_info
@@ -220,10 +221,19 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def collect_tables(
-    found: Sequence[FoundScan], log: logging.Logger
-) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
-    """(raw table, harmonized table, problems) from complete scans; others become problems.
+class Collected(NamedTuple):
+    """What :func:`collect_tables` read."""
+
+    raw: pd.DataFrame
+    harmonized: pd.DataFrame
+    problems: list[dict[str, Any]]
+    #: the (FreeSurfer, MRIQC) versions of the sidecars read (reports.citation.scan_versions)
+    versions: set[tuple[str | None, str | None]]
+
+
+def collect_tables(found: Sequence[FoundScan], log: logging.Logger) -> Collected:
+    """(raw table, harmonized table, problems, versions) from complete scans; others become
+    problems.
 
     All files are read first (thread pool), each checked on its own (one unreadable scan is a
     problem, not an error), then the one-row TSVs are parsed together, one pass per distinct
@@ -240,6 +250,7 @@ def collect_tables(
     iqm_rows: list[dict[str, float]] = []
     raw_rows: list[tuple[int, str, str]] = []
     harm_rows: list[tuple[int, str, str]] = []
+    versions: set[tuple[str | None, str | None]] = set()
     for item in found:
         scan = item.scan
         ids = {"bids_name": scan.bids_name, **D.id_columns(scan)}
@@ -260,6 +271,7 @@ def collect_tables(
         except ValueError as exc:
             problems.append({**ids, "reason": f"unreadable output: {exc}"})
             continue
+        versions.add(scan_versions(meta))
         cov = meta.get("Covariates") or {}
         iqms = (meta.get("ImageQualityMetrics") or {}).get("Values") or {}
         pos = len(common_rows)
@@ -275,13 +287,13 @@ def collect_tables(
         raw_rows.append((pos, *raw))
         harm_rows.append((pos, *harm))
     if not common_rows:
-        return pd.DataFrame(), pd.DataFrame(), problems
+        return Collected(pd.DataFrame(), pd.DataFrame(), problems, versions)
     common = pd.DataFrame(common_rows)
     raw_table = pd.concat(
         [common, pd.DataFrame(iqm_rows, dtype=float), _stack_rows(raw_rows, regions)], axis=1
     )
     harm_table = pd.concat([common, _stack_rows(harm_rows, harm_names)], axis=1)
-    return raw_table, harm_table, problems
+    return Collected(raw_table, harm_table, problems, versions)
 
 
 #: The per-scan files the group level reads (covariates, IQMs and scanner fields come from the
@@ -537,8 +549,13 @@ def select_outputs(settings: Settings) -> list[FoundScan]:
 def gather(
     settings: Settings, found: Sequence[FoundScan], result: RunResult, log: logging.Logger
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Step 3: (raw, harmonized, problems): complete scans' rows; failed and incomplete scans."""
-    raw, harmonized, problems = collect_tables(found, log)
+    """Step 3: (raw, harmonized, problems): complete scans' rows; failed and incomplete scans.
+
+    When every scan with outputs was read (no filter, none incomplete), ``result`` keeps the
+    versions their sidecars record, for the citation (cli.run)."""
+    raw, harmonized, problems, versions = collect_tables(found, log)
+    if not problems and not settings.participant_label and not settings.session_label:
+        result.scan_versions = versions
     failures = F.read_failures(settings.output_dir)
     done = set(raw["bids_name"]) if len(raw) else set()
     if len(failures):
@@ -618,6 +635,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
 
 
 __all__ = [
+    "Collected",
     "FoundScan",
     "collect_tables",
     "gather",
