@@ -137,3 +137,27 @@ def test_group_citation_names_the_versions_of_every_sidecar_read_once(
     sub = sorted(out.glob("sub-*"))[0].name[4:]
     assert run([str(bids), str(out), *GROUP_ARGS, "--participant-label", sub]) == 0
     assert (out / "logs" / "CITATION.md").read_text() == gathered
+
+
+def test_stacked_rows_parse_cells_like_pandas_round_trip():
+    """The one-row TSVs parsed together (pyarrow): exact doubles, n/a missing, integers as
+    floats, a date- or time-like cell kept as text, a column of n/a only a float column."""
+    import csv
+    import io
+
+    from neuroharmony_bids.workflows.group import _stack_rows
+
+    header = "a\tb\tc\td\te\tf"
+    lines = ["0.1\t6442\tn/a\t2020-01-01\t12:00:00\tx", "1.2345678901234567e-05\t7\tn/a\tn/a\t1\t3"]
+    got = _stack_rows([(0, header, lines[0]), (1, header, lines[1])], frozenset("abcdef"))
+    want = pd.read_csv(
+        io.StringIO("\n".join(lines)), sep="\t", header=None, names=list("abcdef"),
+        na_values=["n/a"], keep_default_na=False, quoting=csv.QUOTE_NONE,
+        float_precision="round_trip",
+    )  # fmt: skip
+    assert list(got.index) == [0, 1]
+    for name in "abc":
+        assert got[name].dtype == np.float64
+        np.testing.assert_array_equal(got[name].to_numpy(), want[name].astype(float).to_numpy())
+    assert got["d"].tolist()[0] == "2020-01-01" and np.isnan(got["d"].tolist()[1])
+    assert got["e"].tolist() == ["12:00:00", 1.0] and got["f"].tolist() == ["x", 3.0]
