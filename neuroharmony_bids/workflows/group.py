@@ -515,7 +515,10 @@ def _write_report(
     from neuroharmony_bids.reports.group import write_group_report
 
     path = settings.output_dir / "group_report.html"
-    write_group_report(path, raw, harmonized, model, failed, model_info=dict(info), drift=drift)
+    write_group_report(
+        path, raw, harmonized, model, failed, model_info=dict(info), drift=drift,
+        nprocs=settings.nprocs,
+    )  # fmt: skip
     result.outputs["report"] = str(path)
     log.info("group report: %s", path)
 
