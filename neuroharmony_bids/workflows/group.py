@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +72,28 @@ class FoundScan:
         return [k for k in _FILES if k not in self.files]
 
 
+def _subfolders(folder: Path) -> list[str]:
+    """Names of the folders in ``folder``, sorted (one listing, no stat per entry)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.is_dir())
+    except OSError:
+        return []
+
+
+def _anat_dirs(output_dir: Path) -> list[Path]:
+    """The ``sub-*/anat`` and ``sub-*/ses-*/anat`` folders of the output folder: one listing
+    per subject (two globs listed and checked each of 5,000 subjects' folders again)."""
+    anat = []
+    for sub in (n for n in _subfolders(output_dir) if n.startswith("sub-")):
+        for name in _subfolders(output_dir / sub):
+            if name == "anat":
+                anat.append(output_dir / sub / name)
+            elif name.startswith("ses-") and (output_dir / sub / name / "anat").is_dir():
+                anat.append(output_dir / sub / name / "anat")
+    return anat
+
+
 def discover_outputs(
     output_dir: Path,
     bids_dir: Path,
@@ -79,10 +102,9 @@ def discover_outputs(
 ) -> list[FoundScan]:
     """Every scan with at least one per-scan output, optionally filtered by labels."""
     found: dict[str, FoundScan] = {}
-    anat_dirs = sorted(output_dir.glob("sub-*/anat")) + sorted(output_dir.glob("sub-*/ses-*/anat"))
-    for anat in anat_dirs:
+    for anat in _anat_dirs(output_dir):
         try:
-            names = sorted(p.name for p in anat.iterdir())
+            names = sorted(os.listdir(anat))
         except OSError:
             continue
         writing = any(n.startswith(TMP_PREFIX) for n in names)
