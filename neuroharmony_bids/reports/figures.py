@@ -106,6 +106,11 @@ _CHILD_TIMEOUT = 600.0
 
 def _render_child(fig: Figure, conn: Any) -> None:
     """In a forked child: the figure's PNG (or the error) back through the pipe."""
+    import gc
+
+    # the collector would walk (and so copy, page by page) every object inherited from the
+    # parent; the child lives for one figure
+    gc.freeze()
     try:
         conn.send((True, _png(fig)))
     except BaseException as exc:  # the parent renders it itself
