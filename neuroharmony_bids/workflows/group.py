@@ -366,7 +366,10 @@ def _order(table: pd.DataFrame, site_first: bool = True) -> pd.DataFrame:
     regions = [c for c in D.REGION_ORDER if c in table]
     nh = [c for c in D.NH_COLUMNS if c in table]
     cols = ids + cov + scanner + iqms + regions + D.sd_columns(list(table.columns)) + nh
-    return table[cols].sort_values("bids_name", kind="stable").reset_index(drop=True)
+    ordered = table[cols]
+    if not ordered["bids_name"].is_monotonic_increasing:  # gathered in name order already
+        ordered = ordered.sort_values("bids_name", kind="stable")
+    return ordered.reset_index(drop=True)
 
 
 def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str]:
