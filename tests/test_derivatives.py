@@ -155,6 +155,36 @@ def test_one_row_tsvs_are_the_group_writers_text(tmp_path):
     assert D.format_tsv({"nh_out_of_range_features": ""}).splitlines()[1] == "n/a"
 
 
+def test_scan_tsvs_round_harmonized_values_as_numpy_does():
+    """Harmonized volumes and SDs are written as ``numpy.round(v, 3)`` spells them (formatted
+    in one vectorized pass for many scans), raw volumes as FreeSurfer gave them, and a scan's
+    text does not depend on the scans formatted with it."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(0, 2e6, 200), [0.0005, 0.0015, 2.5e-4, 1234.5675]])
+    pairs = []
+    for k, v in enumerate(values):
+        raw = {"Left-Hippocampus": float(v), "EstimatedTotalIntraCranialVol": 1.5e6 + k / 7}
+        harm = {
+            "Left-Hippocampus": float(v) / 3,
+            "Left-Hippocampus_sd": float(v) / 7,
+            "nh_status": "harmonized",
+            "nh_confidence": 1 / 3,
+        }  # eTIV absent from the harmonized row: n/a
+        pairs.append(D.scan_rows(SCAN, raw, harm))
+    texts = D.format_scan_tsvs(pairs)
+    assert texts[:3] == [D.format_scan_tsvs([p])[0] for p in pairs[:3]]
+    for (raw_row, harm_row), (raw_text, harm_text) in zip(pairs, texts, strict=True):
+        raw_back = pd.read_csv(io.StringIO(raw_text), sep="\t", float_precision="round_trip")
+        assert raw_back.loc[0, "Left-Hippocampus"] == raw_row["Left-Hippocampus"]
+        cells = dict(zip(*(line.split("\t") for line in harm_text.splitlines()), strict=True))
+        for col in ("Left-Hippocampus", "Left-Hippocampus_sd"):
+            expected = np.round(harm_row[col], 3)
+            assert float(cells[col]) == expected
+            assert cells[col] == D.format_tsv({col: float(expected)}).splitlines()[1]
+        assert cells["EstimatedTotalIntraCranialVol"] == "n/a"
+        assert cells["nh_confidence"] == repr(1 / 3)  # flags are not rounded
+
+
 def _outputs(tmp_path: Path) -> Path:
     out = tmp_path / "out"
     D.write_dataset_files(out, _description(tmp_path))

@@ -173,6 +173,31 @@ def test_rerun_is_a_noop_and_overwrite_is_byte_identical(main_run, capsys):
 
 
 @pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
+def test_files_written_by_forked_processes_are_the_threads_bytes(main_run, tmp_path, monkeypatch):
+    """With --nprocs 2 and many scans, forked processes write the per-scan files (here from
+    5 scans a task, so that both workers write): every file is the bytes the threads wrote,
+    nothing is left half-written, and every scan is counted once."""
+    import functools
+
+    import neuroharmony_bids.workflows.participant as P
+
+    forked = []
+    in_processes = P._write_in_processes
+    monkeypatch.setattr(P, "PROCESS_MIN_SCANS", 1)
+    monkeypatch.setattr(P, "write_outputs", functools.partial(P.write_outputs, chunk=5))
+    monkeypatch.setattr(
+        P, "_write_in_processes", lambda *a, **k: forked.append(a[-2:]) or in_processes(*a, **k)
+    )
+    out = tmp_path / "out"
+    argv = [str(main_run["bids"]), str(out), "participant", "--nprocs", "2"]
+    assert run([*argv, "--skip-bids-validation", "--no-participant-reports"]) == 0
+    assert forked == [(2, 5)]
+    assert snapshot(out) == snapshot(main_run["out"])
+    assert len(snapshot(out)) == 4 * len(main_run["rows"])
+    assert not list(out.rglob(".nhtmp-*"))
+
+
+@pytest.mark.slow  # the end-to-end main_run fixture takes ~35 s
 @pytest.mark.bids_validator
 def test_group_reads_per_scan_tables_of_the_previous_number_format(main_run, tmp_path):
     """A resumed run may meet per-scan TSVs written before the format change (``%.10g``
@@ -404,3 +429,25 @@ def test_sessions_and_mriqc_group_tsv(sessions_run):
     assert side["ImageQualityMetrics"]["Source"].endswith("group_T1w.tsv (sub-s0_ses-2_T1w)")
     assert side["FreeSurfer"]["Version"] == "7.3.2"
     assert validator_errors(out) == []
+
+
+def test_forked_map_keeps_order_and_falls_back_without_a_process_pool(monkeypatch):
+    """The forked map returns each span's results in order, from workers or, where no
+    process pool can be made (no /dev/shm semaphores), from this process; a worker's
+    error is raised here."""
+    import concurrent.futures
+
+    import neuroharmony_bids.workflows.participant as P
+
+    items = list(range(23))
+    expected = [[i * i for i in items[s : s + 5]] for s in range(0, 23, 5)]
+    assert list(P._forked_map(lambda i: i * i, items, 2, 5)) == expected
+    assert not P._FORKED
+    with pytest.raises(ZeroDivisionError):
+        list(P._forked_map(lambda i: 1 // (i - 7), items, 2, 5))
+
+    def no_pool(*args, **kwargs):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    assert list(P._forked_map(lambda i: i * i, items, 2, 5)) == expected

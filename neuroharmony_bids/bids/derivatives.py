@@ -475,13 +475,16 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def format_tsvs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def format_tsvs(
+    rows: Sequence[Mapping[str, Any]], rounded: Mapping[str, int] | None = None
+) -> list[str]:
     """One-row TSVs (header + row) of many rows, written by the group tables' writer
     (:func:`neuroharmony_bids.tabular.format_block`: shortest round-trip floats, ``true`` /
     ``false``, ``n/a`` for missing or empty text, quoting only where needed), so that a per-scan table and
     the group table holding its row spell every value alike. One pyarrow call per distinct
     header, not one per scan; the writer formats each row on its own, so a row's text does not
-    depend on the others."""
+    depend on the others. ``rounded``: {column: decimals} of number columns written as
+    ``numpy.round`` gives them (the writer's own rounding, in one vectorized pass)."""
     from neuroharmony_bids.tabular import format_block
 
     out: list[str] = [""] * len(rows)
@@ -495,15 +498,16 @@ def format_tsvs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         )
         for name in frame.select_dtypes(include="object").columns:  # BIDS: no empty cells
             frame[name] = frame[name].mask(frame[name].eq(""), None)
+        digits = {c: d for c, d in (rounded or {}).items() if c in frame.columns} or None
         lines = None
         try:
-            text = bytes(format_block(frame, "\t")[0]).decode("utf-8")
+            text = bytes(format_block(frame, "\t", digits)[0]).decode("utf-8")
             lines = text.split("\n")[:-1]
         except (TypeError, ValueError):  # a column mixing types (pyarrow's errors are these)
             pass
         if lines is None or len(lines) != len(where):  # a quoted line break, or mixed types
             lines = [
-                bytes(format_block(frame.iloc[[k]], "\t")[0]).decode("utf-8")[:-1]
+                bytes(format_block(frame.iloc[[k]], "\t", digits)[0]).decode("utf-8")[:-1]
                 for k in range(len(where))
             ]
         for i, line in zip(where, lines, strict=True):
@@ -559,21 +563,34 @@ def scan_rows(
     :data:`REGION_ORDER`, then (harmonized) their posterior SDs and the ``nh_*`` flags.
 
     ``raw``/``harmonized`` map canonical region names (and, for harmonized, ``nh_*``) to
-    values. Harmonized volumes and SDs are rounded to ``HARMONIZED_DECIMALS`` (as the table
-    CLI writes them); raw volumes are written as FreeSurfer gave them."""
+    values. Values are as given: :func:`format_scan_tsvs` writes the harmonized volumes and
+    SDs rounded (:data:`HARMONIZED_ROUNDING`) and the raw volumes as FreeSurfer gave them."""
     ids = id_columns(scan)
     regions = [r for r in REGION_ORDER if r in raw]
     raw_row = {**ids, **{r: raw[r] for r in regions}}
-    harm_row = {**ids, **{r: _rounded(harmonized.get(r, np.nan)) for r in regions}}
+    harm_row = {**ids, **{r: float(harmonized.get(r, np.nan)) for r in regions}}
     sds = (sd_column(r) for r in regions)  # in REGION_ORDER, as sd_columns() orders them
-    harm_row.update({c: _rounded(harmonized[c]) for c in sds if c in harmonized})
+    harm_row.update({c: float(harmonized[c]) for c in sds if c in harmonized})
     harm_row.update({c: harmonized.get(c, np.nan) for c in NH_COLUMNS})
     return raw_row, harm_row
 
 
-def _rounded(value: Any) -> Any:
-    """A harmonized volume or SD as written: ``numpy.round`` to ``HARMONIZED_DECIMALS``."""
-    return float(np.round(float(value), HARMONIZED_DECIMALS))
+#: Harmonized volumes and their posterior SDs are written rounded to ``HARMONIZED_DECIMALS``
+#: (``numpy.round``), as the table CLI writes them: {column: decimals}.
+HARMONIZED_ROUNDING: dict[str, int] = {
+    c: HARMONIZED_DECIMALS for r in REGION_ORDER for c in (r, sd_column(r))
+}
+
+
+def format_scan_tsvs(
+    rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+) -> list[tuple[str, str]]:
+    """The raw and harmonized TSV texts of many scans' :func:`scan_rows`, formatted in two
+    calls of :func:`format_tsvs` (harmonized volumes and SDs rounded in one vectorized pass,
+    not value by value)."""
+    raw = format_tsvs([r for r, _ in rows])
+    harmonized = format_tsvs([h for _, h in rows], HARMONIZED_ROUNDING)
+    return list(zip(raw, harmonized, strict=True))
 
 
 def write_scan_outputs(
@@ -590,14 +607,14 @@ def write_scan_outputs(
     each file whole or not at all; after an OS crash a file may be empty, and
     :func:`missing_outputs` then counts it as missing, so a re-run recomputes the scan.
 
-    ``tsv``: the two tables' text, :func:`format_tsvs` of :func:`scan_rows`, when the caller
+    ``tsv``: the two tables' text, :func:`format_scan_tsvs` of :func:`scan_rows`, when the caller
     formatted many scans at once. ``provenance`` holds what the JSON sidecars carry besides
     the dictionary: source files, scanner metadata, covariates, IQMs, FreeSurfer/MRIQC
     versions and the model.
     """
     paths = scan_outputs(output_dir, scan)
     if tsv is None:
-        raw_text, harm_tsv = format_tsvs(scan_rows(scan, raw, harmonized))
+        raw_text, harm_tsv = format_scan_tsvs([scan_rows(scan, raw, harmonized)])[0]
     else:
         raw_text, harm_tsv = tsv
     raw_columns = raw_text.split("\n", 1)[0].split("\t")
@@ -660,7 +677,9 @@ __all__ = [
     "entity_column",
     "dataset_description",
     "format_tsv",
+    "format_scan_tsvs",
     "format_tsvs",
+    "HARMONIZED_ROUNDING",
     "id_columns",
     "is_done",
     "missing_outputs",

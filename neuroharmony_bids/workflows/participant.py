@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,7 +426,8 @@ def collect_inputs(
     expected = core_iqms(model)
     shared = shared_subjects(plans, log)
     inputs: list[ScanInputs] = []
-    group_tables: dict[Path, pd.DataFrame] = {}
+    todo = [p for p in plans if not p.failure and p.scan.bids_name not in covs.errors]
+    parsed = dict(zip(map(id, todo), parse_scans(todo, expected, settings.nprocs), strict=True))
     for plan in plans:
         name = plan.scan.bids_name
         if plan.failure:  # a tool failed, or its output cannot be read (workflows/tools.py)
@@ -437,10 +438,9 @@ def collect_inputs(
             _fail(result, settings.output_dir, plan.scan, covs.errors[name], 65, log)
             progress.update()
             continue
-        try:
-            item = parse_scan(plan, group_tables, expected)
-        except NeuroharmonyError as exc:
-            _fail(result, settings.output_dir, plan.scan, str(exc), exc.exit_code, log)
+        item = parsed[id(plan)]
+        if isinstance(item, NeuroharmonyError):
+            _fail(result, settings.output_dir, plan.scan, str(item), item.exit_code, log)
             progress.update()
             continue
         if name in shared:
@@ -450,6 +450,26 @@ def collect_inputs(
             result.warnings.append(warning)
             log.warning("%s: %s", name, warning)
     return inputs, covs.table
+
+
+def parse_scans(
+    plans: Sequence[ScanPlan], expected: Sequence[str] = (), processes: int = 1
+) -> list[ScanInputs | NeuroharmonyError]:
+    """:func:`parse_scan` of every plan, in order, or the error that refuses the scan.
+
+    With ``processes`` > 1 (``--nprocs``) and at least :data:`PROCESS_MIN_SCANS` scans, the
+    files are parsed by forked processes (:func:`_forked_map`), 500 scans a task."""
+    group_tables: dict[Path, pd.DataFrame] = {}
+
+    def parse(plan: ScanPlan) -> ScanInputs | NeuroharmonyError:
+        try:
+            return parse_scan(plan, group_tables, expected)
+        except NeuroharmonyError as exc:
+            return exc
+
+    if processes > 1 and len(plans) >= PROCESS_MIN_SCANS and _can_fork():
+        return [r for part in _forked_map(parse, plans, processes, 500) for r in part]
+    return [parse(plan) for plan in plans]
 
 
 def harmonize_scans(
@@ -505,7 +525,7 @@ def write_scans(
         }
         provenance["Model"] = model_meta
         jobs.append((scan, item.volumes, by_name[scan.bids_name], provenance))
-    write_outputs(out, jobs, result, progress)
+    write_outputs(out, jobs, result, progress, processes=settings.nprocs)
 
 
 def run_participant(settings: Settings, logger: logging.Logger | None = None) -> RunResult:
@@ -546,36 +566,143 @@ def _remove_stale_temps(
         log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
 
 
+#: A write job: the scan, its raw volumes, its harmonized row and its sidecars' provenance.
+WriteJob = tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]
+
+
 def write_outputs(
     out: Path,
-    jobs: Sequence[tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]]],
+    jobs: Sequence[WriteJob],
     result: RunResult,
     progress: Progress,
     threads: int = 2,
     chunk: int = 500,
+    processes: int = 1,
 ) -> None:
     """Write the per-scan files from two threads: the open/write/rename syscalls release
     the GIL, so they overlap with the next scan's JSON encoding; more threads only fight over
     the GIL (at 5,000 scans, 8 threads cost 20-27 s of CPU against 10-19 s for 2).
 
-    The TSVs of ``chunk`` scans at a time are formatted in one call of the group tables'
-    writer (:func:`~neuroharmony_bids.bids.derivatives.format_tsvs`), not cell by cell."""
+    With ``processes`` > 1 (``--nprocs``) and at least :data:`PROCESS_MIN_SCANS` scans, the
+    files are written by that many forked processes instead (:func:`_write_in_processes`):
+    the JSON encoding then runs on every CPU, not under one GIL.
 
-    def job(args: tuple[tuple[Scan, dict[str, float], dict[str, Any], dict[str, Any]], Any]):
+    The TSVs of ``chunk`` scans at a time are formatted in two calls of the group tables'
+    writer (:func:`~neuroharmony_bids.bids.derivatives.format_scan_tsvs`), not cell by cell."""
+    if processes > 1 and len(jobs) >= PROCESS_MIN_SCANS and _can_fork():
+        _write_in_processes(out, jobs, result, progress, processes, chunk)
+        return
+
+    def job(args: tuple[WriteJob, tuple[str, str]]) -> str:
         (scan, volumes, hrow, provenance), tsv = args
-        D.write_scan_outputs(out, scan, volumes, hrow, provenance, tsv=tsv)
-        failures.clear_failure(out, scan)
-        return scan.bids_name
+        return _write_one(out, scan, volumes, hrow, provenance, tsv)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
-            rows = [r for scan, vol, hrow, _ in part for r in D.scan_rows(scan, vol, hrow)]
-            texts = D.format_tsvs(rows)
-            tsvs = list(zip(texts[0::2], texts[1::2], strict=True))
+            tsvs = _tsv_texts(part)
             for name in pool.map(job, zip(part, tsvs, strict=True)):
                 result.succeeded.append(name)
                 progress.update()
+
+
+#: Scans from which ``--nprocs`` processes write the per-scan files (fewer: forking costs
+#: more than it saves).
+PROCESS_MIN_SCANS = 1000
+
+#: What the forked workers of :func:`_forked_map` inherit: [(function, items)], set just
+#: before the fork and cleared after (nothing is pickled but the spans and the results).
+_FORKED: list[tuple[Callable[[Any], Any], Sequence[Any]]] = []
+
+
+def _forked_map(
+    func: Callable[[Any], Any], items: Sequence[Any], processes: int, chunk: int
+) -> Iterator[list[Any]]:
+    """``[func(item) for item in items[a:b]]`` for consecutive spans of ``chunk`` items, in
+    order, computed by ``processes`` forked workers that inherit ``func`` and ``items``.
+
+    An error in a worker stops the map (the tasks not started are cancelled) and is raised
+    here, as it would be in this process. Where no process pool can be made (a container
+    without ``/dev/shm``), the spans are computed here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spans = [(start, min(start + chunk, len(items))) for start in range(0, len(items), chunk)]
+    try:
+        pool = ProcessPoolExecutor(
+            max_workers=max(1, min(processes, len(spans))),
+            mp_context=multiprocessing.get_context("fork"),
+        )
+    except (OSError, ImportError, NotImplementedError):  # no working semaphores (/dev/shm)
+        for start, stop in spans:
+            yield [func(items[i]) for i in range(start, stop)]
+        return
+    _FORKED[:] = [(func, items)]
+    try:
+        yield from pool.map(_run_span, spans)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        _FORKED.clear()
+
+
+def _run_span(span: tuple[int, int]) -> list[Any]:
+    """In a forked worker: :data:`_FORKED`'s function over its items ``[start:stop]``."""
+    func, items = _FORKED[0]
+    return [func(items[i]) for i in range(*span)]
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _tsv_texts(part: Sequence[WriteJob]) -> list[tuple[str, str]]:
+    return D.format_scan_tsvs([D.scan_rows(scan, vol, hrow) for scan, vol, hrow, _ in part])
+
+
+def _write_one(
+    out: Path,
+    scan: Scan,
+    volumes: dict[str, float],
+    hrow: dict[str, Any],
+    provenance: dict[str, Any],
+    tsv: tuple[str, str],
+) -> str:
+    D.write_scan_outputs(out, scan, volumes, hrow, provenance, tsv=tsv)
+    failures.clear_failure(out, scan)
+    return scan.bids_name
+
+
+def _write_in_processes(
+    out: Path,
+    jobs: Sequence[WriteJob],
+    result: RunResult,
+    progress: Progress,
+    processes: int,
+    chunk: int,
+) -> None:
+    """The per-scan files written by ``processes`` forked workers, ``chunk`` scans a task.
+
+    The TSVs are formatted here first (pyarrow is not used after a fork); the workers inherit
+    the jobs and texts and return only the names written. Each file is still written
+    atomically by the process that writes it; an error in a worker (disk full) stops the
+    run as it does with threads, after the tasks already started."""
+    tsvs = [
+        t for start in range(0, len(jobs), chunk) for t in _tsv_texts(jobs[start : start + chunk])
+    ]
+
+    def write(pair: tuple[WriteJob, tuple[str, str]]) -> str:
+        return _write_one(out, *pair[0], pair[1])
+
+    pairs = list(zip(jobs, tsvs, strict=True))
+    for names in _forked_map(write, pairs, processes, chunk):
+        for name in names:
+            result.succeeded.append(name)
+            progress.update()
 
 
 def _fail(
@@ -639,6 +766,7 @@ __all__ = [
     "load_model_and_info",
     "locate_and_run_tools",
     "parse_scan",
+    "parse_scans",
     "pending_scans",
     "plan_scans",
     "prepare_output",
