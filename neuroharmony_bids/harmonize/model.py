@@ -535,9 +535,11 @@ class NeuroHarmonizer(BaseEstimator):
 
         def make() -> np.ndarray:
             idx = [self.regions_.index(r) for r in regions]
-            return np.linalg.inv(
+            P = np.linalg.inv(
                 self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
             )
+            # kept column-major: row_matmul wants P' contiguous (no transposed copy per call)
+            return np.asfortranarray(P)
 
         P = self._cached(("profile", tuple(regions)), make)
         # chdtrc is what chi2.sf calls, without its argument checks (~0.1 ms a call: a chunk
@@ -944,22 +946,30 @@ class NeuroHarmonizer(BaseEstimator):
             found, inv = _unique_rows(far_region[any_far])
             patterns = np.vstack([patterns, found])
             inverse[any_far] = inv + 1
+        # the flagged scans' positions per pattern 1, 2, ... (ascending), from one sort: a
+        # pass over the chunk per pattern would cost more than the pattern's few scans
+        by_pattern: list[np.ndarray] = []
+        if len(patterns) > 1:
+            flagged_at = np.flatnonzero(any_far)
+            order = np.argsort(inverse[flagged_at], kind="stable")
+            cuts = np.flatnonzero(np.diff(inverse[flagged_at][order])) + 1
+            by_pattern = np.split(flagged_at[order], cuts)
         limit = min(self.profile_limit_, PROFILE_ALPHA)
         # (a count over the row size is the row mean exactly, without a float pass)
         broken = np.count_nonzero(far_region, axis=1) / len(regions) > MAX_FLAGGED_SHARE
         # a row's numbers do not depend on the other rows (harmonize.rowwise), so the scans
         # with nothing flagged (pattern 0, most) are computed over the whole chunk, without a
         # gathered copy: the other rows' results are overwritten by their own pattern's
-        for k, pattern in enumerate(patterns):
-            rows = (inverse == k) & ~broken
+        rows = (inverse == 0) & ~broken
+        if rows.any():
+            broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
+        for pattern, at in zip(patterns[1:], by_pattern, strict=True):
+            at = at[~broken[at]]
             keep = np.flatnonzero(~pattern)
-            if k == 0:
-                if rows.any():
-                    broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
-            elif rows.any() and len(keep):
+            if len(at) and len(keep):
                 sub = [regions[j] for j in keep]
-                zk = z[np.ix_(rows, keep)]
-                broken[rows] = self._profile_pvalue(zk, sub, tile=SMALL_TILE) < limit
+                zk = np.take(np.take(z, at, axis=0), keep, axis=1)
+                broken[at] = self._profile_pvalue(zk, sub, tile=SMALL_TILE) < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
         scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
@@ -969,21 +979,23 @@ class NeuroHarmonizer(BaseEstimator):
             gidx, counts = groups
         single = counts[gidx] == 1
         Tw = self.profile_weight * T1
-        for k, pattern in enumerate(patterns):
-            rows = single & (inverse == k)
-            if not rows.any():
-                continue
-            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
-            if k == 0:  # every row (others overwritten below): no gathered copies
-                row_matmul(d, W.T, out=gamma)
-                gamma += mu
-            else:  # (row indices: a boolean-masked copy costs several times more)
-                idx = np.flatnonzero(rows)
-                part = row_matmul(np.take(d, idx, axis=0), W.T, tile=SMALL_TILE)
-                part += np.take(mu, idx, axis=0)
-                gamma[idx] = part
+        rows = single & (inverse == 0)
+        if rows.any():  # every row (others overwritten below): no gathered copies
+            W, v = self._single_scan_gain(regions, Tw, S, ())
+            row_matmul(d, W.T, out=gamma)
+            gamma += mu
             if want_sd:
                 var[rows] = v
+        for pattern, at in zip(patterns[1:], by_pattern, strict=True):
+            at = at[single[at]]  # (row indices: a boolean-masked copy costs several times more)
+            if not len(at):
+                continue
+            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            part = row_matmul(np.take(d, at, axis=0), W.T, tile=SMALL_TILE)
+            part += np.take(mu, at, axis=0)
+            gamma[at] = part
+            if want_sd:
+                var[at] = v
         a0, b0 = self.scale_prior_
         for j in np.unique(gidx[~single]):
             rows = gidx == j

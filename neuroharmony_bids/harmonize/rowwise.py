@@ -29,12 +29,6 @@ ROW_TILE = 64
 SMALL_TILE = 16
 
 
-def _tiles(n: int, size: int):
-    """(start, stop) of each ``size``-row tile of ``n`` rows (the last may be short)."""
-    for start in range(0, n, size):
-        yield start, min(start + size, n)
-
-
 def _padded(rows: np.ndarray, size: int) -> np.ndarray:
     """A short tile as a full C-contiguous tile of ``size`` rows, zero rows after ``rows``."""
     tile = np.zeros((size, *rows.shape[1:]), dtype=rows.dtype)
@@ -53,17 +47,22 @@ def row_matmul(
     blocked in kernels of different widths: a row's bits then depend on its place in the tile
     once the product is large enough for the packed kernels.) ``out`` (rows × columns of
     ``b``, may be a view) receives the product; returned. A row's bits depend on ``tile``:
-    a caller passes the same ``tile`` for the same kind of row (see ``SMALL_TILE``).
+    a caller passes the same ``tile`` for the same kind of row (see ``SMALL_TILE``). A ``b``
+    kept column-major (``b'`` contiguous) is used without a copy.
     """
     a = np.ascontiguousarray(a)
     bt = np.ascontiguousarray(b.T)
+    n = len(a)
     if out is None:
-        out = np.empty((len(a), len(bt)), dtype=np.result_type(a, b))
+        out = np.empty((n, len(bt)), dtype=np.result_type(a, b))
     part = np.empty((len(bt), tile))  # one tile of the product, transposed
-    for start, stop in _tiles(len(a), tile):
-        rows = a[start:stop] if stop - start == tile else _padded(a[start:stop], tile)
-        np.matmul(bt, rows.T, out=part)
-        out[start:stop] = part[:, : stop - start].T
+    full = n - n % tile
+    for start in range(0, full, tile):
+        np.matmul(bt, a[start : start + tile].T, out=part)
+        out[start : start + tile] = part.T
+    if full < n:  # the last tile, padded with zero rows
+        np.matmul(bt, _padded(a[full:], tile).T, out=part)
+        out[full:] = part[:, : n - full].T
     return out
 
 
@@ -76,11 +75,11 @@ def row_reduce(
     arrays = tuple(np.ascontiguousarray(x) for x in arrays)
     n = len(arrays[0])
     out = np.empty(n)
-    for start, stop in _tiles(n, tile):
-        part = [x[start:stop] for x in arrays]
-        if stop - start < tile:
-            part = [_padded(x, tile) for x in part]
-        out[start:stop] = fn(*part)[: stop - start]
+    full = n - n % tile
+    for start in range(0, full, tile):
+        out[start : start + tile] = fn(*(x[start : start + tile] for x in arrays))
+    if full < n:
+        out[full:] = fn(*(_padded(x[full:], tile) for x in arrays))[: n - full]
     return out
 
 
