@@ -365,19 +365,21 @@ class RowReader:
         self._n_regions = len(regions)
 
     def block(self, rows: slice | np.ndarray) -> tuple[np.ndarray, dict[int, list[str]]]:
-        """Volumes and IQMs of ``rows`` as floats, and {position in ``rows``: [problems]}
-        (per-scan field problems excluded: see ``field_problems``, keyed by table row)."""
+        """Volumes and IQMs of ``rows`` as floats, one scan per column (a table column per
+        row: each copied contiguously, and laid out as the harmonizer's products want), and
+        {position in ``rows``: [problems]} (per-scan field problems excluded: see
+        ``field_problems``, keyed by table row)."""
         at = np.arange(len(self.table))[rows]
-        out = np.empty((len(at), len(self._sources)))
+        out = np.empty((len(self._sources), len(at)))
         suspect = False
         for j, src in enumerate(self._sources):
             if src is None:
-                out[:, j] = np.nan
+                out[j] = np.nan
             elif isinstance(src, np.ndarray):
-                out[:, j] = src[rows]
+                out[j] = src[rows]
             else:  # text: parsed as prepare does; its problems are named below
                 frame = src.iloc[rows].to_frame()
-                out[:, j], found = _cell_problems(frame, src.name, allow_missing=True)
+                out[j], found = _cell_problems(frame, src.name, allow_missing=True)
                 suspect = suspect or bool(found)
         total = out.sum()
         if not suspect and (np.isfinite(total) or not np.isinf(out).any()):
@@ -391,8 +393,9 @@ class RowReader:
         return out, problems
 
     def unusable(self, volumes: np.ndarray) -> np.ndarray:
-        """Where a volume is missing, negative, or 0 mm³ in a structure that cannot be 0."""
+        """Where a volume is missing, negative, or 0 mm³ in a structure that cannot be 0
+        (``volumes``: one scan per column, as :meth:`block` gives them)."""
         bad = np.isnan(volumes)
         bad |= volumes < 0
-        bad |= (volumes == 0) & ~self.zero_ok
+        bad |= (volumes == 0) & ~self.zero_ok[:, None]
         return bad
