@@ -526,26 +526,31 @@ class NeuroHarmonizer(BaseEstimator):
 
     # ------------------------------------------------------------------ apply
     def _profile_pvalue(
-        self, zt: np.ndarray, regions: Sequence[str], tile: int = ROW_TILE
+        self,
+        zt: np.ndarray,
+        regions: Sequence[str],
+        tile: int = ROW_TILE,
+        flagged: tuple[int, ...] = (),
     ) -> np.ndarray:
         """Chi-square p-value of a scan's regional profile under the training distribution
-        (``zt``: one scan per column).
+        (``zt``: one scan per column, a row per region of ``regions`` but the positions
+        ``flagged``, which are left out).
 
         The inverse covariance is kept per region set: one matrix product per chunk of scans.
         """
 
         def make() -> np.ndarray:
-            idx = [self.regions_.index(r) for r in regions]
+            idx = [self.regions_.index(r) for i, r in enumerate(regions) if i not in flagged]
             P = np.linalg.inv(
                 self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
             )
             # kept column-major: the product wants P' contiguous (no transposed copy per call)
             return np.asfortranarray(P)
 
-        P = self._cached(("profile", tuple(regions)), make)
+        P = self._cached(("profile", tuple(regions), flagged), make)
         # chdtrc is what chi2.sf calls, without its argument checks (~0.1 ms a call: a chunk
         # makes one call per flagged-region pattern)
-        return chdtrc(len(regions), lanes_quadratic(zt, P, tile=tile))
+        return chdtrc(len(regions) - len(flagged), lanes_quadratic(zt, P, tile=tile))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
@@ -968,13 +973,13 @@ class NeuroHarmonizer(BaseEstimator):
         rows = (inverse == 0) & ~broken
         if rows.any():
             broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
-        for pattern, at in zip(patterns[1:], by_pattern, strict=True):
+        flagged = [tuple(np.flatnonzero(pattern).tolist()) for pattern in patterns]
+        for pattern, at, out in zip(patterns[1:], by_pattern, flagged[1:], strict=True):
             at = at[~broken[at]]
-            keep = np.flatnonzero(~pattern)
-            if len(at) and len(keep):
-                sub = [regions[j] for j in keep]
-                zk = np.take(np.take(z, keep, axis=0), at, axis=1)
-                broken[at] = self._profile_pvalue(zk, sub, tile=SMALL_TILE) < limit
+            if len(at) and len(out) < len(regions):
+                zk = np.take(np.take(z, at, axis=1), np.flatnonzero(~pattern), axis=0)
+                p = self._profile_pvalue(zk, regions, tile=SMALL_TILE, flagged=out)
+                broken[at] = p < limit
         gamma = np.empty_like(z)
         var = np.empty_like(z) if want_sd else None  # only for the SDs
         scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
@@ -991,11 +996,11 @@ class NeuroHarmonizer(BaseEstimator):
             gamma += mu
             if var is not None:
                 var[:, rows] = v[:, None]
-        for pattern, at in zip(patterns[1:], by_pattern, strict=True):
+        for at, out in zip(by_pattern, flagged[1:], strict=True):
             at = at[single[at]]  # (indices: a boolean-masked copy costs several times more)
             if not len(at):
                 continue
-            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
+            W, v = self._single_scan_gain(regions, Tw, S, out)
             part = lanes_matmul(W, np.take(d, at, axis=1), tile=SMALL_TILE)
             part += np.take(mu, at, axis=1)
             gamma[:, at] = part
