@@ -372,7 +372,8 @@ class RowReader:
         row: each copied contiguously, and laid out as the harmonizer's products want), and
         {position in ``rows``: [problems]} (per-scan field problems excluded: see
         ``field_problems``, keyed by table row)."""
-        at = np.arange(len(self.table))[rows]
+        n = len(self.table)  # (a slice's positions without an n-long arange per chunk)
+        at = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.arange(n)[rows]
         out = np.empty((len(self._sources), len(at)))
         suspect = False
         for j, src in enumerate(self._sources):
