@@ -1041,16 +1041,18 @@ class NeuroHarmonizer(BaseEstimator):
         if any_unusable:
             left_raw |= unusable
         left_raw[:, broken] = True
-        any_raw = left_raw.any()
-        if any_raw:
-            harmonized[left_raw] = raw[left_raw]
-            far_region |= left_raw & ~broken
+        # the few scans with a region left raw: the passes below only over their columns
+        raw_at = np.flatnonzero(left_raw.any(axis=0))
+        left_raw = left_raw[:, raw_at]
+        if len(raw_at):
+            harmonized[:, raw_at] = np.where(left_raw, raw[:, raw_at], harmonized[:, raw_at])
+            far_region[:, raw_at] |= left_raw & ~broken[raw_at]
         sd = None
         if var is not None:
             sd = sigma * np.sqrt(var)
             if scale is not None:
                 sd /= scale
-            sd[left_raw] = np.nan
+            sd[:, raw_at] = np.where(left_raw, np.nan, sd[:, raw_at])
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
         fs_other = fs_version_other & single
@@ -1079,9 +1081,7 @@ class NeuroHarmonizer(BaseEstimator):
             "nh_out_of_range": out_of_range,
             "nh_out_of_range_features": features,
             "nh_features_used": used,
-            "nh_n_regions": len(regions) - np.count_nonzero(left_raw, axis=0)
-            if any_raw
-            else len(regions),
+            "nh_n_regions": _regions_used(len(regions), n_scans, raw_at, left_raw),
             "nh_regions_flagged": _join_names(far_region.T, columns),
             "nh_iqms_missing": iqms_missing,
         }
@@ -1219,6 +1219,18 @@ def _output_frame(
     for name, values in new.items():
         out[name] = values
     return out
+
+
+def _regions_used(
+    n_regions: int, n_scans: int, raw_at: np.ndarray, left_raw: np.ndarray
+) -> np.ndarray | int:
+    """Regions harmonized per scan: all but those left raw (``left_raw``: the scans
+    ``raw_at``, one per column); a scalar when no scan has one."""
+    if not len(raw_at):
+        return n_regions
+    used = np.full(n_scans, n_regions)
+    used[raw_at] -= np.count_nonzero(left_raw, axis=0)
+    return used
 
 
 def _unique_rows(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -399,7 +399,8 @@ class RowReader:
     def unusable(self, volumes: np.ndarray) -> np.ndarray:
         """Where a volume is missing, negative, or 0 mm³ in a structure that cannot be 0
         (``volumes``: one scan per column, as :meth:`block` gives them)."""
-        bad = np.isnan(volumes)
-        bad |= volumes < 0
-        bad |= (volumes == 0) & ~self.zero_ok[:, None]
+        with np.errstate(invalid="ignore"):
+            bad = ~(volumes > 0)  # missing (NaN), negative or 0
+        if self.zero_ok.any():  # (0 mm³ is a volume where a structure may be absent)
+            bad[self.zero_ok] &= volumes[self.zero_ok] != 0
         return bad
