@@ -83,14 +83,16 @@ _warm(int(sys.argv[3]), os.path.dirname(sys.argv[2]), int(sys.argv[4]))
 t, c = time.perf_counter(), time.process_time()
 from neuroharmony_bids.cli.table import main
 main(["harmonize", sys.argv[1], sys.argv[2]])
-print(json.dumps(_stats(t, c)))
+import neuroharmony_bids  # which checkout was measured
+print(json.dumps({**_stats(t, c), "package": os.path.dirname(neuroharmony_bids.__file__)}))
 """
 )
 
 
 # The CLI's stages one after another (no overlap), CPU seconds each: what the I/O costs
 # beside pyarrow's, and what the harmonization itself costs. "read" is pyarrow's parse of a
-# block, "pandas" the DataFrame the harmonizer takes, "assemble" the output table (columns
+# block (columns passed through as their text, then converted to numbers), "pandas" the
+# DataFrame the harmonizer takes, "assemble" the output table (columns
 # passed through from the block as read, rounded volumes' text by tabular.decimal_text),
 # "format" the block's text (tabular.format_block: pyarrow's writer), "file" writing it out.
 # BLAS single-threaded, as in the CLI's streamed pipeline.
@@ -118,16 +120,16 @@ stages = ("read", "pandas", "harmonize", "assemble", "format", "file")
 cpu = dict.fromkeys(stages, 0.0)
 with open(sys.argv[2], "wb") as fh, threadpool_limits(limits=1, user_api="blas"):  # as the CLI
     writer = T.TableWriter(fh, ",")
-    blocks = T._arrow_blocks(path, ",", names, T.BLOCK_BYTES)
+    changed = [*rounded, *FLAG_COLUMNS]
+    blocks = T._arrow_blocks(path, ",", names, T.BLOCK_BYTES, frozenset(names) - set(changed))
     c = [time.process_time()]
-    for table in blocks:
+    for table, numbers in blocks:
         c.append(time.process_time())
-        block = table.to_pandas(split_blocks=True)
+        block = numbers.to_pandas()  # as tabular._with_frames
         c.append(time.process_time())
         out = harmonize_table(block, model)
         c.append(time.process_time())
-        out = T.passed_through(table, _compact(out, model), [*rounded, *FLAG_COLUMNS])
-        out = T.round_columns(out, rounded)
+        out = T.passed_through(table, _compact(out, model), changed, rounded)
         c.append(time.process_time())
         writer.header(out)
         text = T.format_block(out, ",", rounded)
@@ -143,10 +145,17 @@ print(json.dumps(cpu))
 
 
 def _child(code: str, *args: str, repo: Path = REPO) -> dict:
+    """Run ``code`` in a fresh Python importing the package from ``repo``.
+
+    The child runs in ``repo``: ``python -c`` puts its working folder first on ``sys.path``,
+    before ``PYTHONPATH``, so a base checkout's child started from this repo's root would
+    import this repo's package (and compare this code with itself).
+    """
     env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False
-    )
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, env=env, cwd=repo, check=False,
+    )  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed ({proc.returncode}): {proc.stderr[-800:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -199,7 +208,7 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
                                "before its clock and peak RSS started (this VM's first touch)"),
             ("pyarrow read + write", f"{a['wall']:.2f} s wall, {a['cpu']:.2f} s CPU (read "
                                      f"{a['read']:.2f} s), peak RSS {a['rss'] / 2**20:.0f} MiB"),
-            ("neuroharmony harmonize", _run(c)),
+            ("neuroharmony harmonize", f"{_run(c)} (package imported from {c['package']})"),
             ("time ratio CLI / pyarrow", f"{c['wall'] / a['wall']:.2f} wall, "
                                          f"{c['cpu'] / a['cpu']:.2f} CPU (target ≤ 1.3)"),
             ("CLI stages, CPU s (one after another)", ", ".join(
@@ -217,7 +226,7 @@ def table_io(table, repeat: int = 2) -> list[tuple[str, str]]:
             b = _best(old)
             same_as_base = (Path(tmp) / "base.csv").read_bytes() == first
             rows += [
-                (f"base CLI ({base})", _run(b)),
+                ("base CLI", f"{_run(b)} (package imported from {b['package']})"),
                 ("base ratio CLI / pyarrow", f"{b['wall'] / a['wall']:.2f} wall, "
                                              f"{b['cpu'] / a['cpu']:.2f} CPU"),
                 ("this CLI / base CLI", f"{c['wall'] / b['wall']:.2f} wall, "

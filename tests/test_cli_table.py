@@ -342,3 +342,67 @@ def test_streamed_and_whole_table_paths_write_the_same_bytes(
     assert pd.isna(got[REGIONS[1]][62]) and got[REGIONS[2]][63] == -5.0
     assert REGIONS[1] in got["nh_regions_flagged"][62]
     assert len(got) == len(t) and list(got.columns[: t.shape[1]]) == list(t.columns)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_number_columns_passed_through_keep_their_input_text(
+    trained, tmp_path, monkeypatch, call, suffix
+):
+    """A number column the command does not change (IQMs, age, extra columns) is written as
+    the input spelled it (``12.500000`` stays), spaces around a number dropped, missing as
+    missing; on the streamed path (blocks that start a column as empty too), the whole-table
+    fallback and ``--site-column`` alike. pandas reads back the input's numbers."""
+    import csv
+
+    from neuroharmony_bids import tabular
+    from neuroharmony_bids.harmonize import features as F
+
+    _, table, model = trained
+    sep = "," if suffix == ".csv" else "\t"
+    t = table.copy()
+    iqm = F.CORE_IQMS[0]
+    spelled = [f"{v:.6f}" for v in t[iqm]]  # trailing zeros: not the shortest text
+    spelled[3], spelled[4], spelled[5] = f" {t[iqm][3]!r} ", f"{t[iqm][4]:E}", ""
+    t[iqm] = spelled
+    t["age"] = [f"{v:.2f}" for v in t["age"]]
+    t["score"] = ["-3.50", "+2", "7", "-inf", "1e3"] * (len(t) // 5)  # no formula guard
+    t["late"] = [""] * 80 + ["2.50"] * (len(t) - 80)  # empty in the first blocks
+    inp = tmp_path / f"in{suffix}"
+    t.to_csv(inp, sep=sep, index=False)
+    monkeypatch.setattr(tabular, "BLOCK_BYTES", 4096)
+    assert len(list(tabular.iter_blocks(inp))) > 3
+
+    def cells(path) -> dict[str, list[str]]:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh, delimiter=sep))
+        return {name: [r[i] for r in rows[1:]] for i, name in enumerate(rows[0])}
+
+    missing = "" if suffix == ".csv" else "n/a"
+    expect = {
+        iqm: [s.strip() or missing for s in spelled],
+        "age": list(t["age"]),
+        "score": list(t["score"]),
+        "late": [s or missing for s in t["late"]],
+    }
+    streamed = tmp_path / f"streamed{suffix}"
+    assert call("harmonize", str(inp), str(streamed), "--model", str(model)).returncode == 0
+    got = cells(streamed)
+    for name, text in expect.items():
+        assert got[name] == text, name
+    back = pd.read_csv(streamed, sep=sep)
+    assert back[iqm].equals(pd.to_numeric(t[iqm].str.strip()).rename(iqm))
+    assert (back["age"] == t["age"].astype(float)).all()
+
+    joint = tmp_path / f"joint{suffix}"
+    res = call("harmonize", str(inp), str(joint), "--model", str(model), "--site-column", "site")
+    assert res.returncode == 0, res.stderr
+    assert all(cells(joint)[name] == text for name, text in expect.items())
+
+    def whole(*args, **kwargs):
+        raise tabular.Unstreamable("test: take the whole-table path")
+
+    monkeypatch.setattr(tabular, "iter_blocks", whole)
+    one = tmp_path / f"whole{suffix}"
+    assert call("harmonize", str(inp), str(one), "--model", str(model)).returncode == 0
+    assert one.read_bytes() == streamed.read_bytes()

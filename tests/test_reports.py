@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import sys
 
 import pandas as pd
 import pytest
@@ -80,6 +81,30 @@ def test_group_report_has_every_section_and_embedded_figures(group_html):
     assert not re.search(r'(src|href)="(https?:|file:|//)', group_html)  # self-contained
     assert "<img" in sections["site-effects"] and "<img" in sections["biology"]
     assert "<img" in sections["quality"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="figures fork only on Linux")
+def test_group_report_figures_drawn_in_child_processes_are_the_same_bytes(group_html, monkeypatch):
+    """nprocs > 1 draws the figures in forked children while the report is built: the same
+    HTML; children that die leave their figures to be drawn in-process, still the same."""
+    import os
+
+    import neuroharmony_bids.reports.figures as figures
+
+    raw, harmonized, model, info, failed = report_inputs()
+    args = (raw, harmonized, model, failed, info)
+    drawn_here = []  # figures drawn in this process (a child's count stays in the child)
+    real_png = figures._png
+    monkeypatch.setattr(figures, "_png", lambda fig, *a: drawn_here.append(fig) or real_png(fig))
+    assert build_group_report(*args, nprocs=2) == group_html
+    assert drawn_here == []
+
+    def crashing(fig, conn):  # in the child: dies without a word (killed, out of memory)
+        os._exit(3)
+
+    monkeypatch.setattr(figures, "_render_child", crashing)
+    assert build_group_report(*args, nprocs=3) == group_html
+    assert len(drawn_here) == len(_embedded_pngs(group_html)) == 4
 
 
 def test_group_report_site_statistics_match_metrics(group_html):

@@ -138,3 +138,41 @@ def test_prefetched_keeps_order_passes_errors_and_stops_when_closed():
         if t.name == "neuroharmony-prefetch":
             t.join(timeout=5)
             assert not t.is_alive()
+
+
+def test_blocks_keep_number_text_beside_the_numbers(tmp_path):
+    """``iter_blocks(keep_text=)``: number columns as their text (marked, spaces dropped) and,
+    in the frame, as the numbers pyarrow's reader gives; other columns as before."""
+    import pyarrow as pa
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"id,x,n,note\n" + b"".join(
+        b"s%d,%s,%d,%s\n" % (i, x, i, b"=1" if i == 3 else b"t") for i, x in enumerate(
+            [b"1.50", b" 2.5 ", b"", b"1E+03", b"-0.0"] * 40)
+    ))  # fmt: skip
+    with tabular.iter_blocks(path, 256, arrow=True, keep_text={"x", "n", "note"}) as blocks:
+        pairs = list(blocks)
+    assert len(pairs) > 3
+    table = pa.concat_tables([t for t, _ in pairs])
+    frame = pd.concat([f for _, f in pairs], ignore_index=True)
+    assert table.column("x").to_pylist()[:5] == ["1.50", "2.5", None, "1E+03", "-0.0"]
+    assert frame["x"].tolist()[:2] == [1.5, 2.5] and frame["x"].isna().sum() == 40
+    assert frame["n"].dtype == "int64" and frame["n"].tolist() == list(range(200))
+    assert tabular._is_number_text(table.schema.field("x"))
+    assert not tabular._is_number_text(table.schema.field("note"))  # text: guarded as ever
+    assert frame["note"].tolist()[3] == "=1"
+
+
+@pytest.mark.parametrize("cell", [b"1.5\xff", b"\xff"])
+def test_bytes_that_are_not_utf8_are_unstreamable(tmp_path, cell):
+    """A number column's text is read as bytes; a cell that is not a number (here not even
+    UTF-8) still sends the table to the exact reader, as in a text column."""
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"x,note\n" + b"1.5,a\n" * 50 + cell + b",b\n")
+    with pytest.raises(tabular.Unstreamable):
+        with tabular.iter_blocks(path, 128, arrow=True, keep_text={"x"}) as blocks:
+            list(blocks)
+    path.write_bytes(b"x,note\n" + b"1.5,a\n" + b"2," + cell + b"\n")
+    with pytest.raises(tabular.Unstreamable):
+        with tabular.iter_blocks(path, arrow=True, keep_text={"x"}) as blocks:
+            list(blocks)

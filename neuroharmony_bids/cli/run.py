@@ -27,7 +27,7 @@ from neuroharmony_bids._version import __version__  # noqa: E402
 from neuroharmony_bids.bids.derivatives import PIPELINE_NAME  # noqa: E402
 from neuroharmony_bids.errors import NeuroharmonyError, UsageError  # noqa: E402
 from neuroharmony_bids.settings import Settings  # noqa: E402
-from neuroharmony_bids.workflows.results import fmt_duration  # noqa: E402
+from neuroharmony_bids.workflows.results import RunResult, fmt_duration  # noqa: E402
 
 LOGGER_NAME = "neuroharmony_bids"
 
@@ -207,15 +207,18 @@ def _to_log_file(logger: logging.Logger, level: int, message: str) -> None:
                 pass
 
 
-def _write_citation(settings, logger: logging.Logger) -> None:
-    """logs/CITATION.md and .bib: the group level names every FreeSurfer/MRIQC version found;
-    a participant job writes them only when missing (no scan of the whole output folder)."""
+def _write_citation(settings, logger: logging.Logger, result: RunResult | None = None) -> None:
+    """logs/CITATION.md and .bib: the group level names every FreeSurfer/MRIQC version found
+    (from the sidecars it read, ``result.scan_versions``, else by reading them); a participant
+    job writes them only when missing (no scan of the whole output folder)."""
     from neuroharmony_bids.reports.citation import versions_from_outputs, write_citation
 
     logs = settings.output_dir / "logs"
     group = settings.analysis_level == "group"
     if group or not (logs / "CITATION.md").exists():
-        write_citation(logs, versions_from_outputs(settings.output_dir, scan_sidecars=group))
+        scans = result.scan_versions if group and result is not None else None
+        versions = versions_from_outputs(settings.output_dir, scan_sidecars=group, scans=scans)
+        write_citation(logs, versions)
         logger.info("citation boilerplate: %s", logs / "CITATION.md")
 
 
@@ -268,7 +271,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             from neuroharmony_bids.workflows.group import run_group
 
             result = run_group(settings, logger=logger)
-        _write_citation(settings, logger)
+        _write_citation(settings, logger, result)
         elapsed = fmt_duration(time.monotonic() - started)
         logger.info("%s", result.summary())
         logger.info("finished in %s", elapsed)

@@ -11,6 +11,7 @@ import tempfile
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,13 +163,14 @@ def _harmonized_blocks(
 
     Columns the harmonizer passes through are written from the block as read; the
     harmonized volumes (``rounded``, as their rounded text, made on this thread: see
-    :func:`tabular.round_columns`) and the ``nh_*`` columns from its result.
+    :func:`tabular.passed_through`) and the ``nh_*`` columns from its result.
     """
     from neuroharmony_bids.harmonize.apply import harmonize_table
     from neuroharmony_bids.harmonize.features import FLAG_COLUMNS
     from neuroharmony_bids.harmonize.table import ID_COLUMNS, check_duplicates
 
     ids, offset, rounded = [], 0, rounded or {}
+    changed = [*rounded, *FLAG_COLUMNS]
     for table, block in blocks:
         try:
             result = harmonize_table(
@@ -180,8 +182,7 @@ def _harmonized_blocks(
         offset += len(block)
         summary["rows"] += len(result)
         summary["ood"] += int(result["nh_out_of_range"].sum())
-        written = T.passed_through(table, _compact(result, model), [*rounded, *FLAG_COLUMNS])
-        written = T.round_columns(written, rounded)
+        written = T.passed_through(table, _compact(result, model), changed, rounded)
         del table, block, result  # not kept alive while the writer formats this block
         yield written
         del written
@@ -199,28 +200,40 @@ def _harmonize(args) -> None:
     names = T.read_header(inp, T.separator(inp))
     mapping = _parse_mapping(args.sex_mapping)
     streamed = None
+    kept: Future = Future()  # the columns passed through: known once the model is loaded
     if args.site_column is None:
         try:  # reading starts now, beside the imports and the model load
-            streamed = T.iter_blocks(inp, arrow=True)
+            streamed = T.iter_blocks(inp, arrow=True, keep_text=kept.result)
         except T.Unstreamable:
             pass
     try:
-        _harmonize_with(args, inp, out, names, mapping, streamed)
+        _harmonize_with(args, inp, out, names, mapping, streamed, kept)
     finally:
+        if not kept.done():  # (an error before the model loaded): the reader must not wait
+            kept.set_result(())
         if streamed is not None:
             streamed.close()
 
 
-def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, streamed) -> None:
+def _harmonize_with(
+    args, inp: Path, out: Path, names: list[str], mapping, streamed, kept: Future
+) -> None:
     """Load the model, then stream ``streamed`` blocks (or, for ``--site-column`` or a table
-    pyarrow cannot type in blocks, the whole table) through the harmonizer to ``out``."""
+    pyarrow cannot type in blocks, the whole table) through the harmonizer to ``out``.
+
+    Columns passed through are written from the table as read; number columns among them
+    as their text in the input (``kept``, set here, tells the reader which columns).
+    """
     from threadpoolctl import threadpool_limits
 
     from neuroharmony_bids.harmonize.apply import harmonize_table
+    from neuroharmony_bids.harmonize.features import FLAG_COLUMNS
     from neuroharmony_bids.harmonize.io import load_model
 
     model = load_model(args.model)
     rounded = _rounded(names, model)
+    changed = [*rounded, *FLAG_COLUMNS]
+    kept.set_result(frozenset(names) - set(changed))
     summary: dict = {"rows": 0, "ood": 0}
     neutralised = None
     if streamed is not None:
@@ -233,7 +246,8 @@ def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, strea
         except T.Unstreamable:  # e.g. a text cell in a numeric column: exact messages below
             summary = {"rows": 0, "ood": 0}
     if neutralised is None:
-        table = T.read_table(inp, fast=args.site_column is not None)
+        fast = args.site_column is not None  # (else pandas' reader: messages name the row)
+        table, text = T.read_table_and_text(inp, fast, kept.result())
         result = harmonize_table(
             table,
             model,
@@ -242,7 +256,10 @@ def _harmonize_with(args, inp: Path, out: Path, names: list[str], mapping, strea
             profile_weight=args.profile_weight,
         )
         summary = {"rows": len(result), "ood": int(result["nh_out_of_range"].sum())}
-        neutralised = T.write_blocks(out, [_compact(result, model)], rounded=rounded)
+        del table
+        written = T.passed_through(text, _compact(result, model), changed, rounded)
+        del result, text
+        neutralised = T.write_blocks(out, [written], rounded=rounded)
     note = (
         f"; {neutralised} text cell(s) starting with = + - @ were prefixed with ' so that "
         "spreadsheets show them as text"

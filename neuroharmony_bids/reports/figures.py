@@ -11,6 +11,7 @@ import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 
@@ -80,15 +81,110 @@ def _longest(labels: Sequence[object]) -> int:
     return max((len(str(x)) for x in labels), default=1)
 
 
-def figure_to_img(fig: Figure, alt: str, dpi: int = 100) -> str:
-    """Render ``fig`` to an ``<img>`` tag carrying the PNG inline (self-contained HTML)."""
+def _png(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
     return (
         f'<img class="figure" alt="{html.escape(alt, quote=True)}" '
         f'src="data:image/png;base64,{data}">'
     )
+
+
+def figure_to_img(fig: Figure, alt: str, dpi: int = 100) -> str:
+    """Render ``fig`` to an ``<img>`` tag carrying the PNG inline (self-contained HTML)."""
+    return _img(_png(fig, dpi), alt)
+
+
+#: Seconds to wait for a child's figure before drawing it in this process.
+_CHILD_TIMEOUT = 600.0
+
+
+def _render_child(fig: Figure, conn: Any) -> None:
+    """In a forked child: the figure's PNG (or the error) back through the pipe."""
+    import gc
+
+    # the collector would walk (and so copy, page by page) every object inherited from the
+    # parent; the child lives for one figure
+    gc.freeze()
+    try:
+        conn.send((True, _png(fig)))
+    except BaseException as exc:  # the parent renders it itself
+        conn.send((False, repr(exc)))
+    finally:
+        conn.close()
+
+
+class FigureRenderer:
+    """Renders a report's figures to ``<img>`` tags, each in a forked child process while the
+    caller goes on building the rest of the report.
+
+    Drawing and PNG-encoding a figure of thousands of points is most of a group report's time
+    and is single-threaded in matplotlib (threads gain nothing: it holds the GIL). A forked
+    child shares the built figure without pickling it; the PNG bytes are the same as drawn
+    in-process. :meth:`img` returns a placeholder (an HTML comment) for the figure, and
+    :meth:`fill` puts the images in place. With ``workers=0``, or where ``fork`` is not the
+    safe default (macOS, Windows), or if a child fails, figures are drawn in this process.
+    """
+
+    def __init__(self, workers: int = 0) -> None:
+        import multiprocessing as mp
+        import sys
+
+        usable = sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+        self.workers = max(int(workers), 0) if usable else 0
+        self._context = mp.get_context("fork") if self.workers else None
+        self._figures: list[tuple[Figure, str]] = []
+        self._running: dict[int, tuple[Any, Any]] = {}
+        self._png: dict[int, bytes] = {}
+
+    def img(self, fig: Figure, alt: str) -> str:
+        """A placeholder for ``fig``'s ``<img>`` tag; its drawing starts now (in a child)."""
+        key = len(self._figures)
+        self._figures.append((fig, alt))
+        if self._context is not None:
+            while len(self._running) >= self.workers:
+                self._collect(min(self._running))
+            receive, send = self._context.Pipe(duplex=False)
+            child = self._context.Process(target=_render_child, args=(fig, send), daemon=True)
+            child.start()
+            send.close()
+            self._running[key] = (child, receive)
+        return self._token(key)
+
+    def _collect(self, key: int) -> None:
+        child, receive = self._running.pop(key)
+        ok, payload = False, None
+        try:
+            if receive.poll(_CHILD_TIMEOUT):  # a stuck child: drawn here instead
+                ok, payload = receive.recv()
+        except (EOFError, OSError):
+            pass
+        finally:
+            receive.close()
+            child.join(1.0)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        if ok:
+            self._png[key] = payload
+
+    @staticmethod
+    def _token(key: int) -> str:
+        return f"<!--neuroharmony-figure-{key}-->"
+
+    def fill(self, text: str) -> str:
+        """``text`` with every placeholder replaced by its figure's ``<img>`` tag."""
+        for key in sorted(self._running):
+            self._collect(key)
+        for key, (fig, alt) in enumerate(self._figures):
+            png = self._png.get(key) or _png(fig)
+            text = text.replace(self._token(key), _img(png, alt), 1)
+        return text
 
 
 def canonical_lookup(columns: Sequence[str]) -> dict[str, str]:

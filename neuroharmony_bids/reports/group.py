@@ -242,6 +242,7 @@ def _site_section(
     site_source: str,
     raw_keys: Mapping[str, pd.Series],
     harm_keys: Mapping[str, pd.Series],
+    renderer: figures.FigureRenderer,
 ) -> Section:
     title = "Site effects before and after"
     if sites is None:
@@ -274,7 +275,7 @@ def _site_section(
         raw_z = figures.site_mean_z(raw, regions, sites)
         harm_z = figures.site_mean_z(harmonized, regions, sites)
         parts.append(
-            figures.figure_to_img(
+            renderer.img(
                 figures.site_heatmap(raw_z, harm_z),
                 "Heatmap of site-mean z-scores, raw and harmonized",
             )
@@ -295,7 +296,7 @@ def _site_section(
     if raw_keys:
         parts.append("<h3>Key structures by site</h3>")
         parts.append(
-            figures.figure_to_img(
+            renderer.img(
                 figures.key_region_boxplots(dict(raw_keys), dict(harm_keys), sites),
                 "Box plots by site of key structures, raw and harmonized",
             )
@@ -310,6 +311,7 @@ def _biology_section(
     sites: pd.Series | None,
     raw_keys: Mapping[str, pd.Series],
     harm_keys: Mapping[str, pd.Series],
+    renderer: figures.FigureRenderer,
 ) -> Section:
     title = "Biology kept: age curves"
     if "age" not in raw or "sex" not in raw or not raw_keys:
@@ -321,7 +323,7 @@ def _biology_section(
         "<p>Volume against age per sex, coloured by site, with a quadratic trend (black). "
         "Harmonization should remove site offsets while keeping the age trend and the sex "
         "difference.</p>"
-        + figures.figure_to_img(
+        + renderer.img(
             figures.age_curves(dict(raw_keys), dict(harm_keys), raw["age"], sex, site_v),
             "Age curves of key structures per sex, raw and harmonized",
         )
@@ -334,7 +336,8 @@ def _quality_section(
     harmonized: pd.DataFrame,
     model: Any,
     failed: pd.DataFrame | None,
-    drift: Any = None,
+    drift: Any,
+    renderer: figures.FigureRenderer,
 ) -> Section:
     parts: list[str] = []
     if drift is not None:
@@ -353,7 +356,7 @@ def _quality_section(
             "the training minimum (0) and maximum (1); each label counts the scans outside.</p>"
         )
         parts.append(
-            figures.figure_to_img(
+            renderer.img(
                 figures.iqm_distributions(shown, iqm_range, present),
                 "IQM distributions against the model's training range",
             )
@@ -456,11 +459,15 @@ def build_group_report(
     failed: pd.DataFrame | None = None,
     model_info: Mapping[str, Any] | None = None,
     drift: Any = None,
+    nprocs: int = 1,
 ) -> str:
     """The group report as one self-contained HTML string.
 
     ``drift``: a :class:`~neuroharmony_bids.harmonize.drift.DriftReport` for this dataset.
+    ``nprocs`` > 1: figures are drawn in that many forked processes while the rest of the
+    report is built (the same bytes; figures.FigureRenderer).
     """
+    renderer = figures.FigureRenderer(workers=nprocs if nprocs > 1 else 0)
     raw, harmonized = _align(raw, harmonized)
     regions = shown_regions(raw, harmonized, model)
     sites, site_source = shown_sites(raw)
@@ -480,17 +487,18 @@ def build_group_report(
     harm_keys = figures.key_region_series(harmonized, prefer_total_gray=use_total)
     sections = [
         _summary_section(raw, harmonized, failed, sites, site_source, regions),
-        _site_section(raw, harmonized, regions, sites, site_source, raw_keys, harm_keys),
-        _biology_section(raw, sites, raw_keys, harm_keys),
-        _quality_section(raw, harmonized, model, failed, drift),
+        _site_section(raw, harmonized, regions, sites, site_source, raw_keys, harm_keys, renderer),
+        _biology_section(raw, sites, raw_keys, harm_keys, renderer),
+        _quality_section(raw, harmonized, model, failed, drift, renderer),
         _uncertainty_section(model, sites),
         model_section(model, model_info),
     ]
-    return render(
+    page = render(
         "Neuroharmony group report",
         f"{len(raw)} scans · {len(regions)} regions · site from {site_source}",
         sections,
     )
+    return renderer.fill(page)
 
 
 def write_group_report(
@@ -501,9 +509,11 @@ def write_group_report(
     failed: pd.DataFrame | None = None,
     model_info: Mapping[str, Any] | None = None,
     drift: Any = None,
+    nprocs: int = 1,
 ) -> Path:
     """Write the group report HTML atomically (a reader never sees a half-written report)."""
-    return write_text(path, build_group_report(raw, harmonized, model, failed, model_info, drift))
+    html = build_group_report(raw, harmonized, model, failed, model_info, drift, nprocs=nprocs)
+    return write_text(path, html)
 
 
 __all__ = ["build_group_report", "esc", "shown_sites", "write_group_report"]

@@ -18,17 +18,17 @@ Outputs at the root of the output folder::
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ from neuroharmony_bids.errors import (
     UsageError,
 )
 from neuroharmony_bids.harmonize.features import ALL_IQMS
+from neuroharmony_bids.reports.citation import scan_versions
 from neuroharmony_bids.settings import Settings
 from neuroharmony_bids.tabular import HARMONIZED_DECIMALS, write_blocks
 from neuroharmony_bids.workflows.participant import load_model_and_info
@@ -71,6 +72,28 @@ class FoundScan:
         return [k for k in _FILES if k not in self.files]
 
 
+def _subfolders(folder: Path) -> list[str]:
+    """Names of the folders in ``folder``, sorted (one listing, no stat per entry)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.is_dir())
+    except OSError:
+        return []
+
+
+def _anat_dirs(output_dir: Path) -> list[Path]:
+    """The ``sub-*/anat`` and ``sub-*/ses-*/anat`` folders of the output folder: one listing
+    per subject (two globs listed and checked each of 5,000 subjects' folders again)."""
+    anat = []
+    for sub in (n for n in _subfolders(output_dir) if n.startswith("sub-")):
+        for name in _subfolders(output_dir / sub):
+            if name == "anat":
+                anat.append(output_dir / sub / name)
+            elif name.startswith("ses-") and (output_dir / sub / name / "anat").is_dir():
+                anat.append(output_dir / sub / name / "anat")
+    return anat
+
+
 def discover_outputs(
     output_dir: Path,
     bids_dir: Path,
@@ -79,10 +102,9 @@ def discover_outputs(
 ) -> list[FoundScan]:
     """Every scan with at least one per-scan output, optionally filtered by labels."""
     found: dict[str, FoundScan] = {}
-    anat_dirs = sorted(output_dir.glob("sub-*/anat")) + sorted(output_dir.glob("sub-*/ses-*/anat"))
-    for anat in anat_dirs:
+    for anat in _anat_dirs(output_dir):
         try:
-            names = sorted(p.name for p in anat.iterdir())
+            names = sorted(os.listdir(anat))
         except OSError:
             continue
         writing = any(n.startswith(TMP_PREFIX) for n in names)
@@ -114,8 +136,9 @@ def filter_outputs(
 
 
 def _cell(value: Any) -> Any:
-    """A TSV cell as a number where it is one (``n/a`` is missing), else the text."""
-    if value == "n/a":
+    """A TSV cell as a number where it is one (``n/a`` or empty-by-reader is missing), else
+    the text."""
+    if value is None or value == "n/a":
         return np.nan
     try:
         return float(value)
@@ -157,6 +180,42 @@ def _read_files(paths: Sequence[Path]) -> list[bytes | OSError]:
         return [data for part in pool.map(read, chunks) for data in part]
 
 
+def _read_rows(text: str, names: list[str], wanted: list[str]) -> pd.DataFrame:
+    """The ``wanted`` columns of header-less TSV lines, parsed by pyarrow (several times
+    faster than pandas' exact "round_trip" float parser, and as exact: both give the double
+    nearest the text). ``n/a`` is missing; only numbers, booleans and text are inferred
+    (a date-like or time-like cell stays text, as pandas keeps it)."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    def read(as_text: Sequence[str] = ()) -> pa.Table:
+        return pacsv.read_csv(
+            io.BytesIO(text.encode("utf-8")),
+            read_options=pacsv.ReadOptions(column_names=names),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t", quote_char=False, double_quote=False, escape_char=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=wanted, null_values=["n/a"], strings_can_be_null=True,
+                column_types={n: pa.string() for n in as_text},
+            ),
+        )  # fmt: skip
+
+    def plain(kind: pa.DataType) -> bool:
+        return bool(
+            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            or pa.types.is_null(kind) or pa.types.is_string(kind)
+        )  # fmt: skip
+
+    table = read()
+    other = [f.name for f in table.schema if not plain(f.type)]
+    if other:
+        table = read(other)
+    # a column of n/a only is float NaN, as pandas reads it
+    schema = [f.with_type(pa.float64()) if pa.types.is_null(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(schema)).to_pandas()
+
+
 def _stack_rows(rows: Sequence[tuple[int, str, str]], keep: frozenset[str]) -> pd.DataFrame:
     """One frame from many one-row TSVs, parsed in one pass per distinct header.
 
@@ -174,12 +233,7 @@ def _stack_rows(rows: Sequence[tuple[int, str, str]], keep: frozenset[str]) -> p
         if not wanted:
             frames.append(pd.DataFrame(index=[p for p, _ in items]))
             continue
-        text = "\n".join(v for _, v in items)
-        frame = pd.read_csv(
-            io.StringIO(text), sep="\t", header=None, names=names, usecols=wanted,
-            na_values=["n/a"], keep_default_na=False, quoting=csv.QUOTE_NONE,
-            float_precision="round_trip",  # the doubles written, so the same shortest text
-        )  # fmt: skip
+        frame = _read_rows("\n".join(v for _, v in items), names, wanted)
         for name in frame.columns:  # floats whatever the text looked like ("6442"), and a
             kind = frame[name].dtype.kind  # stray text cell leaves the others numbers
             if kind in "iub":
@@ -220,10 +274,19 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def collect_tables(
-    found: Sequence[FoundScan], log: logging.Logger
-) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
-    """(raw table, harmonized table, problems) from complete scans; others become problems.
+class Collected(NamedTuple):
+    """What :func:`collect_tables` read."""
+
+    raw: pd.DataFrame
+    harmonized: pd.DataFrame
+    problems: list[dict[str, Any]]
+    #: the (FreeSurfer, MRIQC) versions of the sidecars read (reports.citation.scan_versions)
+    versions: set[tuple[str | None, str | None]]
+
+
+def collect_tables(found: Sequence[FoundScan], log: logging.Logger) -> Collected:
+    """(raw table, harmonized table, problems, versions) from complete scans; others become
+    problems.
 
     All files are read first (thread pool), each checked on its own (one unreadable scan is a
     problem, not an error), then the one-row TSVs are parsed together, one pass per distinct
@@ -240,6 +303,7 @@ def collect_tables(
     iqm_rows: list[dict[str, float]] = []
     raw_rows: list[tuple[int, str, str]] = []
     harm_rows: list[tuple[int, str, str]] = []
+    versions: set[tuple[str | None, str | None]] = set()
     for item in found:
         scan = item.scan
         ids = {"bids_name": scan.bids_name, **D.id_columns(scan)}
@@ -260,6 +324,7 @@ def collect_tables(
         except ValueError as exc:
             problems.append({**ids, "reason": f"unreadable output: {exc}"})
             continue
+        versions.add(scan_versions(meta))
         cov = meta.get("Covariates") or {}
         iqms = (meta.get("ImageQualityMetrics") or {}).get("Values") or {}
         pos = len(common_rows)
@@ -275,13 +340,13 @@ def collect_tables(
         raw_rows.append((pos, *raw))
         harm_rows.append((pos, *harm))
     if not common_rows:
-        return pd.DataFrame(), pd.DataFrame(), problems
+        return Collected(pd.DataFrame(), pd.DataFrame(), problems, versions)
     common = pd.DataFrame(common_rows)
     raw_table = pd.concat(
         [common, pd.DataFrame(iqm_rows, dtype=float), _stack_rows(raw_rows, regions)], axis=1
     )
     harm_table = pd.concat([common, _stack_rows(harm_rows, harm_names)], axis=1)
-    return raw_table, harm_table, problems
+    return Collected(raw_table, harm_table, problems, versions)
 
 
 #: The per-scan files the group level reads (covariates, IQMs and scanner fields come from the
@@ -301,7 +366,10 @@ def _order(table: pd.DataFrame, site_first: bool = True) -> pd.DataFrame:
     regions = [c for c in D.REGION_ORDER if c in table]
     nh = [c for c in D.NH_COLUMNS if c in table]
     cols = ids + cov + scanner + iqms + regions + D.sd_columns(list(table.columns)) + nh
-    return table[cols].sort_values("bids_name", kind="stable").reset_index(drop=True)
+    ordered = table[cols]
+    if not ordered["bids_name"].is_monotonic_increasing:  # gathered in name order already
+        ordered = ordered.sort_values("bids_name", kind="stable")
+    return ordered.reset_index(drop=True)
 
 
 def site_labels(settings: Settings, table: pd.DataFrame) -> tuple[pd.Series, str]:
@@ -472,7 +540,10 @@ def _write_report(
     from neuroharmony_bids.reports.group import write_group_report
 
     path = settings.output_dir / "group_report.html"
-    write_group_report(path, raw, harmonized, model, failed, model_info=dict(info), drift=drift)
+    write_group_report(
+        path, raw, harmonized, model, failed, model_info=dict(info), drift=drift,
+        nprocs=settings.nprocs,
+    )  # fmt: skip
     result.outputs["report"] = str(path)
     log.info("group report: %s", path)
 
@@ -537,8 +608,13 @@ def select_outputs(settings: Settings) -> list[FoundScan]:
 def gather(
     settings: Settings, found: Sequence[FoundScan], result: RunResult, log: logging.Logger
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Step 3: (raw, harmonized, problems): complete scans' rows; failed and incomplete scans."""
-    raw, harmonized, problems = collect_tables(found, log)
+    """Step 3: (raw, harmonized, problems): complete scans' rows; failed and incomplete scans.
+
+    When every scan with outputs was read (no filter, none incomplete), ``result`` keeps the
+    versions their sidecars record, for the citation (cli.run)."""
+    raw, harmonized, problems, versions = collect_tables(found, log)
+    if not problems and not settings.participant_label and not settings.session_label:
+        result.scan_versions = versions
     failures = F.read_failures(settings.output_dir)
     done = set(raw["bids_name"]) if len(raw) else set()
     if len(failures):
@@ -618,6 +694,7 @@ def run_group(settings: Settings, logger: logging.Logger | None = None) -> RunRe
 
 
 __all__ = [
+    "Collected",
     "FoundScan",
     "collect_tables",
     "gather",

@@ -63,6 +63,9 @@ class RunResult:
     failed: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    #: (FreeSurfer, MRIQC) versions of every per-scan sidecar in the output folder, when the
+    #: run read them all anyway (the group level): the citation then needs no second pass
+    scan_versions: set[tuple[str | None, str | None]] | None = None
 
     def summary(self) -> str:
         parts = [f"{self.level} level: {self.total} scans"]
