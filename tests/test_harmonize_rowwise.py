@@ -47,16 +47,47 @@ def test_row_matmul_order_batch_and_layout_change_no_bit():
     np.testing.assert_array_equal(out[:, 3:104], whole)
 
 
-def test_row_quadratic_and_row_reduce_are_per_row():
+@pytest.mark.parametrize("tile", [rowwise.ROW_TILE, rowwise.SMALL_TILE])
+@pytest.mark.parametrize("k", [5, 68, 107])
+def test_lanes_matmul_gives_each_scan_the_bits_it_has_alone_and_row_matmul_the_same(k, tile):
+    rng = np.random.default_rng([k, tile])
+    xt = rng.normal(size=(k, 2 * tile + 9))  # one scan per column, a short last tile
+    m = rng.normal(size=(101, k))
+    got = rowwise.lanes_matmul(m, xt, tile=tile)
+    np.testing.assert_allclose(got, m @ xt, rtol=1e-12, atol=1e-12)
+    for i in range(xt.shape[1]):
+        np.testing.assert_array_equal(
+            rowwise.lanes_matmul(m, xt[:, [i]], tile=tile)[:, 0], got[:, i]
+        )
+    # a row-major caller's layout (xt the transpose of rows) and row_matmul: the same bits
+    np.testing.assert_array_equal(
+        rowwise.lanes_matmul(m, np.ascontiguousarray(xt.T).T, tile=tile), got
+    )
+    np.testing.assert_array_equal(rowwise.row_matmul(xt.T, m.T, tile=tile), got.T)
+    # a gathered subset of the columns, and an output view
+    pick = rng.permutation(xt.shape[1])[:7]
+    np.testing.assert_array_equal(
+        rowwise.lanes_matmul(m, np.take(xt, pick, axis=1), tile=tile), got[:, pick]
+    )
+    out = np.full((101, xt.shape[1] + 5), np.nan)
+    assert np.shares_memory(rowwise.lanes_matmul(m, xt, out=out[:, 2:-3], tile=tile), out)
+    np.testing.assert_array_equal(out[:, 2:-3], got)
+
+
+@pytest.mark.parametrize("tile", [rowwise.ROW_TILE, rowwise.SMALL_TILE])
+def test_lanes_quadratic_and_row_reduce_are_per_scan(tile):
     rng = np.random.default_rng(1)
     z = rng.normal(size=(300, 107))
     m = rng.normal(size=(107, 107))
     P = m @ m.T
-    q = rowwise.row_quadratic(z, P)
+    q = rowwise.lanes_quadratic(z.T, P, tile=tile)
     np.testing.assert_allclose(q, np.einsum("ij,jk,ik->i", z, P, z), rtol=1e-12)
+    np.testing.assert_array_equal(
+        rowwise.lanes_quadratic(np.ascontiguousarray(z.T), P, tile=tile), q
+    )
     rms = rowwise.row_reduce(lambda t: np.sqrt(np.mean(t**2, axis=1)), z)
     np.testing.assert_allclose(rms, np.sqrt(np.mean(z**2, axis=1)), rtol=1e-15)
     for i in range(0, 300, 7):
-        assert rowwise.row_quadratic(z[[i]], P)[0] == q[i]
-        assert rowwise.row_quadratic(z[i : i + 70], P)[0] == q[i]
+        assert rowwise.lanes_quadratic(z[[i]].T, P, tile=tile)[0] == q[i]
+        assert rowwise.lanes_quadratic(z[i : i + 70].T, P, tile=tile)[0] == q[i]
         assert rowwise.row_reduce(lambda t: np.sqrt(np.mean(t**2, axis=1)), z[[i]])[0] == rms[i]

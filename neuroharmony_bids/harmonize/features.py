@@ -174,18 +174,16 @@ def sex_problems(
     for v in mapping.values():
         if v not in ("M", "F"):
             raise UsageError(f"sex mapping values must be M or F, got {v!r}")
-    text = values.astype(object).where(values.notna(), "").astype(str)
-    # a column holds a handful of spellings: normalise each distinct one, not every row
-    codes, uniq = pd.factorize(text)
-    norm = pd.Series(uniq, dtype=object).str.strip().str.lower()
-    norm = norm.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
-    keys = pd.Series(norm.to_numpy()[codes], index=values.index, dtype=object)
-    parsed = pd.Series(
-        norm.map({**_SEX_SPELLINGS, **mapping}).to_numpy()[codes], index=values.index, dtype=object
-    )
+    # a column holds a handful of spellings: each distinct value normalised once (as text), not
+    # every row; a missing value (code -1) reads as '', the last entry
+    codes, uniq = pd.factorize(values)
+    norm = pd.Series([*(str(v) for v in uniq), ""], dtype=object).str.strip().str.lower()
+    norm = norm.str.replace(r"^(\d+)\.0$", r"\1", regex=True).to_numpy()
+    known = pd.Series(norm).map({**_SEX_SPELLINGS, **mapping}).to_numpy()
+    parsed = pd.Series(known[codes], index=values.index, dtype=object)
     problems = {}
-    for pos in np.flatnonzero(parsed.isna().to_numpy()):
-        key, raw = keys.iloc[pos], values.iloc[pos]
+    for pos in np.flatnonzero(pd.isna(known)[codes]):
+        key, raw = norm[codes[pos]], values.iloc[pos]
         hint = (
             " Numeric codes need an explicit mapping, e.g. --sex-mapping 1=M 2=F."
             if key.isdigit()

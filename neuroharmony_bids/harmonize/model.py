@@ -44,8 +44,8 @@ from neuroharmony_bids.harmonize.combat import check_design, fit_combat
 from neuroharmony_bids.harmonize.rowwise import (
     ROW_TILE,
     SMALL_TILE,
-    row_matmul,
-    row_quadratic,
+    lanes_matmul,
+    lanes_quadratic,
     row_reduce,
 )
 from neuroharmony_bids.harmonize.table import (
@@ -408,7 +408,7 @@ class NeuroHarmonizer(BaseEstimator):
         self.scale_prior_ = (mean**2 / var + 2.0, mean * (mean**2 / var + 1.0))
         # the least likely regional profile among training scans: anything less likely is left raw
         z = cfit.residuals + cfit.gamma[codes]
-        self.profile_limit_ = float(self._profile_pvalue(z, self.regions_).min())
+        self.profile_limit_ = float(self._profile_pvalue(z.T, self.regions_).min())
 
         # IQM prior: one ridge per feature set (core; every IQM present at training)
         full = [c for c in F.ALL_IQMS if c in prep.iqms and prep.iqms[c].notna().all()]
@@ -526,23 +526,31 @@ class NeuroHarmonizer(BaseEstimator):
 
     # ------------------------------------------------------------------ apply
     def _profile_pvalue(
-        self, z: np.ndarray, regions: Sequence[str], tile: int = ROW_TILE
+        self,
+        zt: np.ndarray,
+        regions: Sequence[str],
+        tile: int = ROW_TILE,
+        flagged: tuple[int, ...] = (),
     ) -> np.ndarray:
-        """Chi-square p-value of a scan's regional profile under the training distribution.
+        """Chi-square p-value of a scan's regional profile under the training distribution
+        (``zt``: one scan per column, a row per region of ``regions`` but the positions
+        ``flagged``, which are left out).
 
         The inverse covariance is kept per region set: one matrix product per chunk of scans.
         """
 
         def make() -> np.ndarray:
-            idx = [self.regions_.index(r) for r in regions]
-            return np.linalg.inv(
+            idx = [self.regions_.index(r) for i, r in enumerate(regions) if i not in flagged]
+            P = np.linalg.inv(
                 self.within_cov_[np.ix_(idx, idx)] + self.between_cov_[np.ix_(idx, idx)]
             )
+            # kept column-major: the product wants P' contiguous (no transposed copy per call)
+            return np.asfortranarray(P)
 
-        P = self._cached(("profile", tuple(regions)), make)
+        P = self._cached(("profile", tuple(regions), flagged), make)
         # chdtrc is what chi2.sf calls, without its argument checks (~0.1 ms a call: a chunk
         # makes one call per flagged-region pattern)
-        return chdtrc(len(regions), row_quadratic(z, P, tile=tile))
+        return chdtrc(len(regions) - len(flagged), lanes_quadratic(zt, P, tile=tile))
 
     def _iqm_distance(self, xs: np.ndarray) -> np.ndarray:
         """Per scan: worst single IQM (robust), or root-mean-square over IQMs (for comparison)."""
@@ -582,27 +590,28 @@ class NeuroHarmonizer(BaseEstimator):
     def _iqm_prior(self, vals: np.ndarray):
         """Per scan: prior location (all regions), confidence, IQMs used, OOD flags, IQMs missing.
 
-        ``vals``: the model's IQMs (``iqms_`` order, NaN where missing), changed in place.
+        ``vals``: the model's IQMs, one scan per column (``iqms_`` order by row, NaN where
+        missing), changed in place; the location and OOD flags come one scan per column too.
         All the model's IQMs present: the full prior. Otherwise the core prior with each missing
         IQM set to its training median and the confidence reduced by the share missing. More
         than ``MAX_MISSING_IQM_SHARE`` of the core IQMs missing: no IQM prior (profile only).
         """
-        n = len(vals)
+        n = vals.shape[1]
         full = self.iqm_sets_["full"]
         core = self.iqm_sets_["core"]
         minus = vals == -1.0
         if minus.any():  # MRIQC's "not computed", where -1 is impossible
-            minus &= self._iqm_never_negative(full)
+            minus &= self._iqm_never_negative(full)[:, None]
             vals[minus] = np.nan
         del minus
         missing = np.isnan(vals)
         if missing.any():
             core_idx = [full.index(c) for c in core]
-            core_share = missing[:, core_idx].mean(axis=1)
-            use_full = ~missing.any(axis=1)
+            core_share = missing[core_idx].mean(axis=0)
+            use_full = ~missing.any(axis=0)
             use_core = ~use_full & (core_share <= MAX_MISSING_IQM_SHARE)
             # named as missing: the model's core IQMs the scan lacks (all used when present)
-            iqms_missing = _join_names(missing[:, core_idx], core)
+            iqms_missing = _join_names(missing[core_idx].T, core)
         else:  # the common case: no masks, no per-scan lists (a scalar fills every row)
             use_full, use_core, iqms_missing = None, None, ""
         mu = None
@@ -618,43 +627,45 @@ class NeuroHarmonizer(BaseEstimator):
             idx = [full.index(c) for c in cols]
             every = rows is None or rows.all()  # every scan has every IQM (no masked copies)
             if cols == full:
-                Xs = iqm_transform(vals if every else vals[rows])
+                Xs = iqm_transform(vals if every else vals[:, rows])
             else:
-                Xs = iqm_transform(vals[np.ix_(rows, idx)])
-            Xs -= self.iqm_center_[idx]  # in place: the same arithmetic, fewer temporaries
-            Xs /= self.iqm_scale_[idx]
+                Xs = iqm_transform(vals[np.ix_(idx, rows)])
+            Xs -= self.iqm_center_[idx, None]  # in place: the same arithmetic, fewer temporaries
+            Xs /= self.iqm_scale_[idx, None]
             gone = np.isnan(Xs) if rows is not None else None
             if gone is not None:
                 Xs[gone] = 0.0  # a missing IQM sits at the training median
             lo, hi = self._iqm_zrange(cols)
             prior = self.prior_[set_name]
-            dist = self._iqm_distance(Xs)  # before clipping (in place)
-            held = np.clip(Xs, lo, hi, out=Xs) if self.robust_iqms else Xs
-            loc = row_matmul(held, prior["coef"])
-            loc += prior["intercept"]
-            del held
+            dist = self._iqm_distance(Xs.T)  # before clipping (in place)
+            if self.robust_iqms:  # (np.clip with per-row bounds takes twice as long)
+                np.maximum(Xs, lo[:, None], out=Xs)
+                np.minimum(Xs, hi[:, None], out=Xs)
+            loc = lanes_matmul(prior["coef"].T, Xs)
+            loc += prior["intercept"][:, None]
+            del Xs
             if every:
                 mu = loc
             else:
                 if mu is None:
-                    mu = np.zeros((n, len(self.regions_)))
-                mu[rows] = loc
+                    mu = np.zeros((len(self.regions_), n))
+                mu[:, rows] = loc
             c = np.interp(dist, prior["dist_grid"], prior["confidence"], right=0.0)
             if gone is None:  # (multiplying by 1 - 0 is exact: skipped)
                 conf = c
                 used = ";".join(cols)
                 continue
-            conf[rows] = c * (1.0 - gone.mean(axis=1))
+            conf[rows] = c * (1.0 - gone.mean(axis=0))
             used[rows] = ";".join(cols)
-            if gone.any():  # per-scan lists only for the scans missing some of this set
-                part = np.flatnonzero(rows)[gone.any(axis=1)]
-                used[part] = _join_names(~gone[gone.any(axis=1)], cols)
+            some = gone.any(axis=0)
+            if some.any():  # per-scan lists only for the scans missing some of this set
+                used[np.flatnonzero(rows)[some]] = _join_names(~gone[:, some].T, cols)
         if mu is None:
-            mu = np.zeros((n, len(self.regions_)))
+            mu = np.zeros((len(self.regions_), n))
         lo, hi = self._iqm_bounds()
         with np.errstate(invalid="ignore"):
-            ood = vals < lo
-            ood |= vals > hi
+            ood = vals < lo[:, None]
+            ood |= vals > hi[:, None]
         return mu, conf, used, ood, iqms_missing
 
     def invalid_rows(
@@ -805,23 +816,23 @@ class NeuroHarmonizer(BaseEstimator):
                     refused[int(at[p])] = "; ".join(items)
                 ok = np.ones(len(at), dtype=bool)
                 ok[list(problems)] = False
-                rows, at, block = at[ok], at[ok], block[ok]
+                rows, at, block = at[ok], at[ok], block[:, ok]
                 if groups is not None:  # a refused scan does not count in its site's estimate
                     gidx = groups[0][ok]
                     groups = (gidx, np.bincount(gidx, minlength=len(groups[1])))
                 if not len(at):
                     return
-            raw = block[:, :nreg]
+            raw = block[:nreg]  # one scan per column (see _harmonize_rows)
             res = self._harmonize_rows(
-                raw, reader.unusable(raw), block[:, nreg : nreg + len(self.iqms_)],
+                raw, reader.unusable(raw), block[nreg : nreg + len(self.iqms_)],
                 design[rows], reader.fields.age[rows],
                 None if reader.fields.etiv is None else reader.fields.etiv[rows],
                 regions, cols, groups, None if persons is None else persons[rows],
                 fs_other[rows], want_sd=return_sd,
             )  # fmt: skip
-            harmonized[:, rows] = res.pop("harmonized").T
+            harmonized[:, rows] = res.pop("harmonized")
             if sd is not None:
-                sd[rows] = res["sd"]
+                sd[rows] = res["sd"].T
             res.pop("sd")
             for name, values in res.items():
                 new[name][rows] = values
@@ -903,15 +914,20 @@ class NeuroHarmonizer(BaseEstimator):
         fs_version_other: np.ndarray,
         want_sd: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Harmonized volumes, posterior SDs and flag columns of some valid rows.
+        """Harmonized volumes, posterior SDs and flag columns of some valid scans.
 
+        Volumes, IQMs, harmonized values and SDs are one scan per column (region-major), as
+        BLAS wants them (:func:`rowwise.lanes_matmul`): no product needs a transposed copy.
         ``raw``/``unusable``: volumes of ``regions`` (user names ``columns``) and where each
         is unusable; ``iqms``: the model's IQMs (``iqms_`` order, NaN where missing; changed in
-        place); ``design``: the covariate design of the rows. ``groups``: None (each scan
-        alone) or (site index per row, scans per site), with every site's rows here.
+        place); ``design``: the covariate design of the scans (one scan per row). ``groups``:
+        None (each scan alone) or (site index per scan, scans per site), with every site's
+        scans here.
         """
         ridx, alpha, beta, sigma, T1, S, norm_sd = self._region_terms(regions)
-        mean = row_matmul(design, beta)
+        alpha, sigma, norm_sd = alpha[:, None], sigma[:, None], norm_sd[:, None]
+        n_scans = raw.shape[1]
+        mean = lanes_matmul(beta.T, design.T)
         mean += alpha
         # a missing, zero or negative volume (a structure not segmented) tells nothing about
         # the scanner: flagged, ignored by the other regions, and written as it came
@@ -921,10 +937,8 @@ class NeuroHarmonizer(BaseEstimator):
         mu_all, conf, used, ood, iqms_missing = self._iqm_prior(iqms)
         if not self.iqm_prior:
             conf = np.zeros_like(conf)
-        # (np.take keeps rows contiguous; mu_all[:, ridx] would be column-major, and every
-        # later pass over mu, and each gather of its rows, would then stride)
-        mu = mu_all if len(ridx) == len(self.regions_) else np.take(mu_all, ridx, axis=1)
-        mu *= conf[:, None]  # in place: mu_all is not used again
+        mu = mu_all if len(ridx) == len(self.regions_) else np.take(mu_all, ridx, axis=0)
+        mu *= conf  # in place: mu_all is not used again
         if any_unusable:
             z[unusable] = mu[unusable]  # neutral: no deviation (and no NaN) to spread
         # a region far from the training norm (person and site variation together) is flagged
@@ -938,56 +952,65 @@ class NeuroHarmonizer(BaseEstimator):
             far_region |= unusable
         # pattern 0: nothing flagged (most scans, no sort); the others from flagged scans only
         patterns = np.zeros((1, len(regions)), dtype=bool)
-        inverse = np.zeros(len(far_region), dtype=int)
-        any_far = far_region.any(axis=1)
+        inverse = np.zeros(n_scans, dtype=int)
+        any_far = far_region.any(axis=0)
+        # the flagged scans' positions per pattern 1, 2, ... (ascending), from one sort: a
+        # pass over the chunk per pattern would cost more than the pattern's few scans
+        by_pattern: list[np.ndarray] = []
         if any_far.any():
-            found, inv = _unique_rows(far_region[any_far])
+            flagged_at = np.flatnonzero(any_far)
+            found, inv = _unique_rows(far_region[:, flagged_at].T)
             patterns = np.vstack([patterns, found])
-            inverse[any_far] = inv + 1
+            inverse[flagged_at] = inv + 1
+            order = np.argsort(inv, kind="stable")
+            by_pattern = np.split(flagged_at[order], np.flatnonzero(np.diff(inv[order])) + 1)
         limit = min(self.profile_limit_, PROFILE_ALPHA)
-        # (a count over the row size is the row mean exactly, without a float pass)
-        broken = np.count_nonzero(far_region, axis=1) / len(regions) > MAX_FLAGGED_SHARE
-        # a row's numbers do not depend on the other rows (harmonize.rowwise), so the scans
+        # (a count over the scan's regions is their mean exactly, without a float pass)
+        broken = np.count_nonzero(far_region, axis=0) / len(regions) > MAX_FLAGGED_SHARE
+        # a scan's numbers do not depend on the other scans (harmonize.rowwise), so the scans
         # with nothing flagged (pattern 0, most) are computed over the whole chunk, without a
-        # gathered copy: the other rows' results are overwritten by their own pattern's
-        for k, pattern in enumerate(patterns):
-            rows = (inverse == k) & ~broken
-            keep = np.flatnonzero(~pattern)
-            if k == 0:
-                if rows.any():
-                    broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
-            elif rows.any() and len(keep):
-                sub = [regions[j] for j in keep]
-                zk = z[np.ix_(rows, keep)]
-                broken[rows] = self._profile_pvalue(zk, sub, tile=SMALL_TILE) < limit
+        # gathered copy: the other scans' results are overwritten by their own pattern's
+        rows = (inverse == 0) & ~broken
+        if rows.any():
+            broken[rows] = (self._profile_pvalue(z, regions) < limit)[rows]
+        flagged = [tuple(np.flatnonzero(pattern).tolist()) for pattern in patterns]
+        for pattern, at, out in zip(patterns[1:], by_pattern, flagged[1:], strict=True):
+            at = at[~broken[at]]
+            if len(at) and len(out) < len(regions):
+                zk = np.take(np.take(z, at, axis=1), np.flatnonzero(~pattern), axis=0)
+                p = self._profile_pvalue(zk, regions, tile=SMALL_TILE, flagged=out)
+                broken[at] = p < limit
         gamma = np.empty_like(z)
-        var = np.empty_like(z) if want_sd else np.empty((len(z), 0))  # only for the SDs
+        var = np.empty_like(z) if want_sd else None  # only for the SDs
         scale = None  # 1 for every single scan (dividing by 1 is exact: skipped)
         if groups is None:
-            gidx, counts = np.arange(len(z)), np.ones(len(z), dtype=int)
+            gidx, counts = np.arange(n_scans), np.ones(n_scans, dtype=int)
         else:
             gidx, counts = groups
         single = counts[gidx] == 1
         Tw = self.profile_weight * T1
-        for k, pattern in enumerate(patterns):
-            rows = single & (inverse == k)
-            if not rows.any():
+        rows = single & (inverse == 0)
+        if rows.any():  # every scan (others overwritten below): no gathered copies
+            W, v = self._single_scan_gain(regions, Tw, S, ())
+            lanes_matmul(W, d, out=gamma)
+            gamma += mu
+            if var is not None:
+                var[:, rows] = v[:, None]
+        for at, out in zip(by_pattern, flagged[1:], strict=True):
+            at = at[single[at]]  # (indices: a boolean-masked copy costs several times more)
+            if not len(at):
                 continue
-            W, v = self._single_scan_gain(regions, Tw, S, tuple(np.flatnonzero(pattern)))
-            if k == 0:  # every row (others overwritten below): no gathered copies
-                row_matmul(d, W.T, out=gamma)
-                gamma += mu
-            else:  # (row indices: a boolean-masked copy costs several times more)
-                idx = np.flatnonzero(rows)
-                part = row_matmul(np.take(d, idx, axis=0), W.T, tile=SMALL_TILE)
-                part += np.take(mu, idx, axis=0)
-                gamma[idx] = part
-            if want_sd:
-                var[rows] = v
+            W, v = self._single_scan_gain(regions, Tw, S, out)
+            part = lanes_matmul(W, np.take(d, at, axis=1), tile=SMALL_TILE)
+            part += np.take(mu, at, axis=1)
+            gamma[:, at] = part
+            if var is not None:
+                var[:, at] = v[:, None]
         a0, b0 = self.scale_prior_
         for j in np.unique(gidx[~single]):
             rows = gidx == j
-            zs, ms = z[rows], mu[rows]
+            # one scan per row, contiguous: the site sums in the same order as ever
+            zs, ms = np.ascontiguousarray(z[:, rows].T), np.ascontiguousarray(mu[:, rows].T)
             if persons is not None:  # one vote per person: a person's scans averaged first
                 key = persons[rows]
                 zs = pd.DataFrame(zs).groupby(key, sort=True).mean().to_numpy()
@@ -996,14 +1019,14 @@ class NeuroHarmonizer(BaseEstimator):
             mbar = ms.mean(0)
             G = _posterior_gain(T1, S, n)
             g = mbar + G @ (zs.mean(0) - mbar)
-            gamma[rows] = g
-            if want_sd:
-                var[rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)
+            gamma[:, rows] = g[:, None]
+            if var is not None:
+                var[:, rows] = np.maximum(np.diag(T1 - G @ T1), 0.0)[:, None]
             if n > 1:
                 ss = ((zs - g) ** 2).sum(0)
                 if scale is None:
                     scale = np.ones_like(z)
-                scale[rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))
+                scale[:, rows] = np.sqrt((b0 + 0.5 * ss) / (a0 + 0.5 * n - 1.0))[:, None]
         del d
         harmonized = np.subtract(z, gamma, out=gamma)  # mean + sigma * (z - gamma) / scale
         harmonized *= sigma
@@ -1017,32 +1040,34 @@ class NeuroHarmonizer(BaseEstimator):
             left_raw = harmonized <= 0
         if any_unusable:
             left_raw |= unusable
-        left_raw[broken] = True
-        any_raw = left_raw.any()
-        if any_raw:
-            harmonized[left_raw] = raw[left_raw]
-            far_region |= left_raw & ~broken[:, None]
+        left_raw[:, broken] = True
+        # the few scans with a region left raw: the passes below only over their columns
+        raw_at = np.flatnonzero(left_raw.any(axis=0))
+        left_raw = left_raw[:, raw_at]
+        if len(raw_at):
+            harmonized[:, raw_at] = np.where(left_raw, raw[:, raw_at], harmonized[:, raw_at])
+            far_region[:, raw_at] |= left_raw & ~broken[raw_at]
         sd = None
-        if want_sd:
+        if var is not None:
             sd = sigma * np.sqrt(var)
             if scale is not None:
                 sd /= scale
-            sd[left_raw] = np.nan
+            sd[:, raw_at] = np.where(left_raw, np.nan, sd[:, raw_at])
         # FreeSurfer version: part of the scanner effect the joint path absorbs; a single
         # scan from another version than the model's is flagged
         fs_other = fs_version_other & single
         # out-of-range flags, vectorized over scans: one boolean column per feature (built
         # only for the flagged scans)
         names = [*self.iqms_, "age", "eTIV", "regional_profile", "freesurfer_version"]
-        etiv_out = np.zeros(len(z), dtype=bool)
+        etiv_out = np.zeros(n_scans, dtype=bool)
         if self.etiv_range_ is not None and etiv is not None:
             etiv_out = (etiv < self.etiv_range_[0]) | (etiv > self.etiv_range_[1])
         age_out = (age < self.age_range_[0]) | (age > self.age_range_[1])
-        out_of_range = ood.any(axis=1) | age_out | etiv_out | broken | fs_other
-        features = np.full(len(z), "", dtype=object)
+        out_of_range = ood.any(axis=0) | age_out | etiv_out | broken | fs_other
+        features = np.full(n_scans, "", dtype=object)
         hit = np.flatnonzero(out_of_range)
         if len(hit):
-            flagged = np.column_stack([ood[hit], age_out[hit], etiv_out[hit], broken[hit],
+            flagged = np.column_stack([ood[:, hit].T, age_out[hit], etiv_out[hit], broken[hit],
                                        fs_other[hit]])  # fmt: skip
             features[hit] = _join_names(flagged, names)
         status: np.ndarray | str = "harmonized"
@@ -1056,10 +1081,8 @@ class NeuroHarmonizer(BaseEstimator):
             "nh_out_of_range": out_of_range,
             "nh_out_of_range_features": features,
             "nh_features_used": used,
-            "nh_n_regions": len(regions) - np.count_nonzero(left_raw, axis=1)
-            if any_raw
-            else len(regions),
-            "nh_regions_flagged": _join_names(far_region, columns),
+            "nh_n_regions": _regions_used(len(regions), n_scans, raw_at, left_raw),
+            "nh_regions_flagged": _join_names(far_region.T, columns),
             "nh_iqms_missing": iqms_missing,
         }
 
@@ -1196,6 +1219,18 @@ def _output_frame(
     for name, values in new.items():
         out[name] = values
     return out
+
+
+def _regions_used(
+    n_regions: int, n_scans: int, raw_at: np.ndarray, left_raw: np.ndarray
+) -> np.ndarray | int:
+    """Regions harmonized per scan: all but those left raw (``left_raw``: the scans
+    ``raw_at``, one per column); a scalar when no scan has one."""
+    if not len(raw_at):
+        return n_regions
+    used = np.full(n_scans, n_regions)
+    used[raw_at] -= np.count_nonzero(left_raw, axis=0)
+    return used
 
 
 def _unique_rows(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

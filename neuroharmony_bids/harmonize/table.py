@@ -117,6 +117,9 @@ def check_duplicates(table: pd.DataFrame) -> None:
     keys = [c for c in ID_COLUMNS if c in table.columns]
     if "participant_id" not in keys:
         return
+    ids = table["participant_id"]
+    if isinstance(ids, pd.Series) and ids.nunique(dropna=False) == len(table):
+        return  # (each participant once: no scan repeated; twice as fast as duplicated)
     dup = table.duplicated(subset=keys, keep=False)
     if dup.any():
         rows = np.flatnonzero(dup.to_numpy())[:2]
@@ -365,19 +368,22 @@ class RowReader:
         self._n_regions = len(regions)
 
     def block(self, rows: slice | np.ndarray) -> tuple[np.ndarray, dict[int, list[str]]]:
-        """Volumes and IQMs of ``rows`` as floats, and {position in ``rows``: [problems]}
-        (per-scan field problems excluded: see ``field_problems``, keyed by table row)."""
-        at = np.arange(len(self.table))[rows]
-        out = np.empty((len(at), len(self._sources)))
+        """Volumes and IQMs of ``rows`` as floats, one scan per column (a table column per
+        row: each copied contiguously, and laid out as the harmonizer's products want), and
+        {position in ``rows``: [problems]} (per-scan field problems excluded: see
+        ``field_problems``, keyed by table row)."""
+        n = len(self.table)  # (a slice's positions without an n-long arange per chunk)
+        at = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.arange(n)[rows]
+        out = np.empty((len(self._sources), len(at)))
         suspect = False
         for j, src in enumerate(self._sources):
             if src is None:
-                out[:, j] = np.nan
+                out[j] = np.nan
             elif isinstance(src, np.ndarray):
-                out[:, j] = src[rows]
+                out[j] = src[rows]
             else:  # text: parsed as prepare does; its problems are named below
                 frame = src.iloc[rows].to_frame()
-                out[:, j], found = _cell_problems(frame, src.name, allow_missing=True)
+                out[j], found = _cell_problems(frame, src.name, allow_missing=True)
                 suspect = suspect or bool(found)
         total = out.sum()
         if not suspect and (np.isfinite(total) or not np.isinf(out).any()):
@@ -391,8 +397,10 @@ class RowReader:
         return out, problems
 
     def unusable(self, volumes: np.ndarray) -> np.ndarray:
-        """Where a volume is missing, negative, or 0 mm³ in a structure that cannot be 0."""
-        bad = np.isnan(volumes)
-        bad |= volumes < 0
-        bad |= (volumes == 0) & ~self.zero_ok
+        """Where a volume is missing, negative, or 0 mm³ in a structure that cannot be 0
+        (``volumes``: one scan per column, as :meth:`block` gives them)."""
+        with np.errstate(invalid="ignore"):
+            bad = ~(volumes > 0)  # missing (NaN), negative or 0
+        if self.zero_ok.any():  # (0 mm³ is a volume where a structure may be absent)
+            bad[self.zero_ok] &= volumes[self.zero_ok] != 0
         return bad
