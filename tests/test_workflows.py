@@ -437,17 +437,17 @@ def test_forked_map_keeps_order_and_falls_back_without_a_process_pool(monkeypatc
     error is raised here."""
     import concurrent.futures
 
-    import neuroharmony_bids.workflows.participant as P
+    from neuroharmony_bids import forking as P
 
     items = list(range(23))
     expected = [[i * i for i in items[s : s + 5]] for s in range(0, 23, 5)]
-    assert list(P._forked_map(lambda i: i * i, items, 2, 5)) == expected
+    assert list(P.forked_map(lambda i: i * i, items, 2, 5)) == expected
     assert not P._FORKED
     with pytest.raises(ZeroDivisionError):
-        list(P._forked_map(lambda i: 1 // (i - 7), items, 2, 5))
+        list(P.forked_map(lambda i: 1 // (i - 7), items, 2, 5))
 
     def no_pool(*args, **kwargs):
         raise OSError(38, "Function not implemented")
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
-    assert list(P._forked_map(lambda i: i * i, items, 2, 5)) == expected
+    assert list(P.forked_map(lambda i: i * i, items, 2, 5)) == expected

@@ -133,10 +133,10 @@ class FigureRenderer:
 
     def __init__(self, workers: int = 0) -> None:
         import multiprocessing as mp
-        import sys
 
-        usable = sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
-        self.workers = max(int(workers), 0) if usable else 0
+        from neuroharmony_bids.forking import can_fork
+
+        self.workers = max(int(workers), 0) if can_fork() else 0
         self._context = mp.get_context("fork") if self.workers else None
         self._figures: list[tuple[Figure, str]] = []
         self._running: dict[int, tuple[Any, Any]] = {}

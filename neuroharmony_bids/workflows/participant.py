@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from neuroharmony_bids.bids.layout import (
     scans_per_subject,
 )
 from neuroharmony_bids.errors import DataError, MissingInputError, NeuroharmonyError
+from neuroharmony_bids.forking import can_fork, forked_map
 from neuroharmony_bids.harmonize.apply import harmonize_valid_rows
 from neuroharmony_bids.harmonize.features import ALL_IQMS, CORE_IQMS
 from neuroharmony_bids.harmonize.io import load_model_with_info
@@ -458,7 +459,7 @@ def parse_scans(
     """:func:`parse_scan` of every plan, in order, or the error that refuses the scan.
 
     With ``processes`` > 1 (``--nprocs``) and at least :data:`PROCESS_MIN_SCANS` scans, the
-    files are parsed by forked processes (:func:`_forked_map`), 500 scans a task."""
+    files are parsed by forked processes (:func:`~neuroharmony_bids.forking.forked_map`), 500 scans a task."""
     group_tables: dict[Path, pd.DataFrame] = {}
 
     def parse(plan: ScanPlan) -> ScanInputs | NeuroharmonyError:
@@ -467,8 +468,8 @@ def parse_scans(
         except NeuroharmonyError as exc:
             return exc
 
-    if processes > 1 and len(plans) >= PROCESS_MIN_SCANS and _can_fork():
-        return [r for part in _forked_map(parse, plans, processes, 500) for r in part]
+    if processes > 1 and len(plans) >= PROCESS_MIN_SCANS and can_fork():
+        return [r for part in forked_map(parse, plans, processes, 500) for r in part]
     return [parse(plan) for plan in plans]
 
 
@@ -589,7 +590,7 @@ def write_outputs(
 
     The TSVs of ``chunk`` scans at a time are formatted in two calls of the group tables'
     writer (:func:`~neuroharmony_bids.bids.derivatives.format_scan_tsvs`), not cell by cell."""
-    if processes > 1 and len(jobs) >= PROCESS_MIN_SCANS and _can_fork():
+    if processes > 1 and len(jobs) >= PROCESS_MIN_SCANS and can_fork():
         _write_in_processes(out, jobs, result, progress, processes, chunk)
         return
 
@@ -609,55 +610,6 @@ def write_outputs(
 #: Scans from which ``--nprocs`` processes write the per-scan files (fewer: forking costs
 #: more than it saves).
 PROCESS_MIN_SCANS = 1000
-
-#: What the forked workers of :func:`_forked_map` inherit: [(function, items)], set just
-#: before the fork and cleared after (nothing is pickled but the spans and the results).
-_FORKED: list[tuple[Callable[[Any], Any], Sequence[Any]]] = []
-
-
-def _forked_map(
-    func: Callable[[Any], Any], items: Sequence[Any], processes: int, chunk: int
-) -> Iterator[list[Any]]:
-    """``[func(item) for item in items[a:b]]`` for consecutive spans of ``chunk`` items, in
-    order, computed by ``processes`` forked workers that inherit ``func`` and ``items``.
-
-    An error in a worker stops the map (the tasks not started are cancelled) and is raised
-    here, as it would be in this process. Where no process pool can be made (a container
-    without ``/dev/shm``), the spans are computed here."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    spans = [(start, min(start + chunk, len(items))) for start in range(0, len(items), chunk)]
-    try:
-        pool = ProcessPoolExecutor(
-            max_workers=max(1, min(processes, len(spans))),
-            mp_context=multiprocessing.get_context("fork"),
-        )
-    except (OSError, ImportError, NotImplementedError):  # no working semaphores (/dev/shm)
-        for start, stop in spans:
-            yield [func(items[i]) for i in range(start, stop)]
-        return
-    _FORKED[:] = [(func, items)]
-    try:
-        yield from pool.map(_run_span, spans)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        _FORKED.clear()
-
-
-def _run_span(span: tuple[int, int]) -> list[Any]:
-    """In a forked worker: :data:`_FORKED`'s function over its items ``[start:stop]``."""
-    func, items = _FORKED[0]
-    return [func(items[i]) for i in range(*span)]
-
-
-def _can_fork() -> bool:
-    import multiprocessing
-
-    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def _tsv_texts(part: Sequence[WriteJob]) -> list[tuple[str, str]]:
@@ -699,7 +651,7 @@ def _write_in_processes(
         return _write_one(out, *pair[0], pair[1])
 
     pairs = list(zip(jobs, tsvs, strict=True))
-    for names in _forked_map(write, pairs, processes, chunk):
+    for names in forked_map(write, pairs, processes, chunk):
         for name in names:
             result.succeeded.append(name)
             progress.update()
