@@ -100,8 +100,9 @@ def figure_to_img(fig: Figure, alt: str, dpi: int = 100) -> str:
     return _img(_png(fig, dpi), alt)
 
 
-#: Seconds to wait for a child's figure before drawing it in this process.
-_CHILD_TIMEOUT = 600.0
+#: Seconds to wait for a child's figure before drawing it in this process (a figure of 5,000
+#: scans takes about a second; a stuck child should not hold the report for long).
+_CHILD_TIMEOUT = 120.0
 
 
 def _render_child(fig: Figure, conn: Any) -> None:
