@@ -47,7 +47,7 @@ from neuroharmony_bids.errors import (
 from neuroharmony_bids.harmonize.features import ALL_IQMS
 from neuroharmony_bids.reports.citation import scan_versions
 from neuroharmony_bids.settings import Settings
-from neuroharmony_bids.tabular import HARMONIZED_DECIMALS, write_blocks
+from neuroharmony_bids.tabular import write_blocks
 from neuroharmony_bids.workflows.participant import load_model_and_info
 from neuroharmony_bids.workflows.results import Progress, RunResult
 
@@ -651,10 +651,9 @@ def write_joint(
     if joint is None:
         return
     path = settings.output_dir / "group_desc-jointharmonized_morph.tsv"
-    columns = list(joint.columns)
-    harmonized = [c for c in D.REGION_ORDER if c in set(columns)] + D.sd_columns(columns)
-    # the per-scan tables' rounding (derivatives.scan_rows), so both tables spell alike
-    _write_table(path, _order(joint), {c: HARMONIZED_DECIMALS for c in harmonized})
+    # the per-scan tables' rounding (derivatives.HARMONIZED_ROUNDING: harmonized volumes and
+    # SDs), so both tables spell alike
+    _write_table(path, _order(joint), D.HARMONIZED_ROUNDING)
     dictionary = D.column_dictionary(list(joint.columns))
     if "site" in dictionary:
         dictionary["site"] = {"Description": f"Site, from {site_source}"}
