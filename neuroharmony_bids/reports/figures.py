@@ -95,11 +95,6 @@ def _img(png: bytes, alt: str) -> str:
     )
 
 
-def figure_to_img(fig: Figure, alt: str, dpi: int = 100) -> str:
-    """Render ``fig`` to an ``<img>`` tag carrying the PNG inline (self-contained HTML)."""
-    return _img(_png(fig, dpi), alt)
-
-
 #: Seconds to wait for a child's figure before drawing it in this process (a figure of 5,000
 #: scans takes about a second; a stuck child should not hold the report for long).
 _CHILD_TIMEOUT = 120.0
