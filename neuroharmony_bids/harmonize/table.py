@@ -371,9 +371,13 @@ class RowReader:
         """Volumes and IQMs of ``rows`` as floats, one scan per column (a table column per
         row: each copied contiguously, and laid out as the harmonizer's products want), and
         {position in ``rows``: [problems]} (per-scan field problems excluded: see
-        ``field_problems``, keyed by table row)."""
-        n = len(self.table)  # (a slice's positions without an n-long arange per chunk)
-        at = np.arange(*rows.indices(n)) if isinstance(rows, slice) else np.arange(n)[rows]
+        ``field_problems``, keyed by table row). ``rows``: a slice or integer positions."""
+        # the table positions, without an n-long arange per chunk (integer positions are
+        # their own: the joint path's chunks)
+        if isinstance(rows, slice):
+            at = np.arange(*rows.indices(len(self.table)))
+        else:
+            at = np.asarray(rows, dtype=np.intp)
         out = np.empty((len(self._sources), len(at)))
         suspect = False
         for j, src in enumerate(self._sources):
